@@ -1,0 +1,42 @@
+"""`python -m devstack up|down|status`: the local stack in ./local (make up / make down)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from devstack.processes import StackError
+from devstack.stack import PROJECT_ROOT, Stack
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    stack = Stack(PROJECT_ROOT)
+    try:
+        if args.command == "up":
+            stack.up()
+            ports = stack.ports
+            print(
+                f"stack up: Redis 127.0.0.1:{ports.redis}; subscriber app :{ports.subscriber.app_port} "
+                f"(sidecar HTTP {ports.subscriber.http_port}, gRPC {ports.subscriber.grpc_port}); "
+                f"caller sidecar HTTP {ports.caller.http_port}, gRPC {ports.caller.grpc_port}. "
+                f"Logs in {stack.logs}. `make down` stops it."
+            )
+        elif args.command == "down":
+            stopped = stack.down()
+            print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        else:
+            running = stack.running()
+            for proc in stack.processes():
+                print(f"{proc.name:18} {'running' if proc in running else 'stopped'}")
+            return 0 if len(running) == len(stack.processes()) else 3
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

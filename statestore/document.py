@@ -1,0 +1,172 @@
+"""The stored form of a state and the merge that applies events to it. Pure: no I/O.
+
+A state is kept as a per-field last-writer-wins map with a replace watermark:
+
+- ``fields[name] = (value, stamp)``: the field's value and the stamp of the event that
+  wrote it;
+- ``replaced``: the stamp of the latest whole-object replace applied.
+
+Applying a field update with stamp ``s`` sets the field unless ``s`` is not above the
+watermark or the field already holds a later stamp. Applying a replace with stamp ``s``
+above the watermark moves the watermark to ``s``, drops every field written before ``s``
+and writes the replace's fields at ``s`` (a field written after ``s`` stays).
+
+The merge is commutative, associative and idempotent, and its result equals applying
+the events one after another in stamp order (``replay_in_order``, the oracle the tests
+compare against): delivery order, duplicates and redelivery do not change the outcome.
+
+``producers`` records, per producer, which of its sequence numbers were processed, so a
+producer can wait until all its events for this state are applied (read-your-writes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from statestore.errors import StateDecodeError
+from statestore.events import FieldUpdated, ObjectReplaced, Stamp
+
+__all__ = [
+    "DOCUMENT_VERSION",
+    "MAX_TRACKED_PRODUCERS",
+    "FieldEntry",
+    "ProducerProgress",
+    "StateDocument",
+    "apply_events",
+    "replay_in_order",
+    "encode_document",
+    "decode_document",
+]
+
+DOCUMENT_VERSION = 1
+MAX_TRACKED_PRODUCERS = 256
+
+
+class FieldEntry(BaseModel):
+    """A field's value and the stamp of the event that wrote it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: JsonValue
+    stamp: Stamp
+
+
+class ProducerProgress(BaseModel):
+    """Which sequence numbers of one producer were processed for one state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    upto: int = 0  # every seq <= upto was processed
+    ahead: tuple[int, ...] = ()  # processed seqs above upto + 1 (delivered out of order)
+    last_wall_ms: int = 0
+
+    def processed(self, seq: int) -> bool:
+        return seq <= self.upto or seq in self.ahead
+
+    def record(self, seq: int, wall_ms: int) -> ProducerProgress:
+        if self.processed(seq):
+            return self
+        ahead = set(self.ahead)
+        ahead.add(seq)
+        upto = self.upto
+        while upto + 1 in ahead:
+            upto += 1
+            ahead.discard(upto)
+        return ProducerProgress(
+            upto=upto, ahead=tuple(sorted(ahead)), last_wall_ms=max(self.last_wall_ms, wall_ms)
+        )
+
+
+class StateDocument(BaseModel):
+    """What the state store holds for one state id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int = DOCUMENT_VERSION
+    replaced: Stamp | None = None
+    fields: dict[str, FieldEntry] = Field(default_factory=dict)
+    producers: dict[str, ProducerProgress] = Field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        """The state as the caller sees it: field name to value."""
+        return {name: entry.value for name, entry in self.fields.items()}
+
+    def latest_stamp(self) -> Stamp | None:
+        """The greatest stamp this document holds (for the reader's clock)."""
+        stamps = [entry.stamp for entry in self.fields.values()]
+        if self.replaced is not None:
+            stamps.append(self.replaced)
+        return max(stamps, default=None)
+
+    def processed_upto(self, producer: str) -> int:
+        progress = self.producers.get(producer)
+        return progress.upto if progress else 0
+
+
+def apply_events(
+    document: StateDocument | None, events: Iterable[FieldUpdated | ObjectReplaced]
+) -> StateDocument:
+    """Merge ``events`` into ``document`` (None: no state yet); returns a new document."""
+    replaced = document.replaced if document else None
+    fields = dict(document.fields) if document else {}
+    producers = dict(document.producers) if document else {}
+
+    for event in events:
+        stamp = event.stamp
+        progress = producers.get(event.producer, ProducerProgress())
+        producers[event.producer] = progress.record(event.seq, event.hlc[0])
+        if replaced is not None and stamp <= replaced:
+            continue  # a later replace already superseded this event
+        if isinstance(event, ObjectReplaced):
+            replaced = stamp
+            fields = {name: entry for name, entry in fields.items() if entry.stamp > stamp}
+            for name, value in event.value.items():
+                if name not in fields:
+                    fields[name] = FieldEntry(value=value, stamp=stamp)
+        else:
+            current = fields.get(event.field)
+            if current is None or current.stamp < stamp:
+                fields[event.field] = FieldEntry(value=event.value, stamp=stamp)
+
+    if len(producers) > MAX_TRACKED_PRODUCERS:
+        newest = sorted(producers.items(), key=lambda item: item[1].last_wall_ms)
+        producers = dict(newest[-MAX_TRACKED_PRODUCERS:])
+    return StateDocument(replaced=replaced, fields=fields, producers=producers)
+
+
+def replay_in_order(events: Iterable[FieldUpdated | ObjectReplaced]) -> dict[str, Any] | None:
+    """The sequential oracle: apply each distinct event once, in stamp order.
+
+    Returns the state a single writer applying the events one by one would hold
+    (None when there were no events).
+    """
+    unique = {event.stamp: event for event in events}
+    if not unique:
+        return None
+    state: dict[str, Any] = {}
+    for stamp in sorted(unique):
+        event = unique[stamp]
+        if isinstance(event, ObjectReplaced):
+            state = dict(event.value)
+        else:
+            state[event.field] = event.value
+    return state
+
+
+def encode_document(document: StateDocument) -> bytes:
+    """The document as stored (JSON)."""
+    return document.model_dump_json().encode()
+
+
+def decode_document(key: str, raw: bytes | str) -> StateDocument:
+    """Parse a stored document; StateDecodeError if it is not one (never "no state")."""
+    try:
+        return StateDocument.model_validate_json(raw)
+    except ValueError:
+        raise StateDecodeError(
+            f"the stored state {key!r} is not a statestore document (corrupt, or written by"
+            " another tool); inspect it in the state store, then fix or delete it"
+        ) from None

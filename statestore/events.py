@@ -1,0 +1,151 @@
+"""The wire contract between publisher and subscriber. Pure: no I/O, no Dapr.
+
+Each write becomes one event, sent as the data of a CloudEvent whose ``type`` names the
+kind and schema version. Every event carries a stamp, ``(wall_ms, logical, producer,
+seq)``: a hybrid logical clock time, the producer's identity and the producer's sequence
+number for that state. Stamps are unique and totally ordered; the subscriber's merge
+(statestore.document) applies events as if in stamp order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+
+from statestore.paths import StateType, state_key, validate_id
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Stamp",
+    "FieldUpdated",
+    "ObjectReplaced",
+    "Event",
+    "EVENT_TYPES",
+    "InvalidEventError",
+    "cloudevent_type",
+    "cloudevent_id",
+    "encode_cloudevent",
+    "decode_event",
+    "describe_errors",
+]
+
+SCHEMA_VERSION = 1
+CLOUDEVENT_SOURCE = "statestore"
+
+Stamp = tuple[int, int, str, int]
+"""(hlc wall_ms, hlc logical, producer, seq): the total order of events."""
+
+
+class _EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    state_id: str
+    state_type: StateType
+    producer: Annotated[str, Field(min_length=1, max_length=64)]
+    seq: Annotated[int, Field(ge=1)]
+    hlc: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+
+    @field_validator("state_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return validate_id(value)
+
+    @property
+    def stamp(self) -> Stamp:
+        return (self.hlc[0], self.hlc[1], self.producer, self.seq)
+
+    @property
+    def key(self) -> str:
+        """The state-store key of the state this event changes."""
+        return state_key(self.state_id, self.state_type)
+
+
+class FieldUpdated(_EventBase):
+    """Set one field of a state (``save_state``)."""
+
+    kind: Literal["field_updated"] = "field_updated"
+    field: Annotated[str, Field(min_length=1, max_length=1024)]
+    value: JsonValue
+
+
+class ObjectReplaced(_EventBase):
+    """Replace a whole state with ``value`` (``save_state_object``)."""
+
+    kind: Literal["object_replaced"] = "object_replaced"
+    value: dict[str, JsonValue]
+
+
+Event = Annotated[Union[FieldUpdated, ObjectReplaced], Field(discriminator="kind")]
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
+    """The CloudEvent ``type`` of an event kind: ``io.statestore.<kind>.v<version>``."""
+    return f"io.statestore.{kind}.v{version}"
+
+
+EVENT_TYPES = {cloudevent_type(kind) for kind in ("field_updated", "object_replaced")}
+
+
+class InvalidEventError(ValueError):
+    """A received event is malformed, of an unknown type or of an unknown version."""
+
+
+def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
+    """A unique, deterministic CloudEvent id: producer, state key and sequence number."""
+    return f"{event.producer}:{event.key}:{event.seq}"
+
+
+def encode_cloudevent(event: FieldUpdated | ObjectReplaced) -> bytes:
+    """The structured CloudEvent (JSON) that carries ``event``."""
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": cloudevent_id(event),
+            "source": CLOUDEVENT_SOURCE,
+            "type": cloudevent_type(event.kind),
+            "datacontenttype": "application/json",
+            "data": event.model_dump(mode="json"),
+        },
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()
+
+
+def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdated | ObjectReplaced:
+    """Validate a received CloudEvent's type and data; raise InvalidEventError with a reason."""
+    if ce_type not in EVENT_TYPES:
+        if ce_type.startswith("io.statestore."):
+            raise InvalidEventError(f"unknown event type or schema version {ce_type!r}")
+        raise InvalidEventError(f"not a statestore event: CloudEvent type {ce_type!r}")
+    try:
+        if isinstance(data, dict):
+            event = _EVENT_ADAPTER.validate_python(data)
+        else:
+            event = _EVENT_ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
+    if cloudevent_type(event.kind) != ce_type:
+        raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
+    return event
+
+
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
+    """Where and why validation failed, without the input values (they may be secrets)."""
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}"
+        for err in exc.errors(include_input=False, include_url=False)[:limit]
+    ]
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

@@ -1,0 +1,95 @@
+"""State types, id rules and the paths derived from them. Pure: no I/O, no Dapr."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from statestore.errors import InvalidStateIdError, InvalidStateTypeError
+from statestore.settings import get_settings
+
+__all__ = [
+    "StateType",
+    "MAX_ID_LENGTH",
+    "SAFE_ID_PATTERN",
+    "validate_id",
+    "coerce_state_type",
+    "state_key",
+    "object_key",
+    "build_state_store_path",
+]
+
+MAX_ID_LENGTH = 128
+# Letters, digits, '_', '-' and '.', not starting with '.': no separator, no '..',
+# no control or whitespace character, so an id is always one safe path segment.
+SAFE_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
+
+
+class StateType(Enum):
+    """Kinds of state: WORKFLOWS for workflow state, CREDENTIALS for credential configs."""
+
+    WORKFLOWS = "workflows"
+    CREDENTIALS = "credentials"
+
+    @classmethod
+    def is_member(cls, value: object) -> bool:
+        """True when ``value`` is exactly the value of a member (case-sensitive)."""
+        return any(member.value == value for member in cls)
+
+
+def validate_id(id: object) -> str:
+    """Return ``id`` if it is a safe state id, else raise InvalidStateIdError."""
+    if not isinstance(id, str):
+        raise InvalidStateIdError(f"state id must be a string, got {type(id).__name__}")
+    if not id:
+        raise InvalidStateIdError("state id must not be empty")
+    if len(id) > MAX_ID_LENGTH:
+        raise InvalidStateIdError(
+            f"state id is {len(id)} characters long; the limit is {MAX_ID_LENGTH}"
+        )
+    if ".." in id or not SAFE_ID_PATTERN.fullmatch(id):
+        raise InvalidStateIdError(
+            f"state id {id[:40]!r} has characters outside the safe set: use letters, digits,"
+            " '_', '-' and '.', not starting with '.' and without '..'"
+        )
+    return id
+
+
+def coerce_state_type(state_type: object) -> StateType:
+    """Return the StateType for a member or a member's value, else raise."""
+    if isinstance(state_type, StateType):
+        return state_type
+    if StateType.is_member(state_type):
+        return StateType(state_type)
+    allowed = ", ".join(repr(m.value) for m in StateType)
+    raise InvalidStateTypeError(
+        f"state type {state_type!r} is not a StateType; use StateType.WORKFLOWS,"
+        f" StateType.CREDENTIALS or one of {allowed}"
+    )
+
+
+def state_key(id: str, state_type: StateType | str) -> str:
+    """The key of a state in the Dapr state store: ``{state_type}/{id}``."""
+    return f"{coerce_state_type(state_type).value}/{validate_id(id)}"
+
+
+def object_key(id: str, state_type: StateType | str) -> str:
+    """The object-store key of a state's snapshot, relative to the temporary root."""
+    app_name = get_settings().app_name
+    return (
+        f"persistent-artifacts/apps/{app_name}/"
+        f"{coerce_state_type(state_type).value}/{validate_id(id)}/config.json"
+    )
+
+
+def build_state_store_path(id: str, state_type: StateType | str) -> str:
+    """The snapshot's file path, as in the reference system.
+
+    ``{tmp_root}/persistent-artifacts/apps/{app_name}/{state_type}/{id}/config.json``,
+    with ``tmp_root`` (default ``./local/tmp``) and ``app_name`` (default ``default``)
+    from STATESTORE_TMP_ROOT and STATESTORE_APP_NAME.
+
+    Raises InvalidStateIdError or InvalidStateTypeError (both ValueError) on bad input.
+    """
+    root = get_settings().tmp_root.rstrip("/")
+    return f"{root}/{object_key(id, state_type)}"

@@ -1,0 +1,72 @@
+"""Settings, read once from the environment.
+
+Every name that must agree between the caller, the subscriber and the Dapr component
+files (components/*.yaml) is defined here and nowhere else in the Python code; a unit
+test checks that the YAML files use the same names.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SidecarSettings", "get_settings", "get_sidecar_settings"]
+
+
+class Settings(BaseSettings):
+    """statestore settings; each field is read from ``STATESTORE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="STATESTORE_", frozen=True)
+
+    app_name: str = Field("default", description="Application name in object-store paths.")
+    tmp_root: str = Field("./local/tmp", description="Root of the object-store folder.")
+
+    statestore_name: str = "statestore"
+    objectstore_name: str = "objectstore"
+    pubsub_name: str = "pubsub"
+    topic: str = "statestore-events"
+    deadletter_topic: str = "statestore-deadletter"
+
+    # Publishing: pending events go out in one bulk publish when this many are
+    # waiting or when the oldest has waited batch_window_ms.
+    batch_max_events: int = Field(200, ge=1, le=10_000)
+    batch_window_ms: float = Field(5.0, ge=0)
+    publish_attempts: int = Field(5, ge=1, description="Tries per batch before it fails.")
+    publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
+    max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
+    max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+
+    # Subscriber.
+    subscriber_port: int = Field(50051, description="gRPC port the subscriber app serves.")
+    subscriber_batch_max: int = Field(100, ge=1)
+    subscriber_batch_wait_ms: int = Field(10, ge=1)
+
+
+class SidecarSettings(BaseSettings):
+    """Where the caller's own Dapr sidecar listens (Dapr's standard variables)."""
+
+    model_config = SettingsConfigDict(frozen=True)
+
+    dapr_grpc_port: int = 50001
+    dapr_http_port: int = 3500
+    dapr_api_token: str | None = None
+    sidecar_host: str = Field("127.0.0.1", alias="DAPR_RUNTIME_HOST")
+    call_timeout_s: float = Field(10.0, alias="DAPR_API_TIMEOUT_SECONDS", gt=0)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.sidecar_host}:{self.dapr_grpc_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read on first use, not at import)."""
+    return Settings()
+
+
+@lru_cache(maxsize=1)
+def get_sidecar_settings() -> SidecarSettings:
+    """The process-wide sidecar address (read on first use, not at import)."""
+    return SidecarSettings()

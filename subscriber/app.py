@@ -1,0 +1,76 @@
+"""The subscriber Dapr app: a gRPC server for the sidecar's callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from dapr.proto.runtime.v1 import appcallback_pb2 as pb
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
+
+from statestore.settings import get_settings
+from statestore.sidecar import SidecarClient
+from subscriber.applier import EventApplier
+from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
+from subscriber.servicer import SubscriberServicer
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("statestore.subscriber")
+
+
+class _Health(pb_grpc.AppCallbackHealthCheckServicer):
+    async def HealthCheck(self, request, context):
+        return pb.HealthCheckResponse()
+
+
+async def serve(stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then finish in-flight batches and exit."""
+    settings = get_settings()
+    sidecar = SidecarClient()
+    applier = EventApplier(
+        DaprStateRepository(sidecar, settings.statestore_name),
+        DaprObjectStore(sidecar, settings.objectstore_name),
+    )
+    servicer = SubscriberServicer(applier, settings)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+    )
+    pb_grpc.add_AppCallbackServicer_to_server(servicer, server)
+    pb_grpc.add_AppCallbackAlphaServicer_to_server(servicer, server)
+    pb_grpc.add_AppCallbackHealthCheckServicer_to_server(_Health(), server)
+    address = f"127.0.0.1:{settings.subscriber_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise SystemExit(
+            f"subscriber: cannot listen on {address}: the port is in use. "
+            "Stop the other process or set STATESTORE_SUBSCRIBER_PORT."
+        ) from None
+    await server.start()
+    log.info(
+        "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
+        address, settings.topic, settings.deadletter_topic, sidecar.target,
+    )  # fmt: skip
+    await stop.wait()
+    await server.stop(grace=10)
+    await sidecar.close()
+    log.info("subscriber stopped: %d events applied, %d rejected", servicer.applied_events, servicer.rejected_events)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(run())

@@ -1,0 +1,131 @@
+"""The gRPC callback Dapr calls: decode, validate, apply, answer success/retry/drop.
+
+Thin on purpose: decoding rules live in statestore.events, the merge in
+statestore.document, storage in subscriber.applier.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from dapr.proto.runtime.v1 import appcallback_pb2 as pb
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
+from google.protobuf import empty_pb2
+
+from statestore.events import FieldUpdated, InvalidEventError, ObjectReplaced, decode_event
+from statestore.settings import Settings
+from subscriber.applier import EventApplier, TransientError
+
+__all__ = ["SubscriberServicer", "decode_entry"]
+
+log = logging.getLogger("statestore.subscriber")
+
+Status = pb.TopicEventResponse.TopicEventResponseStatus
+SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
+
+
+def decode_entry(
+    entry: pb.TopicEventBulkRequestEntry, max_clock_skew_s: float
+) -> FieldUpdated | ObjectReplaced:
+    """The event in one delivered entry; InvalidEventError (with a reason) if there is none."""
+    if entry.HasField("cloud_event"):
+        ce_type, data = entry.cloud_event.type, entry.cloud_event.data
+    else:
+        try:
+            envelope = json.loads(entry.bytes)
+        except ValueError:
+            raise InvalidEventError("payload is not JSON") from None
+        if not isinstance(envelope, dict) or "type" not in envelope or "data" not in envelope:
+            raise InvalidEventError("payload is not a CloudEvent (no type or data)")
+        ce_type, data = str(envelope["type"]), envelope["data"]
+    event = decode_event(ce_type, data)
+    if event.hlc[0] > time.time() * 1000 + max_clock_skew_s * 1000:
+        raise InvalidEventError(
+            f"timestamp {event.hlc[0]} ms is more than {max_clock_skew_s:g} s in the future"
+        )
+    return event
+
+
+class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
+    """Subscribes to the state topic with bulk delivery and a dead-letter topic."""
+
+    def __init__(self, applier: EventApplier, settings: Settings) -> None:
+        self._applier = applier
+        self._settings = settings
+        self.applied_events = 0
+        self.rejected_events = 0
+
+    async def ListTopicSubscriptions(self, request, context):
+        s = self._settings
+        subscription = pb.TopicSubscription(
+            pubsub_name=s.pubsub_name,
+            topic=s.topic,
+            dead_letter_topic=s.deadletter_topic,
+            bulk_subscribe=pb.BulkSubscribeConfig(
+                enabled=True,
+                max_messages_count=s.subscriber_batch_max,
+                max_await_duration_ms=s.subscriber_batch_wait_ms,
+            ),
+        )
+        return pb.ListTopicSubscriptionsResponse(subscriptions=[subscription])
+
+    async def ListInputBindings(self, request, context):
+        return pb.ListInputBindingsResponse()
+
+    async def OnBulkTopicEvent(self, request, context):
+        statuses = await self.handle(request.topic, list(request.entries))
+        return pb.TopicEventBulkResponse(
+            statuses=[
+                pb.TopicEventBulkResponseEntry(entry_id=entry_id, status=status)
+                for entry_id, status in statuses.items()
+            ]
+        )
+
+    OnBulkTopicEventAlpha1 = OnBulkTopicEvent
+
+    async def OnTopicEvent(self, request, context):
+        entry = pb.TopicEventBulkRequestEntry(
+            entry_id=request.id or "single",
+            cloud_event=pb.TopicEventCERequest(
+                id=request.id, type=request.type, data=request.data,
+                data_content_type=request.data_content_type,
+            ),
+        )  # fmt: skip
+        statuses = await self.handle(request.topic, [entry])
+        return pb.TopicEventResponse(status=next(iter(statuses.values())))
+
+    async def handle(self, topic: str, entries: list) -> dict[str, int]:
+        """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
+        statuses: dict[str, int] = {}
+        valid: list[tuple[str, FieldUpdated | ObjectReplaced]] = []
+        if topic != self._settings.topic:
+            log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
+            return {entry.entry_id: DROP for entry in entries}
+        for entry in entries:
+            try:
+                valid.append((entry.entry_id, decode_entry(entry, self._settings.max_clock_skew_s)))
+            except InvalidEventError as exc:
+                # The reason names fields and types, never values (they may be secrets).
+                log.warning("rejected event %s to the dead-letter topic: %s", _ce_id(entry), exc)
+                statuses[entry.entry_id] = DROP
+                self.rejected_events += 1
+        try:
+            result = await self._applier.apply([event for _, event in valid])
+        except TransientError as exc:
+            log.warning("batch of %d events will be redelivered: %s", len(valid), exc)
+            outcome = RETRY
+        else:
+            outcome = SUCCESS
+            self.applied_events += result.events
+            log.debug("applied %d events to %d states", result.events, result.states)
+        statuses.update({entry_id: outcome for entry_id, _ in valid})
+        return statuses
+
+    async def OnInvoke(self, request, context):
+        return empty_pb2.Empty()
+
+
+def _ce_id(entry) -> str:
+    return entry.cloud_event.id if entry.HasField("cloud_event") else entry.entry_id
