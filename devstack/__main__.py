@@ -1,17 +1,19 @@
-"""`python -m devstack up|down|status`: the local stack in ./local (make up / make down)."""
+"""`python -m devstack up|down|status|run`: the local stack in ./local (make up, make down)
+and the multi-app run of dapr.yaml (make run)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from devstack.multiapp import run_multiapp
 from devstack.processes import StackError
 from devstack.stack import PROJECT_ROOT, Stack
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "run"])
     args = parser.parse_args(argv)
     stack = Stack(PROJECT_ROOT)
     try:
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             stopped = stack.down()
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        elif args.command == "run":
+            return run_multiapp()
         else:
             running = stack.running()
             for proc in stack.processes():

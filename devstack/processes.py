@@ -37,6 +37,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def ensure_port_free(port: int, what: str) -> None:
     """Raise StackError naming the port when it is already taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: a port with connections in TIME_WAIT is still free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

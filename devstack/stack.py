@@ -29,7 +29,7 @@ __all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAPRD = PROJECT_ROOT / ".runtime" / ".dapr" / "bin" / "daprd"
 COMPONENTS = PROJECT_ROOT / "components"
-CONFIG = COMPONENTS / "config" / "dapr-config.yaml"
+CONFIG = PROJECT_ROOT / "config" / "dapr-config.yaml"
 
 SUBSCRIBER_APP_ID = "statestore-subscriber"
 CALLER_APP_ID = "statestore-caller"
@@ -195,13 +195,7 @@ class Stack:
             raise StackError(f"the stack in {self.local} is already running ({names}); `make down` stops it.")
         for proc in self.processes():
             proc.pid_path.unlink(missing_ok=True)
-        ensure_port_free(self.ports.redis, "Redis")
-        for spec in (self.ports.subscriber, self.ports.caller):
-            for what, port in spec.ports().items():
-                ensure_port_free(port, what)
-        for folder in ("dapr", "tmp", "redis", "logs", "run"):
-            (self.local / folder).mkdir(parents=True, exist_ok=True)
-        self.render_components()
+        self.prepare()
         try:
             self.start_redis()
             self.start_subscriber()
@@ -209,6 +203,16 @@ class Stack:
         except BaseException:
             self.down()
             raise
+
+    def prepare(self) -> None:
+        """Check every port is free, create the folders, render the components."""
+        ensure_port_free(self.ports.redis, "Redis")
+        for spec in (self.ports.subscriber, self.ports.caller):
+            for what, port in spec.ports().items():
+                ensure_port_free(port, what)
+        for folder in ("dapr", "tmp", "redis", "logs", "run"):
+            (self.local / folder).mkdir(parents=True, exist_ok=True)
+        self.render_components()
 
     def start_redis(self) -> None:
         if not shutil.which("redis-server"):

@@ -12,7 +12,8 @@ CLI_SRC=$ROOT/runtime/cli
 die() { echo "runtime/build.sh: $*" >&2; exit 1; }
 
 command -v go >/dev/null || die "Go is not installed. Install Go 1.26 (https://go.dev/dl or the distribution package) and run again."
-export CGO_ENABLED=0 GOFLAGS=-mod=mod
+# GOTOOLCHAIN=local: an old Go says so instead of trying to download a newer one.
+export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 dapr_version=$(awk '$1 == "github.com/dapr/dapr" {print $2; exit}' "$SRC/go.mod")
 [ -n "$dapr_version" ] || die "no github.com/dapr/dapr requirement in $SRC/go.mod"

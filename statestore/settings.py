@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SidecarSettings", "get_settings", "get_sidecar_settings"]
@@ -39,7 +39,11 @@ class Settings(BaseSettings):
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
 
     # Subscriber.
-    subscriber_port: int = Field(50051, description="gRPC port the subscriber app serves.")
+    subscriber_port: int = Field(
+        50051,
+        validation_alias=AliasChoices("STATESTORE_SUBSCRIBER_PORT", "APP_PORT"),
+        description="gRPC port the subscriber app serves (the Dapr CLI sets APP_PORT).",
+    )
     subscriber_batch_max: int = Field(100, ge=1)
     subscriber_batch_wait_ms: int = Field(10, ge=1)
 

@@ -7,6 +7,9 @@
 package main
 
 import (
+	"os"
+	"strings"
+
 	"github.com/dapr/components-contrib/bindings/localstorage"
 	nrsqlite "github.com/dapr/components-contrib/nameresolution/sqlite"
 	"github.com/dapr/components-contrib/pubsub/redis"
@@ -38,7 +41,37 @@ func registerComponents() {
 	nrLoader.DefaultRegistry.RegisterComponent(nrsqlite.NewResolver, "sqlite")
 }
 
+// loopbackFlags listen on every interface by default upstream; ours default to
+// 127.0.0.1, also when the Dapr CLI (which cannot set all of them) starts daprd.
+var loopbackFlags = []string{
+	"dapr-listen-addresses",
+	"dapr-internal-grpc-listen-address",
+	"dapr-public-listen-address",
+	"metrics-listen-address",
+}
+
+func withLoopbackDefaults(args []string) []string {
+	out := []string{args[0]}
+	for _, name := range loopbackFlags {
+		if !hasFlag(args[1:], name) {
+			out = append(out, "--"+name+"=127.0.0.1")
+		}
+	}
+	return append(out, args[1:]...)
+}
+
+func hasFlag(args []string, name string) bool {
+	for _, arg := range args {
+		arg = strings.TrimLeft(arg, "-")
+		if arg == name || strings.HasPrefix(arg, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
 func main() {
+	os.Args = withLoopbackDefaults(os.Args)
 	registerComponents()
 	app.Run()
 }

@@ -1,0 +1,31 @@
+# statestore: `make run` runs the demo, `make test` runs the tests. Both set up what
+# is missing first (Python venv, Redis, daprd and the Dapr CLI built from Go modules).
+SHELL := /bin/bash
+PY := .venv/bin/python
+DAPR := .runtime/bin/dapr
+
+.PHONY: setup run test test-unit up down status clean
+
+setup:
+	@scripts/setup.sh all
+
+run: setup
+	@$(PY) -m devstack run
+
+test: setup
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -ra tests/unit
+
+up: setup
+	@$(PY) -m devstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi
+
+status:
+	@$(PY) -m devstack status
+
+clean: down
+	rm -rf local .runtime/build

@@ -1,0 +1,157 @@
+"""The publish pipeline: batches events, publishes them in bulk, retries, never drops.
+
+``submit`` only queues (fire-and-forget). A background task sends what is queued as one
+bulk publish when ``batch_max_events`` are waiting or when the oldest has waited
+``batch_window_ms``. A batch that still fails after ``publish_attempts`` tries is kept
+and raised as PublishError (with the events) on the next ``submit`` or ``flush``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from statestore.errors import PublishError, SidecarUnavailableError
+from statestore.events import FieldUpdated, ObjectReplaced, cloudevent_id, encode_cloudevent
+from statestore.settings import Settings
+
+__all__ = ["PublishPipeline", "Transport", "QueuedEvent"]
+
+log = logging.getLogger("statestore.publisher")
+
+
+class Transport(Protocol):
+    """Sends CloudEvents; returns the ids that failed, with the reason."""
+
+    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes]]) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    event: FieldUpdated | ObjectReplaced
+    body: bytes  # the encoded CloudEvent
+
+    @property
+    def id(self) -> str:
+        return cloudevent_id(self.event)
+
+    @classmethod
+    def of(cls, event: FieldUpdated | ObjectReplaced) -> QueuedEvent:
+        return cls(event, encode_cloudevent(event))
+
+
+class PublishPipeline:
+    """One process's queue of events to publish, for one event loop."""
+
+    def __init__(self, transport: Transport, settings: Settings, max_pending: int = 100_000) -> None:
+        self._transport = transport
+        self._settings = settings
+        self._max_pending = max_pending
+        self._pending: list[QueuedEvent] = []
+        self._failed: list[QueuedEvent] = []
+        self._failure_reason = ""
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task | None = None
+        self.published = 0
+
+    @property
+    def pending(self) -> int:
+        """Events queued or being published."""
+        return len(self._pending) + self._in_flight
+
+    def take_unpublished(self) -> list[QueuedEvent]:
+        """Remove and return every event not yet published (for a last-chance drain)."""
+        events, self._pending = self._pending, []
+        return events
+
+    def raise_failures(self) -> None:
+        """Raise PublishError for events that failed since the last call (then forget them)."""
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise PublishError(
+                f"{len(failed)} state events could not be published ({self._failure_reason}). "
+                "They were not applied; the error's .events holds them, "
+                "StateStore.republish(error.events) sends them again.",
+                [queued.event for queued in failed],
+            )
+
+    async def submit(self, queued: QueuedEvent) -> None:
+        """Queue one event; wait only when ``max_pending`` events are already queued."""
+        self.raise_failures()
+        while len(self._pending) >= self._max_pending:
+            self._wakeup.set()
+            await self._idle.wait()
+        self._pending.append(queued)
+        self._idle.clear()
+        self._ensure_task()
+        self._wakeup.set()
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is published, then raise failures."""
+        if self._pending or self._in_flight:
+            self._ensure_task()
+            self._wakeup.set()
+            await self._idle.wait()
+        self.raise_failures()
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="statestore-publisher")
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if len(self._pending) < self._settings.batch_max_events:
+                    await asyncio.sleep(self._settings.batch_window_ms / 1000)
+                while self._pending:
+                    batch = self._pending[: self._settings.batch_max_events]
+                    del self._pending[: len(batch)]
+                    await self._publish(batch)
+                self._idle.set()
+        except asyncio.CancelledError:
+            # The loop is shutting down (asyncio.run ends): publish what is left.
+            left = self.take_unpublished()
+            if left:
+                await self._publish(left, attempts=2)
+            self._idle.set()
+            if self._failed:
+                log.error(
+                    "%d state events were not published before shutdown (%s); event ids: %s",
+                    len(self._failed), self._failure_reason, [q.id for q in self._failed][:20],
+                )  # fmt: skip
+            raise
+
+    async def _publish(self, batch: list[QueuedEvent], attempts: int | None = None) -> None:
+        self._in_flight = len(batch)
+        attempts = attempts or self._settings.publish_attempts
+        delay = self._settings.publish_backoff_ms / 1000
+        remaining = {queued.id: queued for queued in batch}
+        reason = ""
+        try:
+            for attempt in range(attempts):
+                try:
+                    failed = await self._transport.publish_batch([(q.id, q.body) for q in remaining.values()])
+                except SidecarUnavailableError as exc:
+                    failed, reason = {eid: str(exc) for eid in remaining}, str(exc)
+                else:
+                    reason = next(iter(failed.values()), reason)
+                self.published += len(remaining) - len(failed)
+                remaining = {eid: remaining[eid] for eid in failed if eid in remaining}
+                if not remaining:
+                    return
+                if attempt + 1 < attempts:
+                    log.warning("publish of %d events failed, retrying: %s", len(remaining), reason)
+                    await asyncio.sleep(delay)
+                    delay *= 2
+            self._failed.extend(remaining.values())
+            self._failure_reason = reason
+        finally:
+            self._in_flight = 0

@@ -1,0 +1,33 @@
+"""The read path: a lightweight query client over the caller's own sidecar.
+
+Reads skip the event pipeline: they fetch the stored document from the state store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statestore.document import StateDocument, decode_document
+from statestore.paths import StateType, state_key
+from statestore.sidecar import SidecarClient
+
+__all__ = ["StateQueryClient"]
+
+
+class StateQueryClient:
+    """Reads states from a Dapr state store."""
+
+    def __init__(self, sidecar: SidecarClient, store: str) -> None:
+        self._sidecar = sidecar
+        self._store = store
+
+    async def get_document(self, id: str, state_type: StateType) -> StateDocument | None:
+        """The stored document (with stamps and producer progress), or None."""
+        key = state_key(id, state_type)
+        item = await self._sidecar.get_state(self._store, key)
+        return decode_document(key, item.value) if item else None
+
+    async def get_state(self, id: str, state_type: StateType) -> dict[str, Any] | None:
+        """The state as a dict, or None when none exists."""
+        document = await self.get_document(id, state_type)
+        return document.to_state() if document else None

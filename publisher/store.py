@@ -1,0 +1,265 @@
+"""StateStore: the caller-facing API, with the reference system's names and meaning.
+
+Writes become events handed to the publish pipeline (fire-and-forget); reads go
+straight to the state store through the caller's own sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import socket
+import uuid
+import weakref
+from collections import defaultdict
+from typing import Any
+
+from publisher.pipeline import PublishPipeline, QueuedEvent
+from publisher.query import StateQueryClient
+from statestore.errors import InvalidValueError, SyncTimeoutError
+from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.hlc import HybridClock
+from statestore.paths import StateType, coerce_state_type, state_key, validate_id
+from statestore.settings import Settings, get_settings
+from statestore.sidecar import SidecarClient
+
+__all__ = ["StateStore"]
+
+log = logging.getLogger("statestore.publisher")
+
+MAX_FIELD_LENGTH = 1024
+
+
+class _SidecarTransport:
+    def __init__(self, sidecar: SidecarClient, settings: Settings) -> None:
+        self._sidecar = sidecar
+        self._settings = settings
+
+    async def publish_batch(self, cloudevents):
+        return await self._sidecar.bulk_publish(self._settings.pubsub_name, self._settings.topic, cloudevents)
+
+
+class _Producer:
+    """This process's identity, clock and per-state sequence numbers (shared by loops)."""
+
+    def __init__(self) -> None:
+        self.id = f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.clock = HybridClock()
+        self._seq: dict[str, int] = defaultdict(int)
+
+    def next_seq(self, key: str) -> int:
+        self._seq[key] += 1
+        return self._seq[key]
+
+    def last_seq(self, key: str) -> int:
+        return self._seq.get(key, 0)
+
+
+class _LoopRuntime:
+    """What belongs to one event loop: the gRPC channel and the publish pipeline."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.sidecar = SidecarClient()
+        self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings), settings)
+        self.query = StateQueryClient(self.sidecar, settings.statestore_name)
+
+
+class StateStore:
+    """Workflow and credential state, written as ordered events and read directly.
+
+    All methods are class methods, as in the reference system. Writes return as soon as
+    the event is queued for publishing; ``flush`` waits until queued events are
+    published and ``sync`` until this process's events for a state are applied.
+    """
+
+    _producer: _Producer | None = None
+    _runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopRuntime] = weakref.WeakKeyDictionary()
+
+    # -- internals -------------------------------------------------------------------
+
+    @classmethod
+    def _producer_state(cls) -> _Producer:
+        if cls._producer is None:
+            cls._producer = _Producer()
+        return cls._producer
+
+    @classmethod
+    def _runtime(cls) -> _LoopRuntime:
+        loop = asyncio.get_running_loop()
+        runtime = cls._runtimes.get(loop)
+        if runtime is None:
+            runtime = cls._runtimes[loop] = _LoopRuntime(get_settings())
+            _register_exit_drain()
+        return runtime
+
+    @classmethod
+    def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
+        producer = cls._producer_state()
+        return {
+            "state_id": id,
+            "state_type": state_type,
+            "producer": producer.id,
+            "seq": producer.next_seq(state_key(id, state_type)),
+            "hlc": producer.clock.now(),
+        }
+
+    # -- writes ----------------------------------------------------------------------
+
+    @classmethod
+    async def save_state(cls, key: str, value: Any, id: str, type: StateType) -> None:
+        """Set field ``key`` of state ``id`` to ``value`` (any JSON-serialisable value).
+
+        Fire-and-forget: returns once the event is queued, without waiting for it to be
+        applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
+        (all ValueError) before anything is queued, and PublishError when earlier events
+        of this process could not be published.
+        """
+        state_type = _check_target(id, type)
+        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
+            raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
+        normalised = _json_roundtrip(value, f"value of field {key!r}")
+        event = FieldUpdated.model_construct(
+            field=key, value=normalised, kind="field_updated", schema_version=1, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    async def save_state_object(cls, id: str, value: dict[str, Any], type: StateType) -> dict[str, Any]:
+        """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
+
+        Returns the dict that will be stored. Fire-and-forget like ``save_state``, with
+        the same errors.
+        """
+        state_type = _check_target(id, type)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise InvalidValueError("state object must be a dict with string keys")
+        normalised = _json_roundtrip(value, "state object")
+        event = ObjectReplaced.model_construct(
+            value=normalised, kind="object_replaced", schema_version=1, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+        return json.loads(json.dumps(normalised))
+
+    @classmethod
+    async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
+        queued = QueuedEvent.of(event)
+        limit = get_settings().max_value_bytes
+        if len(queued.body) > limit:
+            raise InvalidValueError(
+                f"the event for state {event.state_id!r} is {len(queued.body)} bytes encoded; the limit is "
+                f"{limit} (STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
+            )
+        await cls._runtime().pipeline.submit(queued)
+
+    @classmethod
+    async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
+        """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
+        for event in events:
+            await cls._runtime().pipeline.submit(QueuedEvent.of(event))
+
+    @classmethod
+    async def flush(cls) -> None:
+        """Wait until every event queued by this process is published.
+
+        Raises PublishError (with the events) for events that could not be published.
+        """
+        await cls._runtime().pipeline.flush()
+
+    @classmethod
+    async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
+        """Wait until every event this process wrote to state ``id`` has been applied.
+
+        After it returns, ``get_state`` reflects this process's writes (read-your-writes).
+        Raises SyncTimeoutError after ``timeout`` seconds, PublishError as ``flush``.
+        """
+        state_type = _check_target(id, type)
+        key = state_key(id, state_type)
+        producer = cls._producer_state()
+        target = producer.last_seq(key)
+        runtime = cls._runtime()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await asyncio.wait_for(runtime.pipeline.flush(), timeout)
+        delay = 0.005
+        while True:
+            document = await runtime.query.get_document(id, state_type)
+            done = document.processed_upto(producer.id) if document else 0
+            if done >= target:
+                return
+            if loop.time() + delay > deadline:
+                raise SyncTimeoutError(
+                    f"state {key!r}: {done} of this process's {target} events applied after {timeout:g} s. "
+                    "Is the subscriber running (`make up`)? Its log says why events are not applied."
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # -- reads -----------------------------------------------------------------------
+
+    @classmethod
+    async def get_state(cls, id: str, type: StateType) -> dict[str, Any] | None:
+        """The state ``id`` as a dict, or None when no state exists.
+
+        Reads the state store directly through the caller's sidecar. Raises
+        StateDecodeError when the stored value cannot be decoded and
+        SidecarUnavailableError when the sidecar cannot be reached: neither is ever
+        reported as empty state.
+        """
+        state_type = _check_target(id, type)
+        document = await cls._runtime().query.get_document(id, state_type)
+        if document is None:
+            return None
+        latest = document.latest_stamp()
+        if latest is not None:
+            cls._producer_state().clock.observe((latest[0], latest[1]))
+        return document.to_state()
+
+
+def _check_target(id: object, type: object) -> StateType:
+    validate_id(id)
+    return coerce_state_type(type)
+
+
+def _json_roundtrip(value: Any, what: str) -> Any:
+    """``value`` as it will read back from JSON; InvalidValueError if it is not JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidValueError(f"{what} is nested too deeply to encode as JSON") from None
+
+
+_exit_drain_registered = False
+
+
+def _register_exit_drain() -> None:
+    global _exit_drain_registered
+    if not _exit_drain_registered:
+        atexit.register(_drain_at_exit)
+        _exit_drain_registered = True
+
+
+def _drain_at_exit() -> None:
+    """Publish events still queued when the interpreter exits (their loop is gone)."""
+    left = [q for runtime in list(StateStore._runtimes.values()) for q in runtime.pipeline.take_unpublished()]
+    if not left:
+        return
+
+    async def drain() -> None:
+        sidecar = SidecarClient()
+        pipeline = PublishPipeline(_SidecarTransport(sidecar, get_settings()), get_settings())
+        for queued in left:
+            await pipeline.submit(queued)
+        try:
+            await pipeline.flush()
+        finally:
+            await sidecar.close()
+
+    try:
+        asyncio.run(drain())
+    except Exception as exc:  # nothing to raise to at exit: say it loudly
+        log.error("%d state events were not published at exit: %s", len(left), exc)

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sets up what is missing for `make run` / `make test`: the Python environment (.venv),
+# Redis (Debian's redis-server), and daprd + the Dapr CLI built from Go modules.
+# Each step is skipped when already done. Usage: scripts/setup.sh [python|redis|runtime|all]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=$ROOT/.venv
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+setup_python() {
+  local stamp=$VENV/.installed
+  if [ -f "$stamp" ] && [ "$stamp" -nt "$ROOT/pyproject.toml" ]; then
+    return
+  fi
+  command -v python3 >/dev/null || die "python3 is not installed. Install Python 3.11 or newer."
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "Python 3.11 or newer is needed; python3 is $(python3 -V 2>&1)."
+  echo "setup: creating $VENV and installing the Python dependencies..."
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" \
+    || die "python3 -m venv failed. On Debian: apt-get install python3-venv."
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" \
+    || die "pip could not install the dependencies (see above). Is PyPI reachable (pip config, proxy)?"
+  touch "$stamp"
+}
+
+setup_redis() {
+  command -v redis-server >/dev/null && return
+  command -v apt-get >/dev/null \
+    || die "redis-server is not installed and there is no apt-get: install Redis 7 and put redis-server on PATH."
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "redis-server is missing; install it as root: apt-get install redis-server"
+    sudo=sudo
+  fi
+  echo "setup: installing Debian's redis-server..."
+  $sudo apt-get update -qq >/dev/null || die "apt-get update failed: are Debian's package mirrors reachable?"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null \
+    || die "apt-get install redis-server failed (see above)."
+  # The package may start a system Redis on 6379; the stack runs its own.
+  $sudo service redis-server stop >/dev/null 2>&1 || true
+}
+
+setup_runtime() {
+  "$ROOT/runtime/build.sh" all
+}
+
+case "${1:-all}" in
+  python) setup_python ;;
+  redis) setup_redis ;;
+  runtime) setup_runtime ;;
+  all) setup_python; setup_redis; setup_runtime ;;
+  *) die "usage: scripts/setup.sh [python|redis|runtime|all]" ;;
+esac
