@@ -1,0 +1,99 @@
+"""Issue 2's smoke tests: the real daprd, Redis and sqlite, wired as the components say."""
+
+import json
+import uuid
+
+import pytest
+from dapr.clients import DaprClient
+from dapr.conf import settings
+
+from devstack import Ports, Stack, StackError
+from devstack.multiapp import run_multiapp
+from devstack.processes import port_open
+from statestore.events import encode_cloudevent
+from tests.integration.conftest import eventually
+from tests.strategies import field_updated
+
+
+@pytest.fixture
+def sdk_client(monkeypatch):
+    """The Dapr SDK's own client for a sidecar (its health wait reads dapr.conf)."""
+
+    def connect(spec):
+        monkeypatch.setattr(settings, "DAPR_HTTP_PORT", spec.http_port)
+        monkeypatch.setattr(settings, "DAPR_HEALTH_TIMEOUT", 10)
+        return DaprClient(address=f"127.0.0.1:{spec.grpc_port}")
+
+    return connect
+
+
+def test_sdk_client_saves_and_reads_a_key_visible_from_a_second_app_id(stack, sdk_client):
+    key, value = f"smoke-{uuid.uuid4().hex[:8]}", json.dumps({"hello": "sqlite"})
+    with sdk_client(stack.ports.caller) as caller:
+        caller.save_state("statestore", key, value, state_metadata={"contentType": "application/json"})
+        assert json.loads(caller.get_state("statestore", key).data) == {"hello": "sqlite"}
+    with sdk_client(stack.ports.subscriber) as subscriber:
+        assert json.loads(subscriber.get_state("statestore", key).data) == {"hello": "sqlite"}
+
+
+async def test_event_published_by_one_app_id_reaches_the_grpc_subscriber_of_another(
+    stack, caller_sidecar, sdk_client
+):
+    state_id = f"smoke-{uuid.uuid4().hex[:8]}"
+    event = field_updated("via", "redis", producer=f"smoke-{uuid.uuid4().hex[:6]}", state_id=state_id)
+    with sdk_client(stack.ports.caller) as caller:
+        caller.publish_event("pubsub", "statestore-events", encode_cloudevent(event),
+                             data_content_type="application/cloudevents+json")  # fmt: skip
+
+    async def applied():
+        return await caller_sidecar.get_state("statestore", f"workflows/{state_id}")
+
+    stored = await eventually(applied)
+    assert json.loads(stored.value)["fields"]["via"]["value"] == "redis"
+
+
+async def test_object_store_binding_creates_and_reads_a_file_under_local_tmp(stack, subscriber_sidecar):
+    key = f"persistent-artifacts/apps/smoke/workflows/{uuid.uuid4().hex[:8]}/config.json"
+    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"a": 1}', {"fileName": key})
+    assert (stack.local / "tmp" / key).read_bytes() == b'{"a": 1}'
+    assert await subscriber_sidecar.invoke_binding("objectstore", "get", b"", {"fileName": key}) == b'{"a": 1}'
+
+
+def test_a_second_up_is_refused_and_names_the_running_stack(stack):
+    with pytest.raises(StackError, match="already running"):
+        Stack(stack.base, stack.ports).up()
+
+
+def test_a_port_in_use_is_named(stack, tmp_path):
+    ports = Ports.free()
+    taken = Ports(redis=stack.ports.redis, subscriber=ports.subscriber, caller=ports.caller)
+    with pytest.raises(StackError, match=f"port {stack.ports.redis} \\(Redis\\) is already in use"):
+        Stack(tmp_path, taken).up()
+
+
+def test_a_sidecar_that_fails_names_its_log(tmp_path, monkeypatch):
+    broken = Stack(tmp_path, Ports.free())
+    broken.caller_sidecar.argv.append("--no-such-flag")
+    with pytest.raises(StackError, match="caller-daprd exited; read .*caller-daprd.log"):
+        broken.up()
+    assert not broken.running()
+
+
+def test_dapr_multi_app_run_starts_both_apps_and_stops_cleanly(tmp_path):
+    log = tmp_path / "dapr-run.log"
+    ports = Ports.free()
+    with open(log, "wb") as out:
+        status = run_multiapp(
+            tmp_path, ports, demo_env={"DEMO_WORKFLOWS": "5", "DEMO_UPDATES": "5", "DEMO_CREDENTIALS": "5"},
+            timeout=180, output=out,
+        )  # fmt: skip
+    text = log.read_text()
+    assert status == 0, text
+    assert 'Started Dapr with app id "statestore-subscriber"' in text
+    assert 'Started Dapr with app id "statestore-demo"' in text
+    assert "final states checked 11/11 as expected" in text  # 5 workflows, 5 credentials, 1 probe
+    assert "Exited App successfully" in text
+    # Stopped cleanly: nothing of the run still listens.
+    listening = [p for p in (ports.redis, ports.caller.http_port, ports.subscriber.http_port, ports.subscriber.app_port)
+                 if port_open(p)]  # fmt: skip
+    assert listening == []

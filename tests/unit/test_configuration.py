@@ -1,0 +1,57 @@
+"""The component files, the run file and the settings name the same things."""
+
+from pathlib import Path
+
+import yaml
+
+from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from statestore.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def components():
+    return {doc["metadata"]["name"]: doc for doc in (yaml.safe_load(p.read_text()) for p in (ROOT / "components").glob("*.yaml"))}
+
+
+def metadata(doc):
+    return {item["name"]: item["value"] for item in doc["spec"]["metadata"]}
+
+
+def test_component_names_match_the_settings():
+    s = Settings()
+    found = components()
+    assert found[s.statestore_name]["spec"]["type"] == "state.sqlite"
+    assert found[s.pubsub_name]["spec"]["type"] == "pubsub.redis"
+    assert found[s.objectstore_name]["spec"]["type"] == "bindings.localstorage"
+
+
+def test_stores_match_the_reference_paths_and_share_keys():
+    found = components()
+    assert metadata(found["statestore"])["connectionString"] == "./local/dapr/statestore.db"
+    assert metadata(found["statestore"])["keyPrefix"] == "name"
+    assert metadata(found["objectstore"])["rootPath"].rstrip("/") == Settings().tmp_root
+
+
+def test_scopes_admit_exactly_the_apps_that_need_each_component():
+    found = components()
+    demo_app = "statestore-demo"
+    for name in ("statestore", "pubsub"):
+        assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, demo_app}
+    assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_pubsub_batches_fill_and_unacknowledged_messages_return():
+    meta = metadata(components()["pubsub"])
+    assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
+    assert meta["processingTimeout"] and meta["redeliverInterval"]
+
+
+def test_run_file_matches_the_stack():
+    run = yaml.safe_load((ROOT / "dapr.yaml").read_text())
+    assert run["common"]["placementHostAddress"] == "" and run["common"]["schedulerHostAddress"] == ""
+    apps = {app["appID"]: app for app in run["apps"]}
+    assert set(apps) == {SUBSCRIBER_APP_ID, "statestore-demo"}
+    sub = Ports().subscriber
+    assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
+    assert apps["statestore-demo"]["daprGRPCPort"] == 50001

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statestore.events import (
+    EVENT_TYPES,
+    InvalidEventError,
+    cloudevent_id,
+    cloudevent_type,
+    decode_event,
+    encode_cloudevent,
+)
+from tests.strategies import event_histories, field_updated, object_replaced
+
+
+def envelope(event):
+    return json.loads(encode_cloudevent(event))
+
+
+def test_cloudevent_envelope_names_kind_and_version():
+    event = field_updated("progress", 75)
+    ce = envelope(event)
+    assert ce["type"] == "io.statestore.field_updated.v1" and ce["specversion"] == "1.0"
+    assert ce["id"] == cloudevent_id(event) == "p1:workflows/s1:1"
+    assert EVENT_TYPES == {cloudevent_type("field_updated"), cloudevent_type("object_replaced")}
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=event_histories(max_events=10))
+def test_events_round_trip(history):
+    for event in history:
+        ce = envelope(event)
+        assert decode_event(ce["type"], json.dumps(ce["data"])) == event
+        assert decode_event(ce["type"], ce["data"]) == event
+
+
+@pytest.mark.parametrize(
+    ("ce_type", "reason"),
+    [("io.statestore.field_updated.v2", "unknown event type or schema version"),
+     ("io.statestore.renamed.v1", "unknown event type"),
+     ("com.example.other", "not a statestore event")],
+)  # fmt: skip
+def test_unknown_types_and_versions_are_rejected(ce_type, reason):
+    with pytest.raises(InvalidEventError, match=reason):
+        decode_event(ce_type, envelope(field_updated("a", 1))["data"])
+
+
+def mutate(data, **changes):
+    data = dict(data)
+    for key, value in changes.items():
+        if value is KeyError:
+            data.pop(key)
+        else:
+            data[key] = value
+    return data
+
+
+GOOD = envelope(field_updated("password", "s3cret-value"))["data"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"[]", mutate(GOOD, state_id=KeyError), mutate(GOOD, seq="one"), mutate(GOOD, seq=0),
+     mutate(GOOD, state_id="../etc"), mutate(GOOD, state_id="a" * 10_000), mutate(GOOD, state_type="secrets"),
+     mutate(GOOD, schema_version=2), mutate(GOOD, hlc=[1]), mutate(GOOD, extra="x"), mutate(GOOD, kind="object_replaced"),
+     mutate(GOOD, field="")],
+)  # fmt: skip
+def test_malformed_events_are_rejected_with_a_reason_that_leaks_no_value(data):
+    raw = data if isinstance(data, bytes) else json.dumps(data)
+    with pytest.raises(InvalidEventError) as info:
+        decode_event("io.statestore.field_updated.v1", raw)
+    assert "s3cret-value" not in str(info.value)
+    assert str(info.value).startswith(("malformed", "CloudEvent type"))
+
+
+def test_object_replace_needs_an_object():
+    data = envelope(object_replaced({"a": 1}))["data"]
+    with pytest.raises(InvalidEventError, match="value"):
+        decode_event("io.statestore.object_replaced.v1", json.dumps({**data, "value": [1, 2]}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(str.encode)), st.sampled_from(sorted(EVENT_TYPES)))
+def test_the_decoder_never_fails_other_than_with_a_reason(raw, ce_type):
+    try:
+        decode_event(ce_type, raw)
+    except InvalidEventError:
+        pass

@@ -1,0 +1,59 @@
+import pytest
+
+from statestore.errors import InvalidStateIdError, InvalidStateTypeError
+from statestore.paths import MAX_ID_LENGTH, StateType, build_state_store_path, object_key, state_key
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("workflows", True), ("credentials", True), ("WORKFLOWS", False), ("", False), ("invalid", False),
+     (None, False), (StateType.WORKFLOWS, False)],
+)  # fmt: skip
+def test_is_member_is_exact_and_case_sensitive(value, expected):
+    assert StateType.is_member(value) is expected
+
+
+def test_path_matches_the_reference_layout():
+    assert (
+        build_state_store_path("workflow-123", StateType.WORKFLOWS)
+        == "./local/tmp/persistent-artifacts/apps/default/workflows/workflow-123/config.json"
+    )
+    assert build_state_store_path("db-cred-456", "credentials").endswith("/credentials/db-cred-456/config.json")
+
+
+def test_path_uses_app_name_and_root_from_the_environment(monkeypatch):
+    from statestore import settings
+
+    monkeypatch.setenv("STATESTORE_APP_NAME", "appName")
+    monkeypatch.setenv("STATESTORE_TMP_ROOT", "/srv/tmp/")
+    settings.get_settings.cache_clear()
+    try:
+        assert (
+            build_state_store_path("workflow-123", StateType.WORKFLOWS)
+            == "/srv/tmp/persistent-artifacts/apps/appName/workflows/workflow-123/config.json"
+        )
+    finally:
+        settings.get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["", "a" * (MAX_ID_LENGTH + 1), "a/b", "a\\b", "..", "a..b", ".hidden", "a\x00b", "a\nb", "tab\there",
+     "space here", "ünicode", "a:b", "~root", None, 123, b"bytes", ["list"]],
+)  # fmt: skip
+def test_unsafe_ids_are_rejected_as_value_errors(bad_id):
+    with pytest.raises(InvalidStateIdError) as info:
+        build_state_store_path(bad_id, StateType.WORKFLOWS)
+    assert isinstance(info.value, ValueError)
+    assert "state id" in str(info.value)
+
+
+@pytest.mark.parametrize("good_id", ["workflow-123", "db-cred-456", "my_workflow.v2", "a" * MAX_ID_LENGTH, "0"])
+def test_safe_ids_are_accepted(good_id):
+    assert state_key(good_id, StateType.WORKFLOWS) == f"workflows/{good_id}"
+
+
+@pytest.mark.parametrize("bad_type", ["WORKFLOWS", "invalid", "", None, 1])
+def test_unknown_state_types_are_rejected(bad_type):
+    with pytest.raises(InvalidStateTypeError, match="not a StateType"):
+        object_key("workflow-123", bad_type)

@@ -1,0 +1,88 @@
+import asyncio
+
+import pytest
+
+from publisher.pipeline import PublishPipeline, QueuedEvent
+from statestore.errors import PublishError, SidecarUnavailableError
+from statestore.settings import Settings
+from tests.strategies import field_updated
+
+
+class FakeTransport:
+    """Records batches; fails the first ``failures`` calls in the given way."""
+
+    def __init__(self, failures=0, mode="raise"):
+        self.batches = []
+        self.failures = failures
+        self.mode = mode
+
+    async def publish_batch(self, cloudevents):
+        await asyncio.sleep(0)
+        if self.failures:
+            self.failures -= 1
+            if self.mode == "raise":
+                raise SidecarUnavailableError("sidecar down")
+            return {entry_id: "broker said no" for entry_id, _ in cloudevents}
+        self.batches.append([entry_id for entry_id, _ in cloudevents])
+        return {}
+
+
+def settings(**overrides):
+    return Settings(**{"batch_max_events": 10, "batch_window_ms": 1, "publish_backoff_ms": 1, **overrides})
+
+
+def queued(n):
+    return [QueuedEvent.of(field_updated("f", i, seq=i + 1, hlc=(i, 0))) for i in range(n)]
+
+
+async def test_events_go_out_in_bounded_batches_and_flush_waits_for_all():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings())
+    events = queued(35)
+    for q in events:
+        await pipeline.submit(q)
+    await pipeline.flush()
+    assert [eid for batch in transport.batches for eid in batch] == [q.id for q in events]
+    assert max(len(b) for b in transport.batches) <= 10
+    assert pipeline.published == 35 and pipeline.pending == 0
+
+
+@pytest.mark.parametrize("mode", ["raise", "entries"])
+async def test_transient_failures_are_retried(mode):
+    transport = FakeTransport(failures=2, mode=mode)
+    pipeline = PublishPipeline(transport, settings(publish_attempts=3))
+    for q in queued(5):
+        await pipeline.submit(q)
+    await pipeline.flush()
+    assert sum(len(b) for b in transport.batches) == 5
+
+
+async def test_events_that_cannot_be_published_surface_on_flush_with_the_events():
+    transport = FakeTransport(failures=100)
+    pipeline = PublishPipeline(transport, settings(publish_attempts=2))
+    events = queued(3)
+    for q in events:
+        await pipeline.submit(q)
+    with pytest.raises(PublishError, match="3 state events could not be published") as info:
+        await pipeline.flush()
+    assert info.value.events == [q.event for q in events]
+    await pipeline.flush()  # reported once, then the caller owns them
+
+
+async def test_a_failure_surfaces_on_the_next_submit():
+    pipeline = PublishPipeline(FakeTransport(failures=100), settings(publish_attempts=1))
+    first, second = queued(2)
+    await pipeline.submit(first)
+    await asyncio.wait_for(pipeline._idle.wait(), 5)
+    with pytest.raises(PublishError):
+        await pipeline.submit(second)
+
+
+async def test_queue_is_bounded():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(), max_pending=5)
+    for q in queued(50):
+        await pipeline.submit(q)
+        assert len(pipeline._pending) <= 5
+    await pipeline.flush()
+    assert sum(len(b) for b in transport.batches) == 50

@@ -1,0 +1,56 @@
+"""Bad input raises before anything is queued or published (no sidecar involved)."""
+
+import math
+
+import pytest
+
+from publisher import InvalidStateIdError, InvalidStateTypeError, InvalidValueError, StateStore, StateType
+from publisher.store import StateStore as Store
+
+
+@pytest.fixture(autouse=True)
+def no_runtime():
+    before = dict(Store._runtimes)
+    yield
+    assert dict(Store._runtimes) == before, "bad input must not reach the publish pipeline"
+
+
+@pytest.mark.parametrize("bad_id", ["", "../etc", "a/b", "a\x00", "x" * 10_000, None])
+async def test_bad_ids(bad_id):
+    with pytest.raises(InvalidStateIdError):
+        await StateStore.save_state("k", 1, bad_id, StateType.WORKFLOWS)
+    with pytest.raises(InvalidStateIdError):
+        await StateStore.save_state_object(bad_id, {}, StateType.WORKFLOWS)
+    with pytest.raises(InvalidStateIdError):
+        await StateStore.get_state(bad_id, StateType.WORKFLOWS)
+
+
+async def test_bad_types():
+    with pytest.raises(InvalidStateTypeError):
+        await StateStore.save_state("k", 1, "wf", "WORKFLOWS")
+
+
+@pytest.mark.parametrize("value", [{1, 2}, object(), math.nan, b"bytes", {"a": {"b": {1, 2}}}])
+async def test_values_that_are_not_json(value):
+    with pytest.raises(InvalidValueError, match="not JSON-serialisable"):
+        await StateStore.save_state("k", value, "wf", StateType.WORKFLOWS)
+
+
+async def test_deeply_nested_values_are_refused_clearly():
+    value = []
+    for _ in range(100_000):
+        value = [value]
+    with pytest.raises(InvalidValueError, match="nested too deeply|not JSON"):
+        await StateStore.save_state("k", value, "wf", StateType.WORKFLOWS)
+
+
+@pytest.mark.parametrize("value", [[1, 2], "text", {1: "int key"}, None])
+async def test_state_objects_must_be_dicts_with_string_keys(value):
+    with pytest.raises(InvalidValueError, match="dict with string keys"):
+        await StateStore.save_state_object("wf", value, StateType.WORKFLOWS)
+
+
+@pytest.mark.parametrize("key", ["", 5, None, "k" * 2000])
+async def test_field_names(key):
+    with pytest.raises(InvalidValueError, match="field name"):
+        await StateStore.save_state(key, 1, "wf", StateType.WORKFLOWS)
