@@ -22,7 +22,7 @@ producer can wait until all its events for this state are applied (read-your-wri
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -83,9 +83,9 @@ class ProducerProgress(BaseModel):
 class StateDocument(BaseModel):
     """What the state store holds for one state id."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    version: int = DOCUMENT_VERSION
+    version: Literal[1] = DOCUMENT_VERSION
     replaced: Stamp | None = None
     fields: dict[str, FieldEntry] = Field(default_factory=dict)
     producers: dict[str, ProducerProgress] = Field(default_factory=dict)
