@@ -44,7 +44,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("STATESTORE_SUBSCRIBER_PORT", "APP_PORT"),
         description="gRPC port the subscriber app serves (the Dapr CLI sets APP_PORT).",
     )
-    subscriber_batch_max: int = Field(100, ge=1)
+    subscriber_batch_max: int = Field(1000, ge=1)
     subscriber_batch_wait_ms: int = Field(10, ge=1)
 
 

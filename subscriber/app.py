@@ -14,6 +14,7 @@ from statestore.settings import get_settings
 from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
 from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
+from subscriber.outbox import SnapshotFlusher
 from subscriber.servicer import SubscriberServicer
 
 __all__ = ["main", "serve"]
@@ -30,11 +31,9 @@ async def serve(stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, then finish in-flight batches and exit."""
     settings = get_settings()
     sidecar = SidecarClient()
-    applier = EventApplier(
-        DaprStateRepository(sidecar, settings.statestore_name),
-        DaprObjectStore(sidecar, settings.objectstore_name),
-    )
-    servicer = SubscriberServicer(applier, settings)
+    repository = DaprStateRepository(sidecar, settings.statestore_name)
+    servicer = SubscriberServicer(EventApplier(repository), settings)
+    flusher = SnapshotFlusher(repository, DaprObjectStore(sidecar, settings.objectstore_name))
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 << 20),
@@ -57,10 +56,17 @@ async def serve(stop: asyncio.Event) -> None:
         "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
+    stop_flushing = asyncio.Event()
+    flushing = asyncio.create_task(flusher.run(stop_flushing))
     await stop.wait()
-    await server.stop(grace=10)
+    await server.stop(grace=10)  # finish in-flight batches, then their snapshots
+    stop_flushing.set()
+    await flushing
     await sidecar.close()
-    log.info("subscriber stopped: %d events applied, %d rejected", servicer.applied_events, servicer.rejected_events)
+    log.info(
+        "subscriber stopped: %d events applied, %d rejected, %d snapshots written",
+        servicer.applied_events, servicer.rejected_events, flusher.written,
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The applier over in-memory ports: batches, replicas racing, crashes between steps."""
+"""The applier and the snapshot flusher over in-memory ports: batches, replicas racing,
+crashes between steps."""
 
 import asyncio
 import json
@@ -8,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statestore.document import replay_in_order
+from statestore.document import decode_document, replay_in_order
 from statestore.paths import object_key
 from subscriber.applier import EventApplier, TransientError
-from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from subscriber.outbox import ALL_SLOTS, SnapshotFlusher, read_slot
+from subscriber.ports import EtagMismatchError, InMemoryObjectStore, InMemoryStateRepository
 from tests.strategies import event_histories, field_updated
 
 
@@ -20,8 +22,16 @@ async def snapshot(objects, state_id="s1"):
     return None if raw is None else json.loads(raw)
 
 
+def marked(repo):
+    return {key for slot in ALL_SLOTS for key in read_slot(repo.items.get(slot)).dirty}
+
+
+def state(repo, key="workflows/s1"):
+    return decode_document(key, repo.items[key].value).to_state()
+
+
 class SlowRepository(InMemoryStateRepository):
-    """Yields between read and write so that two appliers interleave."""
+    """Yields between read and write so that two replicas interleave."""
 
     async def load(self, keys):
         found = await super().load(keys)
@@ -31,15 +41,21 @@ class SlowRepository(InMemoryStateRepository):
 
 @settings(max_examples=60, deadline=None)
 @given(history=event_histories(max_events=30), seed=st.integers(0, 10_000))
-def test_two_replicas_applying_interleaved_batches_match_the_oracle(history, seed):
+def test_two_replicas_applying_and_flushing_at_once_match_the_oracle(history, seed):
     async def run():
         rng = random.Random(seed)
         repo, objects = SlowRepository(), InMemoryObjectStore()
-        replicas = [EventApplier(repo, objects), EventApplier(repo, objects)]
+        appliers = [EventApplier(repo), EventApplier(repo)]
+        flushers = [SnapshotFlusher(repo, objects), SnapshotFlusher(repo, objects)]
         delivered = history + rng.sample(history, k=min(3, len(history)))
         rng.shuffle(delivered)
         batches = [delivered[i : i + 4] for i in range(0, len(delivered), 4)]
-        await asyncio.gather(*(replicas[i % 2].apply(batch) for i, batch in enumerate(batches)))
+        await asyncio.gather(
+            *(appliers[i % 2].apply(batch) for i, batch in enumerate(batches)),
+            *(flushers[i % 2].flush_once() for i in range(len(batches))),
+        )
+        while marked(repo):  # the lease holder finishes what is left
+            await asyncio.gather(*(f.flush_once() for f in flushers))
         return repo, objects
 
     repo, objects = asyncio.run(run())
@@ -47,9 +63,7 @@ def test_two_replicas_applying_interleaved_batches_match_the_oracle(history, see
     if expected is None:
         assert repo.items == {}
         return
-    from statestore.document import decode_document
-
-    assert decode_document("k", repo.items["workflows/s1"].value).to_state() == expected
+    assert state(repo) == expected
     assert asyncio.run(snapshot(objects)) == expected
 
 
@@ -65,27 +79,62 @@ class FlakyObjects(InMemoryObjectStore):
         await super().put(key, data)
 
 
-async def test_a_crash_between_state_and_snapshot_is_repaired_by_redelivery():
+async def test_states_are_marked_in_the_same_commit_and_unmarked_after_their_snapshot():
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    await EventApplier(repo).apply([field_updated("a", 1), field_updated("b", 2, seq=2, hlc=(2, 0))])
+    assert marked(repo) == {"workflows/s1"} and await snapshot(objects) is None
+    assert await SnapshotFlusher(repo, objects).flush_once() == 1
+    assert marked(repo) == set() and await snapshot(objects) == {"a": 1, "b": 2}
+
+
+async def test_a_failed_snapshot_write_keeps_the_mark_until_a_later_round_succeeds():
     repo, objects = InMemoryStateRepository(), FlakyObjects(failures=1)
-    applier = EventApplier(repo, objects)
+    await EventApplier(repo).apply([field_updated("a", 1)])
+    flusher = SnapshotFlusher(repo, objects)
+    with pytest.raises(OSError):
+        await flusher.flush_once()  # a crash here leaves the mark in the state store
+    assert marked(repo) == {"workflows/s1"}
+    assert await SnapshotFlusher(repo, objects).flush_once() == 0  # lease still held by the first
+    assert await flusher.flush_once() == 1
+    assert await snapshot(objects) == {"a": 1} and marked(repo) == set()
+
+
+async def test_a_state_changed_during_a_flush_stays_marked():
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    applier = EventApplier(repo)
+    await applier.apply([field_updated("a", 1)])
+
+    class RacingObjects(InMemoryObjectStore):
+        async def put(self, key, data):
+            await super().put(key, data)
+            if not hasattr(self, "raced"):
+                self.raced = True
+                await applier.apply([field_updated("a", 2, seq=2, hlc=(2, 0))])
+
+    racing = RacingObjects()
+    flusher = SnapshotFlusher(repo, racing)
+    await flusher.flush_once()
+    assert marked(repo) == {"workflows/s1"}  # the newer version still needs its snapshot
+    await flusher.flush_once()
+    assert await snapshot(racing) == {"a": 2} and marked(repo) == set()
+
+
+async def test_redelivered_batches_change_nothing():
+    repo = InMemoryStateRepository()
     batch = [field_updated("a", 1), field_updated("b", 2, seq=2, hlc=(2, 0))]
-    with pytest.raises(TransientError, match="object store"):
-        await applier.apply(batch)
-    assert await snapshot(objects) is None  # state written, snapshot behind
-    result = await applier.apply(batch)  # the broker redelivers the batch
-    assert result.written == 0  # nothing changes twice
-    assert await snapshot(objects) == {"a": 1, "b": 2}
+    assert (await EventApplier(repo).apply(batch)).written == 1
+    before = dict(repo.items)
+    assert (await EventApplier(repo).apply(batch)).written == 0
+    assert repo.items == before
 
 
 class ConflictingRepository(InMemoryStateRepository):
     async def commit(self, upserts):
-        from subscriber.ports import EtagMismatchError
-
         raise EtagMismatchError("always")
 
 
 async def test_endless_conflicts_give_up_with_a_transient_error():
-    applier = EventApplier(ConflictingRepository(), InMemoryObjectStore(), max_conflict_retries=3)
+    applier = EventApplier(ConflictingRepository(), max_conflict_retries=3)
     with pytest.raises(TransientError, match="ETag conflicts"):
         await applier.apply([field_updated("a", 1)])
 
@@ -100,5 +149,5 @@ async def test_one_batch_touching_many_states_is_one_commit():
 
     repo = CountingRepository()
     events = [field_updated("a", i, state_id=f"s{i}", hlc=(i, 0)) for i in range(50)]
-    result = await EventApplier(repo, InMemoryObjectStore()).apply(events)
+    result = await EventApplier(repo).apply(events)
     assert (result.states, result.written, CountingRepository.commits) == (50, 50, 1)
