@@ -98,11 +98,9 @@ class Stack:
         self.run = self.local / "run"
         self.resources = self.run / "components"
         self.redis = self._process("redis", self._redis_argv())
-        self.subscriber_app = self._process(
-            "subscriber", [sys.executable, "-m", "subscriber"], env=self.subscriber_env()
-        )
-        self.subscriber_sidecar = self._process("subscriber-daprd", self._daprd_argv(self.ports.subscriber))
+        self.subscriber_app, self.subscriber_sidecar = self._subscriber_pair("subscriber", self.ports.subscriber)
         self.caller_sidecar = self._process("caller-daprd", self._daprd_argv(self.ports.caller))
+        self.replicas: list[tuple[ManagedProcess, ManagedProcess]] = []
 
     # -- layout ----------------------------------------------------------------------
 
@@ -116,17 +114,20 @@ class Stack:
             env={"DAPR_HOST_IP": "127.0.0.1", **self.extra_env, **(env or {})},
         )
 
-    def processes(self) -> list[ManagedProcess]:
-        """In start order."""
-        return [self.redis, self.subscriber_app, self.subscriber_sidecar, self.caller_sidecar]
-
-    def subscriber_env(self) -> dict[str, str]:
-        return {
-            "STATESTORE_SUBSCRIBER_PORT": str(self.ports.subscriber.app_port),
-            "DAPR_GRPC_PORT": str(self.ports.subscriber.grpc_port),
-            "DAPR_HTTP_PORT": str(self.ports.subscriber.http_port),
+    def _subscriber_pair(self, name: str, spec: SidecarSpec) -> tuple[ManagedProcess, ManagedProcess]:
+        env = {
+            "STATESTORE_SUBSCRIBER_PORT": str(spec.app_port),
+            "DAPR_GRPC_PORT": str(spec.grpc_port),
+            "DAPR_HTTP_PORT": str(spec.http_port),
             "PYTHONPATH": str(PROJECT_ROOT),
         }
+        app = self._process(name, [sys.executable, "-m", "subscriber"], env=env)
+        return app, self._process(f"{name}-daprd", self._daprd_argv(spec))
+
+    def processes(self) -> list[ManagedProcess]:
+        """In start order."""
+        extra = [proc for pair in self.replicas for proc in pair]
+        return [self.redis, self.subscriber_app, self.subscriber_sidecar, *extra, self.caller_sidecar]
 
     def caller_env(self) -> dict[str, str]:
         """Environment for a process that uses the caller sidecar."""
@@ -222,9 +223,20 @@ class Stack:
 
     def start_subscriber(self) -> None:
         """The subscriber app, then its sidecar (daprd waits for the app's port)."""
-        self.subscriber_app.start()
-        self.subscriber_app.wait_healthy(lambda: port_open(self.ports.subscriber.app_port), HEALTH_TIMEOUT_S)
-        self.start_sidecar(self.subscriber_sidecar, self.ports.subscriber)
+        self._start_pair(self.subscriber_app, self.subscriber_sidecar, self.ports.subscriber)
+
+    def _start_pair(self, app: ManagedProcess, sidecar: ManagedProcess, spec: SidecarSpec) -> None:
+        app.start()
+        app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
+        self.start_sidecar(sidecar, spec)
+
+    def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
+        """Start one more subscriber app with its sidecar (same app id and consumer group)."""
+        spec = Ports.free().subscriber
+        pair = self._subscriber_pair(f"subscriber-{len(self.replicas) + 2}", spec)
+        self.replicas.append(pair)
+        self._start_pair(*pair, spec)
+        return pair
 
     def start_caller(self) -> None:
         self.start_sidecar(self.caller_sidecar, self.ports.caller)

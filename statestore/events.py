@@ -9,7 +9,9 @@ number for that state. Stamps are unique and totally ordered; the subscriber's m
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -42,8 +44,12 @@ __all__ = [
 SCHEMA_VERSION = 1
 CLOUDEVENT_SOURCE = "statestore"
 
-Stamp = tuple[int, int, str, int]
-"""(hlc wall_ms, hlc logical, producer, seq): the total order of events."""
+Stamp = tuple[int, int, str, int, str]
+"""(hlc wall_ms, hlc logical, producer, seq, digest): the total order of events.
+
+The digest of the event's content only matters when two events claim the same producer
+and sequence number with different content (a buggy or malicious producer): the order is
+still total, so every replica and every delivery order picks the same winner."""
 
 
 class _EventBase(BaseModel):
@@ -61,9 +67,16 @@ class _EventBase(BaseModel):
     def _safe_id(cls, value: str) -> str:
         return validate_id(value)
 
-    @property
+    @cached_property
     def stamp(self) -> Stamp:
-        return (self.hlc[0], self.hlc[1], self.producer, self.seq)
+        return (self.hlc[0], self.hlc[1], self.producer, self.seq, self._digest())
+
+    def _digest(self) -> str:
+        content = json.dumps(self._content(), sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(content.encode(), digest_size=8).hexdigest()
+
+    def _content(self) -> Any:
+        raise NotImplementedError
 
     @property
     def key(self) -> str:
@@ -78,12 +91,18 @@ class FieldUpdated(_EventBase):
     field: Annotated[str, Field(min_length=1, max_length=1024)]
     value: JsonValue
 
+    def _content(self) -> Any:
+        return [self.field, self.value]
+
 
 class ObjectReplaced(_EventBase):
     """Replace a whole state with ``value`` (``save_state_object``)."""
 
     kind: Literal["object_replaced"] = "object_replaced"
     value: dict[str, JsonValue]
+
+    def _content(self) -> Any:
+        return self.value
 
 
 Event = Annotated[Union[FieldUpdated, ObjectReplaced], Field(discriminator="kind")]

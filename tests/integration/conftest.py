@@ -73,3 +73,26 @@ async def eventually(probe, timeout: float = 30.0, interval: float = 0.02):
 def python_env(stack: Stack) -> dict[str, str]:
     """Environment for a child Python process that uses the caller sidecar."""
     return {**os.environ, **stack.caller_env()}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault matrix's figures (for docs/reliability.md), when fault tests ran."""
+    from tests.integration.faults import RESULTS
+
+    if not RESULTS:
+        return
+    terminalreporter.section("reliability")
+    terminalreporter.write_line("| fault | runs | events | lost | double-applied | snapshot behind | recover (s, max) |")
+    terminalreporter.write_line("| --- | --- | --- | --- | --- | --- | --- |")
+    for result in RESULTS:
+        r = result.row()
+        terminalreporter.write_line(
+            f"| {r['fault']} | {r['runs']} | {r['events']} | {r['lost']} | {r['double_applied']} "
+            f"| {r['snapshot_mismatches']} | {r['recover_s']} |"
+        )
+    out = os.environ.get("RELIABILITY_JSON")
+    if out:
+        import json
+
+        with open(out, "w") as fh:
+            json.dump([r.row() for r in RESULTS], fh, indent=2)

@@ -97,3 +97,13 @@ def test_an_undecodable_document_is_an_error_not_empty_state():
 
     with pytest.raises(StateDecodeError, match="workflows/x"):
         decode_document("workflows/x", b'{"fields": 3}')
+
+
+def test_same_producer_and_sequence_with_different_content_has_one_winner_in_every_order():
+    a = field_updated("status", "a", seq=5, hlc=(9, 0))
+    b = field_updated("status", "b", seq=5, hlc=(9, 0))
+    winner = max((a, b), key=lambda e: e.stamp).value
+    assert apply_events(None, [a, b]).to_state() == apply_events(None, [b, a]).to_state() == {"status": winner}
+    assert replay_in_order([b, a]) == {"status": winner}
+    assert apply_events(None, [a, b]).processed_upto("p1") == 0  # seq 5 counted once, ahead
+    assert apply_events(None, [a, b]).producers["p1"].ahead == (5,)

@@ -1,0 +1,176 @@
+"""Issue 5's fault matrix (short form; `make chaos` runs it longer): after each fault the
+stored state and the snapshots equal the oracle, nothing lost, nothing applied twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from devstack.processes import port_open, wait_until
+from devstack.stack import PROJECT_ROOT
+from publisher import StateStore, StateType
+from tests.integration.conftest import eventually, python_env
+from tests.integration.faults import Load, run_across_fault
+
+# `make chaos` raises both: every fault CHAOS_ROUNDS times, CHAOS_KILLS subscriber kills.
+CHAOS_ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "1"))
+CHAOS_KILLS = int(os.environ.get("CHAOS_KILLS", "2"))
+
+
+def assert_clean(result):
+    assert (result.lost, result.double_applied, result.snapshot_mismatches) == (0, 0, 0), result
+
+
+async def restart_app(stack):
+    stack.subscriber_app.start()
+    await asyncio.to_thread(stack.subscriber_app.wait_healthy, lambda: port_open(stack.ports.subscriber.app_port), 60)
+
+
+async def restart_sidecar(stack, proc, spec):
+    await asyncio.to_thread(stack.start_sidecar, proc, spec)
+
+
+async def test_subscriber_app_sigkilled_at_random_points(stack):
+    rng = random.Random(5)
+    for _ in range(CHAOS_KILLS):
+
+        async def inject():
+            stack.subscriber_app.kill()
+
+        result = await run_across_fault(
+            "subscriber app SIGKILL", inject, lambda: restart_app(stack),
+            hold_s=rng.uniform(0.05, 0.5), warmup_s=rng.uniform(0.05, 0.6),
+        )  # fmt: skip
+    assert_clean(result)
+
+
+async def test_subscriber_sidecar_killed_and_restarted(stack):
+    for _ in range(CHAOS_ROUNDS):
+
+        async def inject():
+            stack.subscriber_sidecar.kill()
+
+        result = await run_across_fault(
+            "subscriber sidecar SIGKILL", inject,
+            lambda: restart_sidecar(stack, stack.subscriber_sidecar, stack.ports.subscriber),
+        )  # fmt: skip
+    assert_clean(result)
+
+
+async def test_caller_sidecar_killed_while_producers_keep_calling(stack):
+    for _ in range(CHAOS_ROUNDS):
+
+        async def inject():
+            stack.caller_sidecar.kill()
+
+        result = await run_across_fault(
+            "caller sidecar SIGKILL", inject,
+            lambda: restart_sidecar(stack, stack.caller_sidecar, stack.ports.caller), hold_s=0.5,
+        )  # fmt: skip
+    assert_clean(result)
+
+
+async def test_redis_stopped_and_restarted(stack):
+    for _ in range(CHAOS_ROUNDS):
+
+        async def inject():
+            stack.redis.stop()
+
+        async def recover():
+            await asyncio.to_thread(stack.start_redis)
+
+        result = await run_across_fault("Redis stop and restart (AOF)", inject, recover, hold_s=1.0)
+    assert_clean(result)
+
+
+async def test_sqlite_locked_longer_than_the_busy_timeout(stack):
+    db = stack.local / "dapr" / "statestore.db"
+    for _ in range(CHAOS_ROUNDS):
+        holder = {}
+
+        async def inject():
+            conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+            conn.execute("BEGIN EXCLUSIVE")
+            holder["conn"] = conn
+
+        async def recover():
+            holder["conn"].execute("ROLLBACK")
+            holder["conn"].close()
+
+        result = await run_across_fault("sqlite locked 7 s (busy timeout 5 s)", inject, recover, hold_s=7.0)
+    assert_clean(result)
+
+
+async def test_object_store_folder_unwritable_for_a_while(stack):
+    folder = stack.local / "tmp" / "persistent-artifacts"
+    for _ in range(CHAOS_ROUNDS):
+        moved = folder.with_name("persistent-artifacts.moved")
+
+        async def inject():
+            # Root ignores permission bits: a file where the folder belongs fails every write.
+            folder.rename(moved)
+            folder.write_text("not a folder")
+
+        async def recover():
+            folder.unlink()
+            moved.rename(folder)
+
+        result = await run_across_fault("object store unwritable 2 s", inject, recover, hold_s=2.0)
+    assert_clean(result)
+
+
+async def test_two_subscriber_replicas_consuming_at_once(stack):
+    replica = stack.add_subscriber_replica()
+    try:
+        for _ in range(CHAOS_ROUNDS):
+
+            async def nothing():
+                pass
+
+            result = await run_across_fault("two subscriber replicas", nothing, nothing, hold_s=1.5, load=Load(states=30))
+        assert_clean(result)
+        replica_log = replica[0].log_path.read_text()
+        assert "subscriber listening" in replica_log
+    finally:
+        for proc in reversed(replica):
+            proc.stop()
+        stack.replicas.remove(replica)
+
+
+async def test_producer_killed_mid_batch_leaves_only_whole_events(stack, tmp_path):
+    """What the producer flushed is applied; an object replace is never half-applied."""
+    state_id = f"killed-{uuid.uuid4().hex[:8]}"
+    progress = tmp_path / "flushed"
+    script = (
+        "import asyncio, sys\n"
+        "from publisher import StateStore, StateType\n"
+        "async def main():\n"
+        "    for r in range(1, 100000):\n"
+        f"        await StateStore.save_state_object('{state_id}', {{'round': r, 'a': r, 'b': r}}, StateType.WORKFLOWS)\n"
+        "        if r % 20 == 0:\n"
+        "            await StateStore.flush()\n"
+        f"            open(r'{progress}', 'w').write(str(r))\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=python_env(stack))
+    try:
+        assert await asyncio.to_thread(wait_until, lambda: progress.exists() and int(progress.read_text() or 0) >= 200, 60)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    flushed = int(progress.read_text())
+
+    async def flushed_rounds_applied():
+        state = await StateStore.get_state(state_id, StateType.WORKFLOWS)
+        return state if state and state["round"] >= flushed else None
+
+    state = await eventually(flushed_rounds_applied)
+    assert state == {"round": state["round"], "a": state["round"], "b": state["round"]}
