@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
 
-.PHONY: setup run test test-unit up down status clean
+.PHONY: setup run test test-unit chaos up down status clean
 
 setup:
 	@scripts/setup.sh all
@@ -14,6 +14,12 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+# The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times.
+chaos: setup
+	@mkdir -p local
+	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability.json \
+		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit

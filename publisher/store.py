@@ -31,6 +31,9 @@ __all__ = ["StateStore"]
 log = logging.getLogger("statestore.publisher")
 
 MAX_FIELD_LENGTH = 1024
+# The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
+# than JSON's), so the API refuses them first.
+MAX_NESTING = 64
 
 
 class _SidecarTransport:
@@ -226,11 +229,31 @@ def _check_target(id: object, type: object) -> StateType:
 def _json_roundtrip(value: Any, what: str) -> Any:
     """``value`` as it will read back from JSON; InvalidValueError if it is not JSON."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        normalised = json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
-        raise InvalidValueError(f"{what} is nested too deeply to encode as JSON") from None
+        normalised = None
+    if normalised is None and value is not None or _depth(normalised) > MAX_NESTING:
+        raise InvalidValueError(f"{what} is nested too deeply: the limit is {MAX_NESTING} levels")
+    return normalised
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 > MAX_NESTING:
+            return depth + 1
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 _exit_drain_registered = False

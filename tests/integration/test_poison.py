@@ -1,0 +1,163 @@
+"""Issue 5's poison corpus: every bad input is refused by the API before publishing, and
+reaches the dead-letter topic when sent raw, while later good events still apply."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from publisher import InvalidStateIdError, InvalidValueError, StateStore, StateType
+from publisher.query import StateQueryClient
+from statestore.events import encode_cloudevent
+from subscriber.deadletter import list_dead_letters, redrive
+from tests.integration.conftest import eventually
+from tests.integration.test_statestore import raw_publish, wait_applied
+from tests.strategies import field_updated
+
+W = StateType.WORKFLOWS
+MB = 1 << 20
+
+
+def good_data(**changes):
+    data = json.loads(encode_cloudevent(field_updated("f", 1, producer=f"poison-{uuid.uuid4().hex[:6]}")))["data"]
+    data.update(changes)
+    return data
+
+
+def nested(depth):
+    value = 1
+    for _ in range(depth):
+        value = {"n": value}
+    return value
+
+
+def cloudevent(data, ce_type="io.statestore.field_updated.v1"):
+    return {"specversion": "1.0", "id": f"poison-{uuid.uuid4().hex}", "source": "test", "type": ce_type,
+            "datacontenttype": "application/json", "data": data}  # fmt: skip
+
+
+# name -> (how, body); each must be dead-lettered. "redis" writes straight to the stream
+# (Dapr refuses to publish malformed CloudEvents); the rest go through the caller's sidecar.
+RAW_CORPUS = {
+    "malformed JSON": ("redis", b'{"specversion": "1.0", "type": '),
+    "not a CloudEvent": ("redis", b'{"hello": "world"}'),
+    "not a statestore event": ("application/json", b'{"hello": "world"}'),
+    "unknown event type": ("application/cloudevents+json", cloudevent(good_data(), "io.statestore.deleted.v1")),
+    "unknown schema version": ("application/cloudevents+json", cloudevent(good_data(), "io.statestore.field_updated.v2")),
+    "missing fields": ("application/cloudevents+json", cloudevent({"state_id": "x", "field": "f"})),
+    "wrong types": ("application/cloudevents+json", cloudevent(good_data(seq="seven", hlc="now"))),
+    "id with ..": ("application/cloudevents+json", cloudevent(good_data(state_id="../../etc"))),
+    "id with /": ("application/cloudevents+json", cloudevent(good_data(state_id="a/b"))),
+    "id with NUL": ("application/cloudevents+json", cloudevent(good_data(state_id="a\x00b"))),
+    "id of 10 KB": ("application/cloudevents+json", cloudevent(good_data(state_id="a" * 10_240))),
+    "timestamp far in the future": ("application/cloudevents+json",
+                                    cloudevent(good_data(hlc=[int(time.time() * 1000) + 10 * 365 * 86_400_000, 0]))),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deadletters(stack):
+    return redis.Redis(port=stack.ports.redis)
+
+
+def dlq_len(client):
+    return client.xlen("statestore-deadletter") if client.exists("statestore-deadletter") else 0
+
+
+@pytest.mark.parametrize("name", list(RAW_CORPUS))
+async def test_raw_poison_is_dead_lettered_and_later_events_apply(name, caller_sidecar, deadletters, stack):
+    how, body = RAW_CORPUS[name]
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    before = dlq_len(deadletters)
+    if how == "redis":
+        deadletters.xadd("statestore-events", {"data": raw})
+    else:
+        await caller_sidecar.publish("pubsub", "statestore-events", raw, how)
+    good = field_updated("after", name, producer=f"good-{uuid.uuid4().hex[:6]}", state_id=f"poison-{uuid.uuid4().hex[:8]}")
+    await raw_publish(caller_sidecar, [good])
+
+    async def dead_lettered():
+        return dlq_len(deadletters) > before
+
+    await eventually(dead_lettered)
+    await wait_applied(StateQueryClient(caller_sidecar, "statestore"), good.state_id, [good])
+    assert await StateStore.get_state(good.state_id, W) == {"after": name}
+    assert stack.subscriber_app.alive()
+
+
+async def test_too_deeply_nested_values_are_dead_lettered_not_fatal(caller_sidecar, deadletters, stack):
+    # Deeper than the decoder takes, yet valid JSON: built by hand, as the API refuses it.
+    data = good_data(field="deep", value=nested(400), state_id=f"deep-{uuid.uuid4().hex[:6]}")
+    before = dlq_len(deadletters)
+    await caller_sidecar.publish("pubsub", "statestore-events", json.dumps(cloudevent(data)).encode(), "application/cloudevents+json")
+    good = field_updated("after", 1, producer=f"good-{uuid.uuid4().hex[:6]}", state_id=f"poison-{uuid.uuid4().hex[:8]}")
+    await raw_publish(caller_sidecar, [good])
+    await wait_applied(StateQueryClient(caller_sidecar, "statestore"), good.state_id, [good])
+
+    async def dead_lettered():
+        return dlq_len(deadletters) > before
+
+    await eventually(dead_lettered)
+    assert await StateStore.get_state(data["state_id"], W) is None
+    assert stack.subscriber_app.alive()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: StateStore.save_state("f", 1, "../etc", W), InvalidStateIdError, "safe set"),
+        (lambda: StateStore.save_state("f", 1, "a/b", W), InvalidStateIdError, "safe set"),
+        (lambda: StateStore.save_state("f", 1, "a\x00b", W), InvalidStateIdError, "safe set"),
+        (lambda: StateStore.save_state("f", 1, "a" * 10_240, W), InvalidStateIdError, "limit is 128"),
+        (lambda: StateStore.save_state("f", {1, 2}, "ok-id", W), InvalidValueError, "not JSON-serialisable"),
+        (lambda: StateStore.save_state("f", "x" * (10 * MB), "ok-id", W), InvalidValueError, "limit is 1048576"),
+        (lambda: StateStore.save_state("f", nested(65), "ok-id", W), InvalidValueError, "limit is 64 levels"),
+        (lambda: StateStore.save_state("f", nested(100_000), "ok-id", W), InvalidValueError, "nested too deeply"),
+        (lambda: StateStore.save_state_object("ok-id", {"a": float("inf")}, W), InvalidValueError, "not JSON"),
+    ],
+    ids=["..", "/", "NUL", "10 KB id", "not JSON", "10 MB value", "65 levels", "100k levels", "infinity"],
+)
+async def test_the_api_refuses_bad_input_before_publishing(call, error, message):
+    from publisher.store import StateStore as Store
+
+    published = Store._runtime().pipeline.published
+    pending = Store._runtime().pipeline.pending
+    with pytest.raises(error, match=message):
+        await call()
+    assert (Store._runtime().pipeline.published, Store._runtime().pipeline.pending) == (published, pending)
+
+
+async def test_dead_letters_can_be_listed_and_redriven_after_a_fix(caller_sidecar, deadletters):
+    """A dead letter that a fixed subscriber would accept is published again and applies."""
+    state_id = f"redrive-{uuid.uuid4().hex[:8]}"
+    event = field_updated("recovered", True, producer=f"rd-{uuid.uuid4().hex[:6]}", state_id=state_id)
+    body = json.loads(encode_cloudevent(event))
+    body["type"] = "io.statestore.field_updated.v1"
+    broken = dict(body, data=dict(body["data"], seq="1x"))  # rejected today
+    await caller_sidecar.publish("pubsub", "statestore-events", json.dumps(broken).encode(), "application/cloudevents+json")
+
+    async def listed():
+        return [d for d in list_dead_letters(deadletters) if state_id.encode() in d.body]
+
+    letters = await eventually(listed)
+    assert "io.statestore.field_updated.v1" in letters[0].describe()
+    # "The fix": here, repairing the message itself, then re-driving it.
+    fixed = [type(letters[0])(letters[0].stream_id, json.dumps(dict(json.loads(letters[0].body), data=body["data"])).encode())]
+    assert await redrive(deadletters, fixed, caller_sidecar) == 1
+    await wait_applied(StateQueryClient(caller_sidecar, "statestore"), state_id, [event])
+    assert await StateStore.get_state(state_id, W) == {"recovered": True}
+    assert not [d for d in list_dead_letters(deadletters) if d.stream_id == letters[0].stream_id]
+
+
+async def test_values_at_the_nesting_limit_round_trip():
+    from publisher.store import MAX_NESTING
+
+    state_id = f"deep-ok-{uuid.uuid4().hex[:6]}"
+    value = nested(MAX_NESTING - 1)  # dicts: MAX_NESTING levels with the outer one
+    await StateStore.save_state("deep", value, state_id, W)
+    await StateStore.sync(state_id, W)
+    assert await StateStore.get_state(state_id, W) == {"deep": value}
