@@ -23,6 +23,7 @@ from devstack.processes import (
     pid_alive,
     port_open,
 )
+from publisher.keys import ensure_keyring
 
 __all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD"]
 
@@ -97,6 +98,7 @@ class Stack:
         self.logs = self.local / "logs"
         self.run = self.local / "run"
         self.resources = self.run / "components"
+        self.keys_file = self.local / "secrets" / "statestore-keys.json"
         self.redis = self._process("redis", self._redis_argv())
         self.subscriber_app, self.subscriber_sidecar = self._subscriber_pair("subscriber", self.ports.subscriber)
         self.caller_sidecar = self._process("caller-daprd", self._daprd_argv(self.ports.caller))
@@ -213,6 +215,7 @@ class Stack:
                 ensure_port_free(port, what)
         for folder in ("dapr", "tmp", "redis", "logs", "run"):
             (self.local / folder).mkdir(parents=True, exist_ok=True)
+        ensure_keyring(self.keys_file)
         self.render_components()
 
     def start_redis(self) -> None:

@@ -6,7 +6,15 @@
     state = await StateStore.get_state("workflow-123", StateType.WORKFLOWS)
 """
 
+from publisher.crypto import (
+    CredentialError,
+    KeyringError,
+    TamperedCredentialError,
+    UnknownCredentialError,
+    WrongKeyError,
+)
 from publisher.query import StateQueryClient
+from publisher.secrets import SecretStore, replace_credentials_with_guid
 from publisher.store import StateStore
 from statestore.errors import (
     InvalidStateIdError,
@@ -25,6 +33,13 @@ __all__ = [
     "StateType",
     "build_state_store_path",
     "StateQueryClient",
+    "SecretStore",
+    "replace_credentials_with_guid",
+    "CredentialError",
+    "UnknownCredentialError",
+    "WrongKeyError",
+    "TamperedCredentialError",
+    "KeyringError",
     "StateStoreError",
     "InvalidStateIdError",
     "InvalidStateTypeError",

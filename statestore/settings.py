@@ -25,6 +25,9 @@ class Settings(BaseSettings):
 
     statestore_name: str = "statestore"
     objectstore_name: str = "objectstore"
+    secretstore_name: str = "secretstore"
+    keyring_secret: str = Field("statestore-keyring", description="Secret holding the credential keys.")
+    keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
     deadletter_topic: str = "statestore-deadletter"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
-from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, state_pb2
+from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
 
 from statestore.errors import SidecarUnavailableError
 from statestore.settings import SidecarSettings, get_sidecar_settings
@@ -167,3 +167,9 @@ class SidecarClient:
         )
         response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}")
         return response.data
+
+    async def get_secret(self, store: str, name: str) -> dict[str, str]:
+        """A secret (all its values) from a Dapr secret store."""
+        request = secret_pb2.GetSecretRequest(store_name=store, key=name)
+        response = await self._call(self._stub.GetSecret, request, f"secret {store}/{name}")
+        return dict(response.data)
