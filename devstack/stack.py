@@ -7,6 +7,7 @@ tests run their own copy in a temporary folder on free ports.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -91,9 +92,15 @@ class Stack:
     base: Path
     ports: Ports = field(default_factory=Ports)
     extra_env: dict[str, str] = field(default_factory=dict)
+    api_tokens: bool = False  # DAPR_API_TOKEN on every sidecar, APP_API_TOKEN for the subscriber
 
     def __post_init__(self) -> None:
         self.base = Path(self.base).resolve()
+        self.tokens = (
+            {"DAPR_API_TOKEN": secrets.token_hex(16), "APP_API_TOKEN": secrets.token_hex(16)}
+            if self.api_tokens
+            else {}
+        )
         self.local = self.base / "local"
         self.logs = self.local / "logs"
         self.run = self.local / "run"
@@ -113,7 +120,7 @@ class Stack:
             log_path=self.logs / f"{name}.log",
             pid_path=self.run / f"{name}.pid",
             cwd=self.base,
-            env={"DAPR_HOST_IP": "127.0.0.1", **self.extra_env, **(env or {})},
+            env={"DAPR_HOST_IP": "127.0.0.1", **self.tokens, **self.extra_env, **(env or {})},
         )
 
     def _subscriber_pair(self, name: str, spec: SidecarSpec) -> tuple[ManagedProcess, ManagedProcess]:
@@ -133,11 +140,14 @@ class Stack:
 
     def caller_env(self) -> dict[str, str]:
         """Environment for a process that uses the caller sidecar."""
-        return {
+        env = {
             "DAPR_GRPC_PORT": str(self.ports.caller.grpc_port),
             "DAPR_HTTP_PORT": str(self.ports.caller.http_port),
             "STATESTORE_TMP_ROOT": str(self.local / "tmp"),
         }
+        if self.tokens:
+            env["DAPR_API_TOKEN"] = self.tokens["DAPR_API_TOKEN"]
+        return env
 
     def _redis_argv(self) -> list[str]:
         return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import grpc
@@ -22,6 +23,29 @@ __all__ = ["main", "serve"]
 log = logging.getLogger("statestore.subscriber")
 
 
+class _RequireAppToken(grpc.aio.ServerInterceptor):
+    """With APP_API_TOKEN set, only a sidecar that sends that token delivers events.
+
+    daprd asks for the subscription list (and health) without the token, so those
+    read-only calls stay open; every call that carries data needs it.
+    """
+
+    OPEN = ("/ListTopicSubscriptions", "/ListInputBindings", "/HealthCheck")
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(self, continuation, details):
+        token = dict(details.invocation_metadata or ()).get("dapr-api-token")
+        if token == self._token or details.method.endswith(self.OPEN):
+            return await continuation(details)
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
 class _Health(pb_grpc.AppCallbackHealthCheckServicer):
     async def HealthCheck(self, request, context):
         return pb.HealthCheckResponse()
@@ -34,7 +58,9 @@ async def serve(stop: asyncio.Event) -> None:
     repository = DaprStateRepository(sidecar, settings.statestore_name)
     servicer = SubscriberServicer(EventApplier(repository), settings)
     flusher = SnapshotFlusher(repository, DaprObjectStore(sidecar, settings.objectstore_name))
+    token = os.environ.get("APP_API_TOKEN")
     server = grpc.aio.server(
+        interceptors=[_RequireAppToken(token)] if token else None,
         options=[
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),

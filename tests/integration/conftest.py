@@ -18,7 +18,7 @@ from statestore.sidecar import SidecarClient
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free())
+    stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), api_tokens=True)
     stack.up()
     yield stack
     stack.down()
@@ -46,16 +46,20 @@ def settings(caller_environment) -> Settings:
 @pytest.fixture
 async def subscriber_sidecar(stack):
     """A client of the subscriber's own sidecar (a second app id)."""
-    client = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.subscriber.grpc_port))
+    client = SidecarClient(sidecar_settings(stack, stack.ports.subscriber.grpc_port))
     yield client
     await client.close()
 
 
 @pytest.fixture
 async def caller_sidecar(stack):
-    client = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.caller.grpc_port))
+    client = SidecarClient(sidecar_settings(stack, stack.ports.caller.grpc_port))
     yield client
     await client.close()
+
+
+def sidecar_settings(stack: Stack, grpc_port: int) -> SidecarSettings:
+    return SidecarSettings(dapr_grpc_port=grpc_port, dapr_api_token=stack.tokens.get("DAPR_API_TOKEN"))
 
 
 async def eventually(probe, timeout: float = 30.0, interval: float = 0.02):

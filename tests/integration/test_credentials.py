@@ -26,6 +26,7 @@ from publisher.keys import rotate_keyring
 from publisher.secrets import INDEX_ID
 from statestore.settings import SidecarSettings
 from statestore.sidecar import SidecarClient
+from tests.integration.conftest import sidecar_settings
 
 C = StateType.CREDENTIALS
 RATES: dict[str, float] = {}
@@ -129,7 +130,7 @@ async def test_the_subscriber_and_other_app_ids_cannot_read_keys_or_publish(stac
     intruder_spec = SidecarSpec("intruder", spec.http_port, spec.grpc_port, spec.metrics_port, spec.internal_grpc_port)
     intruder = stack._process("intruder-daprd", stack._daprd_argv(intruder_spec))
     await asyncio.to_thread(stack.start_sidecar, intruder, intruder_spec)
-    client = SidecarClient(SidecarSettings(dapr_grpc_port=spec.grpc_port))
+    client = SidecarClient(sidecar_settings(stack, spec.grpc_port))  # a valid token, the wrong app id
     try:
         with pytest.raises(SidecarUnavailableError, match="secret"):
             await client.get_secret("secretstore", "statestore-keyring")
@@ -140,3 +141,24 @@ async def test_the_subscriber_and_other_app_ids_cannot_read_keys_or_publish(stac
     finally:
         await client.close()
         intruder.stop()
+
+
+async def test_api_tokens_keep_out_callers_and_apps_without_them(stack):
+    import grpc
+    from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+
+    anonymous = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.caller.grpc_port, dapr_api_token=None))
+    try:
+        with pytest.raises(SidecarUnavailableError, match="UNAUTHENTICATED"):
+            await anonymous.get_state("statestore", "workflows/anything")
+    finally:
+        await anonymous.close()
+    # The subscriber app itself answers only its sidecar (APP_API_TOKEN).
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.ports.subscriber.app_port}") as channel:
+        stub = appcallback_pb2_grpc.AppCallbackStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.OnTopicEvent(appcallback_pb2.TopicEventRequest(topic="statestore-events"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.OnBulkTopicEvent(appcallback_pb2.TopicEventBulkRequest(topic="statestore-events"), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -17,10 +17,11 @@ from tests.strategies import field_updated
 
 
 @pytest.fixture
-def sdk_client(monkeypatch):
+def sdk_client(monkeypatch, stack):
     """The Dapr SDK's own client for a sidecar (its health wait reads dapr.conf)."""
 
     def connect(spec):
+        monkeypatch.setattr(settings, "DAPR_API_TOKEN", stack.tokens.get("DAPR_API_TOKEN"))
         monkeypatch.setattr(settings, "DAPR_HTTP_PORT", spec.http_port)
         monkeypatch.setattr(settings, "DAPR_HEALTH_TIMEOUT", 10)
         return DaprClient(address=f"127.0.0.1:{spec.grpc_port}")
