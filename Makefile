@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
 
-.PHONY: setup run test test-unit chaos up down status clean
+.PHONY: setup run test test-unit chaos bench bench-full up down status clean
 
 setup:
 	@scripts/setup.sh all
@@ -20,6 +20,15 @@ chaos: setup
 	@mkdir -p local
 	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability.json \
 		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py
+
+# Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
+bench: setup
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m bench
+
+bench-full: setup
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(PY) -m bench --full
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit

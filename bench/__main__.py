@@ -1,0 +1,140 @@
+"""`make bench`: statestore vs plain Dapr state vs the reference design, one stack, one run.
+
+    python -m bench            # quick mode (under 5 minutes)
+    python -m bench --full     # the sizes the issue names (about 20 minutes)
+
+Results: bench/results/<time>.json, docs/benchmarks.md and docs/bench-*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from devstack import Ports, Stack
+from devstack.stack import PROJECT_ROOT
+
+SIZES = {
+    "quick": dict(latency_calls=2000, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 2000, 8000],
+                  stale_s=4, lost_ids=20, lost_fields=5, read_ids=2000, reads=2000,
+                  scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000]),
+    "full": dict(latency_calls=20_000, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 1000, 2000, 4000, 8000],
+                 stale_s=15, lost_ids=100, lost_fields=10, read_ids=10_000, reads=10_000,
+                 scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000, 100_000]),
+}  # fmt: skip
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+async def measure(stack: Stack, size: dict) -> dict:
+    from bench import measures as m
+    from bench.peers import PlainDaprPeer, ReferencePeer, StateStorePeer
+    from statestore.settings import SidecarSettings
+    from statestore.sidecar import SidecarClient
+
+    subscriber_sidecar = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.subscriber.grpc_port))
+    peers = [
+        StateStorePeer(),
+        PlainDaprPeer(stack.ports.caller.http_port, stack.ports.caller.grpc_port, None),
+        ReferencePeer(subscriber_sidecar),
+    ]
+    subscriber = m.ProcessMeter(stack.subscriber_app.pid)
+    subscriber_sidecar_meter = m.ProcessMeter(stack.subscriber_sidecar.pid)
+    results: dict = {name: {} for name in (p.name for p in peers)}
+
+    for peer in peers:  # warm up connections and the store
+        await m.caller_latency(peer, 200)
+
+    for peer in peers:
+        say(f"{peer.name}: caller latency of one field update ({size['latency_calls']} calls)")
+        results[peer.name]["latency"] = await m.caller_latency(peer, size["latency_calls"])
+
+    for peer in peers:
+        say(f"{peer.name}: throughput, {size['tp_ids']} ids x {size['tp_fields']} fields, {size['tp_producers']} producers")
+        cpu0, sidecar_cpu0 = subscriber.cpu_s(), subscriber_sidecar_meter.cpu_s()
+        tp = await m.throughput(peer, size["tp_ids"], size["tp_fields"], size["tp_producers"])
+        if peer.name == "statestore":
+            tp["subscriber_cpu_s_per_1000"] = round(1000 * (subscriber.cpu_s() - cpu0) / tp["updates"], 3)
+            tp["subscriber_sidecar_cpu_s_per_1000"] = round(1000 * (subscriber_sidecar_meter.cpu_s() - sidecar_cpu0) / tp["updates"], 3)
+        results[peer.name]["throughput"] = tp
+
+    for peer in peers:
+        say(f"{peer.name}: lost updates, {size['tp_producers']} producers on {size['lost_ids']} shared ids")
+        results[peer.name]["lost"] = await m.lost_updates(peer, size["lost_ids"], size["tp_producers"], size["lost_fields"])
+
+    for peer in peers:
+        say(f"{peer.name}: get_state latency on {size['read_ids']} warm ids")
+        results[peer.name]["read"] = await m.read_latency(peer, size["read_ids"], size["reads"])
+
+    statestore = peers[0]
+    results["statestore"]["staleness"] = []
+    for rate in size["rates"]:
+        say(f"statestore: staleness at {rate} updates/s for {size['stale_s']} s")
+        results["statestore"]["staleness"].append(await m.staleness(statestore, rate, size["stale_s"]))
+    results["plain-dapr"]["staleness"] = [await m.staleness(peers[1], size["rates"][0], size["stale_s"])]
+
+    results["statestore"]["scaling"] = {"producers": [], "ids": []}
+    for producers in size["scale_producers"]:
+        say(f"statestore: scaling, {producers} producers")
+        results["statestore"]["scaling"]["producers"].append(await m.throughput(statestore, 1000, 5, producers))
+    for ids in size["scale_ids"]:
+        say(f"statestore: scaling, {ids} ids")
+        results["statestore"]["scaling"]["ids"].append(await m.throughput(statestore, ids, 2, 16))
+
+    results["memory"] = {
+        "subscriber_peak_rss_mb": subscriber.peak_rss_mb(),
+        "producer_peak_rss_mb": m.ProcessMeter(os.getpid()).peak_rss_mb(),
+    }
+    results["plain-dapr"]["etag_conflicts"] = peers[1].conflicts
+    results["reference"]["torn_reads"] = peers[2].torn_reads
+    for peer in peers:
+        await peer.close()
+    await subscriber_sidecar.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--full", action="store_true", help="the full sizes (about 20 minutes)")
+    args = parser.parse_args(argv)
+    mode = "full" if args.full else "quick"
+    size = SIZES[mode]
+    base = Path(tempfile.mkdtemp(prefix="statestore-bench-"))
+    stack = Stack(base, Ports.free())
+    say(f"starting the stack in {base} ({mode} mode)")
+    stack.up()
+    os.environ.update(stack.caller_env())
+    started = time.time()
+    try:
+        results = asyncio.run(measure(stack, size))
+    finally:
+        stack.down()
+    from bench.report import write_report
+
+    record = {
+        "mode": mode, "parameters": size, "seconds": round(time.time() - started),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "daprd": "v1.18.2", "dapr_python_sdk": "1.18.3"},
+        "results": results,
+    }  # fmt: skip
+    out_dir = PROJECT_ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{mode}.json"
+    out.write_text(json.dumps(record, indent=2))
+    write_report(record, PROJECT_ROOT / "docs")
+    say(f"done in {record['seconds']} s: {out}, docs/benchmarks.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""One function per measure; each takes a peer and returns plain numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+__all__ = [
+    "percentiles",
+    "ProcessMeter",
+    "caller_latency",
+    "throughput",
+    "staleness",
+    "lost_updates",
+    "read_latency",
+]
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    """p50/p99/p999 in milliseconds."""
+    if not samples_s:
+        return {}
+    ordered = sorted(samples_s)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 4)
+
+    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999), "n": len(ordered)}
+
+
+@dataclass
+class ProcessMeter:
+    """CPU seconds and peak RSS of a process, from /proc."""
+
+    pid: int
+
+    def cpu_s(self) -> float:
+        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / 100
+
+    def peak_rss_mb(self) -> float:
+        for line in open(f"/proc/{self.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return 0.0
+
+
+def tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+async def caller_latency(peer, calls: int) -> dict:
+    """How long the caller waits for one field update (sequential calls)."""
+    ids = [f"lat-{tag()}-{n}" for n in range(50)]
+    samples = []
+    for n in range(calls):
+        start = time.perf_counter()
+        await peer.save_field(ids[n % len(ids)], f"f{n % 10}", n)
+        samples.append(time.perf_counter() - start)
+    await peer.settle(ids)
+    return percentiles(samples)
+
+
+async def throughput(peer, ids: int, fields: int, producers: int) -> dict:
+    """Updates per second, counted when all are applied and visible through reads."""
+    run = tag()
+    state_ids = [f"tp-{run}-{n}" for n in range(ids)]
+    work = [(state_ids[i], f"f{f}", f) for f in range(fields) for i in range(ids)]
+    start = time.perf_counter()
+
+    async def producer(k: int) -> None:
+        for state_id, key, value in work[k::producers]:
+            await peer.save_field(state_id, key, value)
+
+    await asyncio.gather(*(producer(k) for k in range(producers)))
+    called = time.perf_counter() - start
+    await peer.settle(state_ids)
+    visible = time.perf_counter() - start
+    sample = [await peer.get(s) for s in state_ids[:: max(1, ids // 50)]]
+    complete = all(s is not None and len(s) == fields for s in sample)
+    return {
+        "updates": len(work), "producers": producers, "ids": ids,
+        "calls_per_s": round(len(work) / called), "applied_per_s": round(len(work) / visible),
+        "seconds": round(visible, 2), "complete": complete,
+    }  # fmt: skip
+
+
+async def staleness(peer, rate: float, seconds: float, ids: int = 200) -> dict:
+    """Publish-to-visible delay at a fixed offered load (open loop), sampled by a probe."""
+    run = tag()
+    state_ids = [f"st-{run}-{n}" for n in range(ids)]
+    delays: list[float] = []
+    stop = asyncio.Event()
+
+    async def load() -> int:
+        sent, start = 0, time.perf_counter()
+        while not stop.is_set():
+            due = int((time.perf_counter() - start) * rate)
+            while sent < due:
+                await peer.save_field(state_ids[sent % ids], "n", sent)
+                sent += 1
+            await asyncio.sleep(0.002)
+        return sent
+
+    async def probe() -> None:
+        probe_id, k = f"st-probe-{run}", 0
+        while not stop.is_set():
+            k += 1
+            start = time.perf_counter()
+            await peer.save_field(probe_id, "k", k)
+            while ((await peer.get(probe_id)) or {}).get("k") != k:
+                await asyncio.sleep(0.001)
+            delays.append(time.perf_counter() - start)
+            await asyncio.sleep(0.02)
+
+    start = time.perf_counter()
+    loader = asyncio.create_task(load())
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(seconds)
+    stop.set()
+    sent = await loader
+    await prober
+    achieved = sent / (time.perf_counter() - start)
+    await peer.settle(state_ids)
+    backlog_s = time.perf_counter() - start - seconds
+    result = percentiles(delays)
+    return {"offered_per_s": rate, "achieved_per_s": round(achieved), "drain_s": round(backlog_s, 2), **result}
+
+
+async def lost_updates(peer, ids: int, producers: int, fields_each: int) -> dict:
+    """Producers write distinct fields of the same states at once; count what is missing."""
+    run = tag()
+    state_ids = [f"lost-{run}-{n}" for n in range(ids)]
+
+    async def producer(p: int) -> None:
+        for f in range(fields_each):
+            for state_id in state_ids:
+                await peer.save_field(state_id, f"p{p}-f{f}", f)
+
+    await asyncio.gather(*(producer(p) for p in range(producers)))
+    await peer.settle(state_ids)
+    expected = producers * fields_each
+    missing = 0
+    for state_id in state_ids:
+        state = await peer.get(state_id) or {}
+        missing += expected - sum(1 for k in state if k.startswith("p"))
+    return {"updates": ids * expected, "lost": missing, "lost_pct": round(100 * missing / (ids * expected), 2)}
+
+
+async def read_latency(peer, ids: int, reads: int) -> dict:
+    """get_state on a warm store of ``ids`` states."""
+    run = tag()
+    state_ids = [f"rd-{run}-{n}" for n in range(ids)]
+    for chunk in range(0, ids, 500):
+        await asyncio.gather(*(peer.save_field(s, "v", 1) for s in state_ids[chunk : chunk + 500]))
+    await peer.settle(state_ids)
+    samples = []
+    for n in range(reads):
+        start = time.perf_counter()
+        await peer.get(state_ids[(n * 7919) % ids])
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)

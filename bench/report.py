@@ -1,0 +1,139 @@
+"""docs/benchmarks.md and its plots from one results record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_report"]
+
+PEERS = ["statestore", "plain-dapr", "reference"]
+BASELINE = "plain-dapr"
+
+
+def _ratio(value: float, base: float, higher_is_better: bool) -> str:
+    if not value or not base:
+        return "n/a"
+    ratio = base / value if not higher_is_better else value / base
+    return f"{ratio:.1f}x"
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(record: dict, docs: Path) -> None:
+    r = record["results"]
+    base = r[BASELINE]
+    parts = [
+        "# Benchmarks",
+        "",
+        "`make bench` (quick, under 5 minutes) or `make bench-full` runs this on one stack: the",
+        "same daprd, Redis, sqlite store and object store for all three peers "
+        "(see `bench/peers.py`):",
+        "",
+        "- **statestore**: `save_state` / `get_state` of this project.",
+        "- **plain-dapr**: a synchronous read-modify-write of the JSON object through the Dapr",
+        "  SDK's `DaprClient` against the sqlite store, with ETag retry.",
+        "- **reference**: the reference system's algorithm: read the object from the",
+        "  object-store binding, change it, write a local file, upload it; no ETag.",
+        "",
+        f"Mode `{record['mode']}`, {record['machine']['cpus']} cores, Python {record['machine']['python']}, "
+        f"daprd {record['machine']['daprd']}; run took {record['seconds']} s. Ratios are against plain-dapr.",
+        "",
+        "## Caller latency of one field update",
+        "",
+        _table(
+            ["peer", "p50 ms", "p99 ms", "p999 ms", "p50 vs plain-dapr"],
+            [[p, r[p]["latency"]["p50_ms"], r[p]["latency"]["p99_ms"], r[p]["latency"]["p999_ms"],
+              _ratio(r[p]["latency"]["p50_ms"], base["latency"]["p50_ms"], False)] for p in PEERS],
+        ),  # fmt: skip
+        "",
+        "statestore returns once the event is queued; the others once the write is stored.",
+        "",
+        "## Sustained throughput (applied and visible through reads)",
+        "",
+        _table(
+            ["peer", "updates", "producers", "applied/s", "calls/s", "vs plain-dapr", "complete"],
+            [[p, r[p]["throughput"]["updates"], r[p]["throughput"]["producers"], r[p]["throughput"]["applied_per_s"],
+              r[p]["throughput"]["calls_per_s"],
+              _ratio(r[p]["throughput"]["applied_per_s"], base["throughput"]["applied_per_s"], True),
+              r[p]["throughput"]["complete"]] for p in PEERS],
+        ),  # fmt: skip
+        "",
+        f"Subscriber CPU per 1,000 applied updates: {r['statestore']['throughput'].get('subscriber_cpu_s_per_1000')} s "
+        f"(its sidecar: {r['statestore']['throughput'].get('subscriber_sidecar_cpu_s_per_1000')} s).",
+        "",
+        "## Lost updates (producers writing distinct fields of the same states at once)",
+        "",
+        _table(["peer", "updates", "lost", "lost %"],
+               [[p, r[p]["lost"]["updates"], r[p]["lost"]["lost"], r[p]["lost"]["lost_pct"]] for p in PEERS]),  # fmt: skip
+        "",
+        f"plain-dapr retried {r['plain-dapr'].get('etag_conflicts', 0)} ETag conflicts to lose nothing; the reference "
+        f"read {r['reference'].get('torn_reads', 0)} torn files (two uploads interleaved), each treated as no state.",
+        "",
+        "## get_state latency on a warm store",
+        "",
+        _table(["peer", "ids", "p50 ms", "p99 ms", "p50 vs plain-dapr"],
+               [[p, record["parameters"]["read_ids"], r[p]["read"]["p50_ms"], r[p]["read"]["p99_ms"],
+                 _ratio(r[p]["read"]["p50_ms"], base["read"]["p50_ms"], False)] for p in PEERS]),  # fmt: skip
+        "",
+        "## Staleness: publish-to-visible delay at a fixed offered load (statestore)",
+        "",
+        _table(["offered/s", "achieved/s", "p50 ms", "p99 ms", "drain after load s"],
+               [[s["offered_per_s"], s["achieved_per_s"], s.get("p50_ms"), s.get("p99_ms"), s["drain_s"]]
+                for s in r["statestore"]["staleness"]]),  # fmt: skip
+        "",
+        f"plain-dapr at {r['plain-dapr']['staleness'][0]['offered_per_s']}/s: "
+        f"p50 {r['plain-dapr']['staleness'][0].get('p50_ms')} ms (write plus read; it is synchronous).",
+        "",
+        "## Scaling (statestore)",
+        "",
+        _table(["producers", "updates", "applied/s"],
+               [[s["producers"], s["updates"], s["applied_per_s"]] for s in r["statestore"]["scaling"]["producers"]]),
+        "",
+        _table(["ids", "updates", "applied/s"],
+               [[s["ids"], s["updates"], s["applied_per_s"]] for s in r["statestore"]["scaling"]["ids"]]),
+        "",
+        "## Memory",
+        "",
+        f"Peak RSS: subscriber {r['memory']['subscriber_peak_rss_mb']} MiB, "
+        f"benchmark producer process {r['memory']['producer_peak_rss_mb']} MiB.",
+        "",
+        "![latency](bench-latency.png) ![staleness](bench-staleness.png) ![scaling](bench-scaling.png)",
+        "",
+    ]
+    (docs / "benchmarks.md").write_text("\n".join(parts))
+    _plots(record, docs)
+
+
+def _plots(record: dict, docs: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = record["results"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for p in PEERS:
+        lat = r[p]["latency"]
+        ax.plot(["p50", "p99", "p999"], [lat["p50_ms"], lat["p99_ms"], lat["p999_ms"]], marker="o", label=p)
+    ax.set_yscale("log"), ax.set_ylabel("ms (log)"), ax.set_title("Caller latency of one field update"), ax.legend()
+    fig.tight_layout(), fig.savefig(docs / "bench-latency.png", dpi=100), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    stale = r["statestore"]["staleness"]
+    ax.plot([s["offered_per_s"] for s in stale], [s.get("p50_ms") for s in stale], marker="o", label="p50")
+    ax.plot([s["offered_per_s"] for s in stale], [s.get("p99_ms") for s in stale], marker="o", label="p99")
+    ax.set_xlabel("offered updates/s"), ax.set_ylabel("ms"), ax.set_title("statestore publish-to-visible delay"), ax.legend()
+    fig.tight_layout(), fig.savefig(docs / "bench-staleness.png", dpi=100), plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
+    prod = r["statestore"]["scaling"]["producers"]
+    a1.plot([s["producers"] for s in prod], [s["applied_per_s"] for s in prod], marker="o")
+    a1.set_xscale("log", base=2), a1.set_xlabel("producers"), a1.set_ylabel("applied updates/s")
+    ids = r["statestore"]["scaling"]["ids"]
+    a2.plot([s["ids"] for s in ids], [s["applied_per_s"] for s in ids], marker="o")
+    a2.set_xscale("log"), a2.set_xlabel("ids")
+    fig.suptitle("statestore scaling"), fig.tight_layout(), fig.savefig(docs / "bench-scaling.png", dpi=100), plt.close(fig)
