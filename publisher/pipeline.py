@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from statestore.errors import PublishError, SidecarUnavailableError
-from statestore.events import FieldUpdated, ObjectReplaced, cloudevent_id, encode_cloudevent
+from statestore.events import (
+    FieldUpdated,
+    ObjectReplaced,
+    cloudevent_id,
+    encode_batch_cloudevent,
+    encode_cloudevent,
+    encode_event,
+)
 from statestore.settings import Settings
 
 __all__ = ["PublishPipeline", "Transport", "QueuedEvent"]
@@ -32,7 +40,7 @@ class Transport(Protocol):
 @dataclass(frozen=True)
 class QueuedEvent:
     event: FieldUpdated | ObjectReplaced
-    body: bytes  # the encoded CloudEvent
+    data: bytes  # the encoded event
 
     @property
     def id(self) -> str:
@@ -40,7 +48,36 @@ class QueuedEvent:
 
     @classmethod
     def of(cls, event: FieldUpdated | ObjectReplaced) -> QueuedEvent:
-        return cls(event, encode_cloudevent(event))
+        return cls(event, encode_event(event))
+
+
+def pack(batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int]) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
+    """Messages for ``batch``: message id -> (CloudEvent body, the events it carries).
+
+    With ``max_events`` 1 each event is its own CloudEvent (type per kind); otherwise
+    events travel in io.statestore.event_batch.v1 CloudEvents of at most ``max_events``
+    events and about ``max_bytes``.
+    """
+    if max_events == 1:
+        return {q.id: (encode_cloudevent(q.event, q.data), [q]) for q in batch}
+    messages: dict[str, tuple[bytes, list[QueuedEvent]]] = {}
+    group: list[QueuedEvent] = []
+    size = 0
+
+    def close() -> None:
+        if group:
+            batch_id = f"{group[0].event.producer}:batch:{next(ids)}"
+            messages[batch_id] = (encode_batch_cloudevent(batch_id, [q.data for q in group]), list(group))
+            group.clear()
+
+    for queued in batch:
+        if len(group) >= max_events or (group and size + len(queued.data) > max_bytes):
+            close()
+            size = 0
+        group.append(queued)
+        size += len(queued.data)
+    close()
+    return messages
 
 
 class PublishPipeline:
@@ -58,6 +95,7 @@ class PublishPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task | None = None
+        self._message_ids = itertools.count(1)
         self.published = 0
 
     @property
@@ -133,25 +171,25 @@ class PublishPipeline:
         self._in_flight = len(batch)
         attempts = attempts or self._settings.publish_attempts
         delay = self._settings.publish_backoff_ms / 1000
-        remaining = {queued.id: queued for queued in batch}
+        remaining = pack(batch, self._settings.pack_events, self._settings.pack_max_bytes, self._message_ids)
         reason = ""
         try:
             for attempt in range(attempts):
                 try:
-                    failed = await self._transport.publish_batch([(q.id, q.body) for q in remaining.values()])
+                    failed = await self._transport.publish_batch([(mid, body) for mid, (body, _) in remaining.items()])
                 except SidecarUnavailableError as exc:
-                    failed, reason = {eid: str(exc) for eid in remaining}, str(exc)
+                    failed, reason = {mid: str(exc) for mid in remaining}, str(exc)
                 else:
                     reason = next(iter(failed.values()), reason)
-                self.published += len(remaining) - len(failed)
-                remaining = {eid: remaining[eid] for eid in failed if eid in remaining}
+                self.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)
+                remaining = {mid: remaining[mid] for mid in failed if mid in remaining}
                 if not remaining:
                     return
                 if attempt + 1 < attempts:
-                    log.warning("publish of %d events failed, retrying: %s", len(remaining), reason)
+                    log.warning("publish of %d messages failed, retrying: %s", len(remaining), reason)
                     await asyncio.sleep(delay)
                     delay *= 2
-            self._failed.extend(remaining.values())
+            self._failed.extend(q for _, events in remaining.values() for q in events)
             self._failure_reason = reason
         finally:
             self._in_flight = 0

@@ -150,9 +150,9 @@ class StateStore:
     async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
         queued = QueuedEvent.of(event)
         limit = get_settings().max_value_bytes
-        if len(queued.body) > limit:
+        if len(queued.data) > limit:
             raise InvalidValueError(
-                f"the event for state {event.state_id!r} is {len(queued.body)} bytes encoded; the limit is "
+                f"the event for state {event.state_id!r} is {len(queued.data)} bytes encoded; the limit is "
                 f"{limit} (STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
             )
         await cls._runtime().pipeline.submit(queued)

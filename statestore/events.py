@@ -36,8 +36,12 @@ __all__ = [
     "InvalidEventError",
     "cloudevent_type",
     "cloudevent_id",
+    "encode_event",
     "encode_cloudevent",
+    "encode_batch_cloudevent",
     "decode_event",
+    "decode_events",
+    "BATCH_TYPE",
     "describe_errors",
 ]
 
@@ -115,6 +119,7 @@ def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
 
 
 EVENT_TYPES = {cloudevent_type(kind) for kind in ("field_updated", "object_replaced")}
+BATCH_TYPE = cloudevent_type("event_batch")
 
 
 class InvalidEventError(ValueError):
@@ -126,20 +131,33 @@ def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
     return f"{event.producer}:{event.key}:{event.seq}"
 
 
-def encode_cloudevent(event: FieldUpdated | ObjectReplaced) -> bytes:
-    """The structured CloudEvent (JSON) that carries ``event``."""
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "id": cloudevent_id(event),
-            "source": CLOUDEVENT_SOURCE,
-            "type": cloudevent_type(event.kind),
-            "datacontenttype": "application/json",
-            "data": event.model_dump(mode="json"),
-        },
+def encode_event(event: FieldUpdated | ObjectReplaced) -> bytes:
+    """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``)."""
+    return event.model_dump_json().encode()
+
+
+def _envelope(ce_id: str, ce_type: str, data: bytes) -> bytes:
+    head = json.dumps(
+        {"specversion": "1.0", "id": ce_id, "source": CLOUDEVENT_SOURCE, "type": ce_type,
+         "datacontenttype": "application/json"},
         separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
+    ).encode()  # fmt: skip
+    return head[:-1] + b',"data":' + data + b"}"
+
+
+def encode_cloudevent(event: FieldUpdated | ObjectReplaced, data: bytes | None = None) -> bytes:
+    """The structured CloudEvent (JSON) that carries ``event`` alone."""
+    return _envelope(cloudevent_id(event), cloudevent_type(event.kind), data or encode_event(event))
+
+
+def encode_batch_cloudevent(batch_id: str, encoded_events: list[bytes]) -> bytes:
+    """One CloudEvent (type ``io.statestore.event_batch.v1``) carrying several events.
+
+    Each element of ``events`` is an event exactly as it would travel alone; packing
+    only spares the broker and the sidecars a message per event.
+    """
+    data = b'{"schema_version":1,"events":[' + b",".join(encoded_events) + b"]}"
+    return _envelope(batch_id, BATCH_TYPE, data)
 
 
 def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdated | ObjectReplaced:
@@ -158,6 +176,31 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdat
     if cloudevent_type(event.kind) != ce_type:
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
+
+
+def decode_events(
+    ce_type: str, data: bytes | str | dict[str, Any]
+) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+    """The events a CloudEvent carries (one, or a batch's), and a reason per bad one.
+
+    Raises InvalidEventError when the CloudEvent as a whole is not a statestore event.
+    """
+    if ce_type != BATCH_TYPE:
+        return [decode_event(ce_type, data)], []
+    try:
+        batch = json.loads(data) if isinstance(data, (bytes, str)) else data
+    except ValueError:
+        raise InvalidEventError(f"malformed {ce_type}: data is not JSON") from None
+    if not isinstance(batch, dict) or batch.get("schema_version") != 1 or not isinstance(batch.get("events"), list):
+        raise InvalidEventError(f"malformed {ce_type}: need schema_version 1 and an events list")
+    events, reasons = [], []
+    for n, item in enumerate(batch["events"]):
+        kind = item.get("kind") if isinstance(item, dict) else None
+        try:
+            events.append(decode_event(cloudevent_type(str(kind)), item))
+        except InvalidEventError as exc:
+            reasons.append(f"event {n}: {exc}")
+    return events, reasons
 
 
 def describe_errors(exc: ValidationError, limit: int = 5) -> str:

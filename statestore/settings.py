@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # waiting or when the oldest has waited batch_window_ms.
     batch_max_events: int = Field(200, ge=1, le=10_000)
     batch_window_ms: float = Field(5.0, ge=0)
+    # Events per pub/sub message: up to pack_events events (and pack_max_bytes) travel as
+    # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
+    pack_events: int = Field(100, ge=1, le=1000)
+    pack_max_bytes: int = Field(1 << 20, ge=1024)
     publish_attempts: int = Field(5, ge=1, description="Tries per batch before it fails.")
     publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")

@@ -14,7 +14,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
-from statestore.events import FieldUpdated, InvalidEventError, ObjectReplaced, decode_event
+from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier, TransientError
 
@@ -28,8 +28,11 @@ SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
 
 def decode_entry(
     entry: pb.TopicEventBulkRequestEntry, max_clock_skew_s: float
-) -> FieldUpdated | ObjectReplaced:
-    """The event in one delivered entry; InvalidEventError (with a reason) if there is none."""
+) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+    """The events in one delivered entry, and a reason per event refused.
+
+    Raises InvalidEventError (with a reason) when the entry carries no statestore event.
+    """
     if entry.HasField("cloud_event"):
         ce_type, data = entry.cloud_event.type, entry.cloud_event.data
     else:
@@ -40,12 +43,17 @@ def decode_entry(
         if not isinstance(envelope, dict) or "type" not in envelope or "data" not in envelope:
             raise InvalidEventError("payload is not a CloudEvent (no type or data)")
         ce_type, data = str(envelope["type"]), envelope["data"]
-    event = decode_event(ce_type, data)
-    if event.hlc[0] > time.time() * 1000 + max_clock_skew_s * 1000:
-        raise InvalidEventError(
-            f"timestamp {event.hlc[0]} ms is more than {max_clock_skew_s:g} s in the future"
-        )
-    return event
+    events, reasons = decode_events(ce_type, data)
+    horizon = time.time() * 1000 + max_clock_skew_s * 1000
+    kept = []
+    for event in events:
+        if event.hlc[0] > horizon:
+            reasons.append(f"event seq {event.seq}: timestamp {event.hlc[0]} ms is more than {max_clock_skew_s:g} s in the future")
+        else:
+            kept.append(event)
+    if reasons and ce_type != BATCH_TYPE:
+        raise InvalidEventError(reasons[0])
+    return kept, reasons
 
 
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
@@ -99,28 +107,38 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
         """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
         statuses: dict[str, int] = {}
-        valid: list[tuple[str, FieldUpdated | ObjectReplaced]] = []
+        decoded: list[tuple[str, list[FieldUpdated | ObjectReplaced], bool]] = []
         if topic != self._settings.topic:
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
         for entry in entries:
+            # Reasons name fields and types, never values (they may be secrets).
             try:
-                valid.append((entry.entry_id, decode_entry(entry, self._settings.max_clock_skew_s)))
+                events, reasons = decode_entry(entry, self._settings.max_clock_skew_s)
             except InvalidEventError as exc:
-                # The reason names fields and types, never values (they may be secrets).
                 log.warning("rejected event %s to the dead-letter topic: %s", _ce_id(entry), exc)
                 statuses[entry.entry_id] = DROP
                 self.rejected_events += 1
+                continue
+            for reason in reasons:
+                log.warning("rejected part of %s (the whole message goes to the dead-letter topic): %s",
+                            _ce_id(entry), reason)  # fmt: skip
+            self.rejected_events += len(reasons)
+            decoded.append((entry.entry_id, events, bool(reasons)))
+        events = [event for _, entry_events, _ in decoded for event in entry_events]
         try:
-            result = await self._applier.apply([event for _, event in valid])
+            result = await self._applier.apply(events)
         except TransientError as exc:
-            log.warning("batch of %d events will be redelivered: %s", len(valid), exc)
-            outcome = RETRY
+            log.warning("batch of %d events will be redelivered: %s", len(events), exc)
+            failed = True
         else:
-            outcome = SUCCESS
+            failed = False
             self.applied_events += result.events
             log.debug("applied %d events to %d states", result.events, result.states)
-        statuses.update({entry_id: outcome for entry_id, _ in valid})
+        for entry_id, _, partly_bad in decoded:
+            # A message with some bad events: the good ones are applied (re-applying them
+            # on a re-drive changes nothing), the message is kept in the dead-letter topic.
+            statuses[entry_id] = RETRY if failed else DROP if partly_bad else SUCCESS
         return statuses
 
     async def OnInvoke(self, request, context):

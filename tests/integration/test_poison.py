@@ -161,3 +161,25 @@ async def test_values_at_the_nesting_limit_round_trip():
     await StateStore.save_state("deep", value, state_id, W)
     await StateStore.sync(state_id, W)
     assert await StateStore.get_state(state_id, W) == {"deep": value}
+
+
+async def test_a_batch_with_a_bad_event_applies_the_good_ones_and_is_dead_lettered(caller_sidecar, deadletters, stack):
+    from statestore.events import encode_batch_cloudevent, encode_event
+
+    state_id = f"batch-{uuid.uuid4().hex[:8]}"
+    producer = f"batch-{uuid.uuid4().hex[:6]}"
+    good = [field_updated("a", 1, producer=producer, state_id=state_id),
+            field_updated("b", 2, producer=producer, seq=2, hlc=(2, 0), state_id=state_id)]  # fmt: skip
+    bad = json.dumps(good_data(state_id="../escape")).encode()
+    batch_id = f"{producer}:batch:1"
+    body = encode_batch_cloudevent(batch_id, [encode_event(good[0]), bad, encode_event(good[1])])
+    before = dlq_len(deadletters)
+    assert await caller_sidecar.bulk_publish("pubsub", "statestore-events", [(batch_id, body)]) == {}
+    await wait_applied(StateQueryClient(caller_sidecar, "statestore"), state_id, good)
+    assert await StateStore.get_state(state_id, W) == {"a": 1, "b": 2}
+
+    async def dead_lettered():
+        return dlq_len(deadletters) > before
+
+    await eventually(dead_lettered)
+    assert f"rejected part of {batch_id}" in (stack.logs / "subscriber.log").read_text()

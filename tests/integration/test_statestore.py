@@ -110,9 +110,11 @@ async def test_missing_state_is_none():
 
 async def test_sixteen_concurrent_producer_processes_lose_no_field(stack):
     wf, producers, fields = new_id("shared"), 16, 25
+    # Half pack their events into batch CloudEvents (the default), half send one each.
     procs = [
         subprocess.Popen([sys.executable, "-m", "tests.integration.producer_process", wf, str(i), str(fields)],
-                         cwd=PROJECT_ROOT, env=python_env(stack), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                         cwd=PROJECT_ROOT, env={**python_env(stack), "STATESTORE_PACK_EVENTS": str(1 + 99 * (i % 2))},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for i in range(producers)
     ]  # fmt: skip
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]

@@ -88,3 +88,22 @@ def test_the_decoder_never_fails_other_than_with_a_reason(raw, ce_type):
         decode_event(ce_type, raw)
     except InvalidEventError:
         pass
+
+
+def test_a_batch_with_bad_events_keeps_the_good_ones_and_names_the_bad():
+    from statestore.events import BATCH_TYPE, decode_events, encode_batch_cloudevent, encode_event
+
+    good = [field_updated("a", 1), field_updated("b", 2, seq=2, hlc=(2, 0))]
+    parts = [encode_event(good[0]), b'{"kind": "field_updated", "seq": "x"}', encode_event(good[1]), b'[1]']
+    ce = json.loads(encode_batch_cloudevent("p1:batch:1", parts))
+    events, reasons = decode_events(BATCH_TYPE, ce["data"])
+    assert events == good
+    assert len(reasons) == 2 and reasons[0].startswith("event 1: malformed") and reasons[1].startswith("event 3:")
+
+
+@pytest.mark.parametrize("data", [b"{", b"[]", b'{"schema_version": 2, "events": []}', b'{"schema_version": 1}'])
+def test_a_malformed_batch_is_rejected_whole(data):
+    from statestore.events import BATCH_TYPE, decode_events
+
+    with pytest.raises(InvalidEventError, match="malformed"):
+        decode_events(BATCH_TYPE, data)

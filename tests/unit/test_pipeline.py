@@ -13,6 +13,7 @@ class FakeTransport:
 
     def __init__(self, failures=0, mode="raise"):
         self.batches = []
+        self.bodies = []
         self.failures = failures
         self.mode = mode
 
@@ -24,11 +25,13 @@ class FakeTransport:
                 raise SidecarUnavailableError("sidecar down")
             return {entry_id: "broker said no" for entry_id, _ in cloudevents}
         self.batches.append([entry_id for entry_id, _ in cloudevents])
+        self.bodies.extend(body for _, body in cloudevents)
         return {}
 
 
 def settings(**overrides):
-    return Settings(**{"batch_max_events": 10, "batch_window_ms": 1, "publish_backoff_ms": 1, **overrides})
+    return Settings(**{"batch_max_events": 10, "batch_window_ms": 1, "publish_backoff_ms": 1, "pack_events": 1,
+                       **overrides})  # fmt: skip
 
 
 def queued(n):
@@ -86,3 +89,43 @@ async def test_queue_is_bounded():
         assert len(pipeline._pending) <= 5
     await pipeline.flush()
     assert sum(len(b) for b in transport.batches) == 50
+
+
+async def test_events_are_packed_into_batch_cloudevents_that_decode_back_in_order():
+    import json
+
+    from statestore.events import BATCH_TYPE, decode_events
+
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(pack_events=4))
+    events = queued(10)
+    for q in events:
+        await pipeline.submit(q)
+    await pipeline.flush()
+    envelopes = [json.loads(body) for body in transport.bodies]
+    assert [e["type"] for e in envelopes] == [BATCH_TYPE] * 3
+    assert len({e["id"] for e in envelopes}) == 3
+    decoded = [event for e in envelopes for event in decode_events(e["type"], e["data"])[0]]
+    assert decoded == [q.event for q in events]
+    assert pipeline.published == 10
+
+
+async def test_a_failed_pack_hands_back_every_event_it_carried():
+    pipeline = PublishPipeline(FakeTransport(failures=100, mode="entries"), settings(pack_events=3, publish_attempts=1))
+    events = queued(7)
+    for q in events:
+        await pipeline.submit(q)
+    with pytest.raises(PublishError) as info:
+        await pipeline.flush()
+    assert info.value.events == [q.event for q in events]
+
+
+def test_packs_respect_the_byte_bound():
+    import itertools
+
+    from publisher.pipeline import pack
+
+    big = [QueuedEvent.of(field_updated("f", "x" * 400, seq=i + 1, hlc=(i, 0))) for i in range(10)]
+    messages = pack(big, max_events=100, max_bytes=1000, ids=itertools.count())
+    assert all(sum(len(q.data) for q in events) <= 1000 for _, events in messages.values())
+    assert [q for _, events in messages.values() for q in events] == big
