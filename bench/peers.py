@@ -46,9 +46,8 @@ class StateStorePeer:
         return await self._store.get_state(state_id, self._type)
 
     async def settle(self, state_ids):
-        await self._store.flush()
-        for i in range(0, len(state_ids), 200):
-            await asyncio.gather(*(self._store.sync(s, self._type, timeout=600) for s in state_ids[i : i + 200]))
+        for i in range(0, len(state_ids), 2000):
+            await self._store.sync_many(state_ids[i : i + 2000], self._type, timeout=600)
 
     async def close(self):
         await self._store.flush()

@@ -108,7 +108,8 @@ class Demo:
         await StateStore.flush()
         published = _Store._runtime().pipeline.published
         publish_s = time.perf_counter() - start
-        await asyncio.gather(*(StateStore.sync(i, t, timeout=60) for i, t in self.expected))
+        for state_type in StateType:
+            await StateStore.sync_many([i for i, t in self.expected if t is state_type], state_type, timeout=60)
         visible_s = time.perf_counter() - start
 
         producer = _Store._producer_state().id

@@ -27,6 +27,12 @@ class StateQueryClient:
         item = await self._sidecar.get_state(self._store, key)
         return decode_document(key, item.value) if item else None
 
+    async def get_documents(self, ids: list[str], state_type: StateType) -> dict[str, StateDocument]:
+        """The stored documents of ``ids`` that exist, in one bulk read."""
+        keys = {state_key(i, state_type): i for i in ids}
+        found = await self._sidecar.get_bulk_state(self._store, keys)
+        return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
+
     async def get_state(self, id: str, state_type: StateType) -> dict[str, Any] | None:
         """The state as a dict, or None when none exists."""
         document = await self.get_document(id, state_type)

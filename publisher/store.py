@@ -178,27 +178,36 @@ class StateStore:
         After it returns, ``get_state`` reflects this process's writes (read-your-writes).
         Raises SyncTimeoutError after ``timeout`` seconds, PublishError as ``flush``.
         """
-        state_type = _check_target(id, type)
-        key = state_key(id, state_type)
+        await cls.sync_many([id], type, timeout)
+
+    @classmethod
+    async def sync_many(cls, ids: list[str], type: StateType, timeout: float = 10.0) -> None:
+        """``sync`` for many states at once (one bulk read per poll)."""
+        state_type = coerce_state_type(type)
+        for id in ids:
+            validate_id(id)
         producer = cls._producer_state()
-        target = producer.last_seq(key)
+        waiting = {id: producer.last_seq(state_key(id, state_type)) for id in ids}
         runtime = cls._runtime()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await asyncio.wait_for(runtime.pipeline.flush(), timeout)
-        delay = 0.005
+        delay = 0.002
         while True:
-            document = await runtime.query.get_document(id, state_type)
-            done = document.processed_upto(producer.id) if document else 0
-            if done >= target:
+            documents = await runtime.query.get_documents(list(waiting), state_type)
+            done = {id: (documents[id].processed_upto(producer.id) if id in documents else 0) for id in waiting}
+            waiting = {id: target for id, target in waiting.items() if done[id] < target}
+            if not waiting:
                 return
             if loop.time() + delay > deadline:
+                id, target = next(iter(waiting.items()))
                 raise SyncTimeoutError(
-                    f"state {key!r}: {done} of this process's {target} events applied after {timeout:g} s. "
-                    "Is the subscriber running (`make up`)? Its log says why events are not applied."
+                    f"state {state_key(id, state_type)!r}: {done[id]} of this process's {target} events applied "
+                    f"after {timeout:g} s ({len(waiting)} states behind). Is the subscriber running "
+                    "(`make up`)? Its log says why events are not applied."
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.05)
 
     # -- reads -----------------------------------------------------------------------
 

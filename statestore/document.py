@@ -22,7 +22,7 @@ producer can wait until all its events for this state are applied (read-your-wri
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -45,19 +45,17 @@ DOCUMENT_VERSION = 1
 MAX_TRACKED_PRODUCERS = 256
 
 
-class FieldEntry(BaseModel):
+# Named tuples, not models: the merge makes one per event, and they are ~20x cheaper to
+# build. Stored as JSON arrays: [value, stamp] and [upto, ahead, last_wall_ms].
+class FieldEntry(NamedTuple):
     """A field's value and the stamp of the event that wrote it."""
-
-    model_config = ConfigDict(frozen=True)
 
     value: JsonValue
     stamp: Stamp
 
 
-class ProducerProgress(BaseModel):
+class ProducerProgress(NamedTuple):
     """Which sequence numbers of one producer were processed for one state."""
-
-    model_config = ConfigDict(frozen=True)
 
     upto: int = 0  # every seq <= upto was processed
     ahead: tuple[int, ...] = ()  # processed seqs above upto + 1 (delivered out of order)
@@ -69,15 +67,16 @@ class ProducerProgress(BaseModel):
     def record(self, seq: int, wall_ms: int) -> ProducerProgress:
         if self.processed(seq):
             return self
+        last_wall_ms = max(self.last_wall_ms, wall_ms)
+        if seq == self.upto + 1 and not self.ahead:  # the usual case: next in line
+            return ProducerProgress(seq, (), last_wall_ms)
         ahead = set(self.ahead)
         ahead.add(seq)
         upto = self.upto
         while upto + 1 in ahead:
             upto += 1
             ahead.discard(upto)
-        return ProducerProgress(
-            upto=upto, ahead=tuple(sorted(ahead)), last_wall_ms=max(self.last_wall_ms, wall_ms)
-        )
+        return ProducerProgress(upto, tuple(sorted(ahead)), last_wall_ms)
 
 
 class StateDocument(BaseModel):
@@ -106,18 +105,29 @@ class StateDocument(BaseModel):
         return progress.upto if progress else 0
 
 
+_NEW_PRODUCER = ProducerProgress()
+
+
 def apply_events(
     document: StateDocument | None, events: Iterable[FieldUpdated | ObjectReplaced]
 ) -> StateDocument:
-    """Merge ``events`` into ``document`` (None: no state yet); returns a new document."""
+    """Merge ``events`` into ``document`` (None: no state yet).
+
+    Returns a new document, or ``document`` itself when the events change nothing
+    (all of them were applied before).
+    """
     replaced = document.replaced if document else None
     fields = dict(document.fields) if document else {}
     producers = dict(document.producers) if document else {}
+    changed = document is None
 
     for event in events:
+        progress = producers.get(event.producer) or _NEW_PRODUCER
+        recorded = progress.record(event.seq, event.hlc[0])
+        if recorded is not progress:
+            producers[event.producer] = recorded
+            changed = True
         stamp = event.stamp
-        progress = producers.get(event.producer, ProducerProgress())
-        producers[event.producer] = progress.record(event.seq, event.hlc[0])
         if replaced is not None and stamp <= replaced:
             continue  # a later replace already superseded this event
         if isinstance(event, ObjectReplaced):
@@ -125,16 +135,20 @@ def apply_events(
             fields = {name: entry for name, entry in fields.items() if entry.stamp > stamp}
             for name, value in event.value.items():
                 if name not in fields:
-                    fields[name] = FieldEntry(value=value, stamp=stamp)
+                    fields[name] = FieldEntry(value, stamp)
+            changed = True
         else:
             current = fields.get(event.field)
             if current is None or current.stamp < stamp:
-                fields[event.field] = FieldEntry(value=event.value, stamp=stamp)
+                fields[event.field] = FieldEntry(event.value, stamp)
+                changed = True
 
+    if not changed:
+        return document
     if len(producers) > MAX_TRACKED_PRODUCERS:
         newest = sorted(producers.items(), key=lambda item: item[1].last_wall_ms)
         producers = dict(newest[-MAX_TRACKED_PRODUCERS:])
-    return StateDocument(replaced=replaced, fields=fields, producers=producers)
+    return StateDocument.model_construct(version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers)
 
 
 def replay_in_order(events: Iterable[FieldUpdated | ObjectReplaced]) -> dict[str, Any] | None:

@@ -74,7 +74,7 @@ class EventApplier:
                     item = stored.get(key)
                     current = decode_document(key, item.value) if item else None
                     merged = apply_events(current, key_events)
-                    if merged != current:
+                    if merged is not current:
                         upserts.append(Upsert(key, encode_document(merged), item.etag if item else None))
                 if not upserts:
                     return 0  # all duplicates: already applied (and marked) before

@@ -34,8 +34,18 @@ async def restart_app(stack):
     await asyncio.to_thread(stack.subscriber_app.wait_healthy, lambda: port_open(stack.ports.subscriber.app_port), 60)
 
 
-async def restart_sidecar(stack, proc, spec):
-    await asyncio.to_thread(stack.start_sidecar, proc, spec)
+async def crash_sidecar(stack, fault, proc, spec, **timing):
+    """SIGKILL a sidecar under load, start it again, check the outcome."""
+
+    async def inject():
+        proc.kill()
+
+    async def recover():
+        await asyncio.to_thread(stack.start_sidecar, proc, spec)
+
+    for _ in range(CHAOS_ROUNDS):
+        result = await run_across_fault(fault, inject, recover, **timing)
+    assert_clean(result)
 
 
 async def test_subscriber_app_sigkilled_at_random_points(stack):
@@ -53,29 +63,11 @@ async def test_subscriber_app_sigkilled_at_random_points(stack):
 
 
 async def test_subscriber_sidecar_killed_and_restarted(stack):
-    for _ in range(CHAOS_ROUNDS):
-
-        async def inject():
-            stack.subscriber_sidecar.kill()
-
-        result = await run_across_fault(
-            "subscriber sidecar SIGKILL", inject,
-            lambda: restart_sidecar(stack, stack.subscriber_sidecar, stack.ports.subscriber),
-        )  # fmt: skip
-    assert_clean(result)
+    await crash_sidecar(stack, "subscriber sidecar SIGKILL", stack.subscriber_sidecar, stack.ports.subscriber)
 
 
 async def test_caller_sidecar_killed_while_producers_keep_calling(stack):
-    for _ in range(CHAOS_ROUNDS):
-
-        async def inject():
-            stack.caller_sidecar.kill()
-
-        result = await run_across_fault(
-            "caller sidecar SIGKILL", inject,
-            lambda: restart_sidecar(stack, stack.caller_sidecar, stack.ports.caller), hold_s=0.5,
-        )  # fmt: skip
-    assert_clean(result)
+    await crash_sidecar(stack, "caller sidecar SIGKILL", stack.caller_sidecar, stack.ports.caller, hold_s=0.5)
 
 
 async def test_redis_stopped_and_restarted(stack):

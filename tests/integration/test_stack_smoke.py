@@ -51,7 +51,7 @@ async def test_event_published_by_one_app_id_reaches_the_grpc_subscriber_of_anot
         return await caller_sidecar.get_state("statestore", f"workflows/{state_id}")
 
     stored = await eventually(applied)
-    assert json.loads(stored.value)["fields"]["via"]["value"] == "redis"
+    assert json.loads(stored.value)["fields"]["via"][0] == "redis"  # [value, stamp]
 
 
 async def test_object_store_binding_creates_and_reads_a_file_under_local_tmp(stack, subscriber_sidecar):

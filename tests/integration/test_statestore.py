@@ -101,6 +101,17 @@ async def test_credentials_and_workflow_args_like_the_reference():
     await assert_snapshot_matches(cred, C)
 
 
+async def test_sync_many_waits_for_every_state_in_one_poll_loop():
+    ids = [new_id("many") for _ in range(300)]
+    for n, state_id in enumerate(ids):
+        await StateStore.save_state("n", n, state_id, W)
+    await StateStore.sync_many(ids, W)
+    from publisher.store import StateStore as Store
+
+    documents = await Store._runtime().query.get_documents(ids, W)
+    assert {i: documents[i].to_state() for i in ids} == {i: {"n": n} for n, i in enumerate(ids)}
+
+
 async def test_missing_state_is_none():
     assert await StateStore.get_state(new_id(), W) is None
 
