@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
     size = SIZES[mode]
+    # SIGTERM unwinds like Ctrl-C, so the stack below is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="statestore-bench-"))
     stack = Stack(base, Ports.free())
     say(f"starting the stack in {base} ({mode} mode)")

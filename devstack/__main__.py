@@ -4,6 +4,7 @@ and the multi-app run of dapr.yaml (make run)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from devstack.multiapp import run_multiapp
@@ -15,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "run"])
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so `run` always stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stack = Stack(PROJECT_ROOT)
     try:
         if args.command == "up":

@@ -50,9 +50,12 @@ class BatchResult:
 class EventApplier:
     """Applies batches of decoded events through a StateRepository."""
 
-    def __init__(self, repository: StateRepository, max_conflict_retries: int = 20) -> None:
+    def __init__(
+        self, repository: StateRepository, max_conflict_retries: int = 20, max_states_per_commit: int = 1000
+    ) -> None:
         self._repository = repository
         self._max_conflict_retries = max_conflict_retries
+        self._max_states = max_states_per_commit
 
     async def apply(self, events: Sequence[Event]) -> BatchResult:
         """Apply ``events`` (any order, duplicates allowed); raise TransientError to retry."""
@@ -61,7 +64,12 @@ class EventApplier:
             by_key[event.key].append(event)
         if not by_key:
             return BatchResult(0, 0, 0)
-        written = await self._commit(by_key)
+        # A packed delivery can touch tens of thousands of states; the store reads a
+        # bounded number of keys at once (sqlite: 32,766 parameters), so commit in chunks.
+        keys = list(by_key)
+        written = 0
+        for start in range(0, len(keys), self._max_states):
+            written += await self._commit({key: by_key[key] for key in keys[start : start + self._max_states]})
         return BatchResult(len(events), len(by_key), written)
 
     async def _commit(self, by_key: dict[str, list[Event]]) -> int:

@@ -151,3 +151,20 @@ async def test_one_batch_touching_many_states_is_one_commit():
     events = [field_updated("a", i, state_id=f"s{i}", hlc=(i, 0)) for i in range(50)]
     result = await EventApplier(repo).apply(events)
     assert (result.states, result.written, CountingRepository.commits) == (50, 50, 1)
+
+
+async def test_batches_touching_more_states_than_a_commit_holds_are_split():
+    class BoundedRepository(InMemoryStateRepository):
+        largest = 0
+
+        async def load(self, keys):
+            keys = list(keys)
+            BoundedRepository.largest = max(BoundedRepository.largest, len(keys))
+            return await super().load(keys)
+
+    repo = BoundedRepository()
+    events = [field_updated("a", i, state_id=f"s{i}", hlc=(i, 0)) for i in range(250)]
+    result = await EventApplier(repo, max_states_per_commit=100).apply(events)
+    assert (result.states, result.written) == (250, 250)
+    assert BoundedRepository.largest == 101  # 100 states and one outbox slot
+    assert all(state(repo, f"workflows/s{i}") == {"a": i} for i in range(250))
