@@ -86,10 +86,10 @@ async def measure(stack: Stack, size: dict) -> dict:
     results["statestore"]["scaling"] = {"producers": [], "ids": []}
     for producers in size["scale_producers"]:
         say(f"statestore: scaling, {producers} producers")
-        results["statestore"]["scaling"]["producers"].append(await m.throughput(statestore, 1000, 5, producers))
+        results["statestore"]["scaling"]["producers"].append(await m.throughput(statestore, 1000, 5, producers, probe=True))
     for ids in size["scale_ids"]:
         say(f"statestore: scaling, {ids} ids")
-        results["statestore"]["scaling"]["ids"].append(await m.throughput(statestore, ids, 2, 16))
+        results["statestore"]["scaling"]["ids"].append(await m.throughput(statestore, ids, 2, 16, probe=True))
 
     results["memory"] = {
         "subscriber_peak_rss_mb": subscriber.peak_rss_mb(),

@@ -63,11 +63,30 @@ async def caller_latency(peer, calls: int) -> dict:
     return percentiles(samples)
 
 
-async def throughput(peer, ids: int, fields: int, producers: int) -> dict:
-    """Updates per second, counted when all are applied and visible through reads."""
+async def probe_delays(peer, stop: asyncio.Event, delays: list[float], pause_s: float = 0.02) -> None:
+    """Publish-to-visible delay: write one field, poll until it reads back; repeat."""
+    probe_id, k = f"probe-{tag()}", 0
+    while not stop.is_set():
+        k += 1
+        start = time.perf_counter()
+        await peer.save_field(probe_id, "k", k)
+        while ((await peer.get(probe_id)) or {}).get("k") != k:
+            await asyncio.sleep(0.001)
+        delays.append(time.perf_counter() - start)
+        await asyncio.sleep(pause_s)
+
+
+async def throughput(peer, ids: int, fields: int, producers: int, probe: bool = False) -> dict:
+    """Updates per second, counted when all are applied and visible through reads.
+
+    With ``probe``, the publish-to-visible delay is sampled while the load runs.
+    """
     run = tag()
     state_ids = [f"tp-{run}-{n}" for n in range(ids)]
     work = [(state_ids[i], f"f{f}", f) for f in range(fields) for i in range(ids)]
+    delays: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe_delays(peer, stop, delays)) if probe else None
     start = time.perf_counter()
 
     async def producer(k: int) -> None:
@@ -78,12 +97,16 @@ async def throughput(peer, ids: int, fields: int, producers: int) -> dict:
     called = time.perf_counter() - start
     await peer.settle(state_ids)
     visible = time.perf_counter() - start
+    stop.set()
+    if prober:
+        await prober
     sample = [await peer.get(s) for s in state_ids[:: max(1, ids // 50)]]
     complete = all(s is not None and len(s) == fields for s in sample)
     return {
         "updates": len(work), "producers": producers, "ids": ids,
         "calls_per_s": round(len(work) / called), "applied_per_s": round(len(work) / visible),
         "seconds": round(visible, 2), "complete": complete,
+        **({"staleness": percentiles(delays)} if probe else {}),
     }  # fmt: skip
 
 
@@ -104,20 +127,9 @@ async def staleness(peer, rate: float, seconds: float, ids: int = 200) -> dict:
             await asyncio.sleep(0.002)
         return sent
 
-    async def probe() -> None:
-        probe_id, k = f"st-probe-{run}", 0
-        while not stop.is_set():
-            k += 1
-            start = time.perf_counter()
-            await peer.save_field(probe_id, "k", k)
-            while ((await peer.get(probe_id)) or {}).get("k") != k:
-                await asyncio.sleep(0.001)
-            delays.append(time.perf_counter() - start)
-            await asyncio.sleep(0.02)
-
     start = time.perf_counter()
     loader = asyncio.create_task(load())
-    prober = asyncio.create_task(probe())
+    prober = asyncio.create_task(probe_delays(peer, stop, delays))
     await asyncio.sleep(seconds)
     stop.set()
     sent = await loader

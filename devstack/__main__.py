@@ -4,6 +4,7 @@ and the multi-app run of dapr.yaml (make run)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -18,10 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so `run` always stops what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    stack = Stack(PROJECT_ROOT)
+    stack = Stack(PROJECT_ROOT, api_tokens=os.environ.get("STATESTORE_API_TOKENS") == "1")
     try:
         if args.command == "up":
             stack.up()
+            if stack.tokens:
+                tokens = stack.run / "tokens.env"
+                tokens.write_text(f"export DAPR_API_TOKEN={stack.tokens['DAPR_API_TOKEN']}\n")
+                tokens.chmod(0o600)
+                print(f"API tokens on: callers need DAPR_API_TOKEN (`source {tokens}`)")
             ports = stack.ports
             print(
                 f"stack up: Redis 127.0.0.1:{ports.redis}; subscriber app :{ports.subscriber.app_port} "

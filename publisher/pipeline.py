@@ -88,6 +88,7 @@ class PublishPipeline:
         self._settings = settings
         self._max_pending = max_pending
         self._pending: list[QueuedEvent] = []
+        self._current: list[QueuedEvent] = []  # the batch being published
         self._failed: list[QueuedEvent] = []
         self._failure_reason = ""
         self._in_flight = 0
@@ -104,8 +105,12 @@ class PublishPipeline:
         return len(self._pending) + self._in_flight
 
     def take_unpublished(self) -> list[QueuedEvent]:
-        """Remove and return every event not yet published (for a last-chance drain)."""
-        events, self._pending = self._pending, []
+        """Remove and return every event not yet known published (for a last-chance drain).
+
+        That includes a batch whose publish was cut off: it may have reached the broker,
+        and sending it again is harmless (the merge is idempotent).
+        """
+        events, self._current, self._pending = self._current + self._pending, [], []
         return events
 
     def raise_failures(self) -> None:
@@ -150,9 +155,10 @@ class PublishPipeline:
                 if len(self._pending) < self._settings.batch_max_events:
                     await asyncio.sleep(self._settings.batch_window_ms / 1000)
                 while self._pending:
-                    batch = self._pending[: self._settings.batch_max_events]
-                    del self._pending[: len(batch)]
-                    await self._publish(batch)
+                    self._current = self._pending[: self._settings.batch_max_events]
+                    del self._pending[: len(self._current)]
+                    await self._publish(self._current)
+                    self._current = []
                 self._idle.set()
         except asyncio.CancelledError:
             # The loop is shutting down (asyncio.run ends): publish what is left.

@@ -61,6 +61,11 @@ class _Producer:
         return self._seq.get(key, 0)
 
 
+# Every pipeline ever made, so the exit hook finds events whose loop is already gone
+# (a loop that ends right after fire-and-forget writes never runs the publisher task).
+_PIPELINES: list[PublishPipeline] = []
+
+
 class _LoopRuntime:
     """What belongs to one event loop: the gRPC channel and the publish pipeline."""
 
@@ -68,6 +73,7 @@ class _LoopRuntime:
         self.sidecar = SidecarClient()
         self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings), settings)
         self.query = StateQueryClient(self.sidecar, settings.statestore_name)
+        _PIPELINES.append(self.pipeline)
 
 
 class StateStore:
@@ -277,7 +283,7 @@ def _register_exit_drain() -> None:
 
 def _drain_at_exit() -> None:
     """Publish events still queued when the interpreter exits (their loop is gone)."""
-    left = [q for runtime in list(StateStore._runtimes.values()) for q in runtime.pipeline.take_unpublished()]
+    left = [q for pipeline in _PIPELINES for q in pipeline.take_unpublished()]
     if not left:
         return
 

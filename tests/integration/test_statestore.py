@@ -135,6 +135,27 @@ async def test_sixteen_concurrent_producer_processes_lose_no_field(stack):
     await assert_snapshot_matches(wf)
 
 
+async def test_a_normal_exit_publishes_what_is_still_queued(stack):
+    """No flush, no sync: the process ends right after its fire-and-forget writes."""
+    wf = new_id("exit")
+    script = (
+        "import asyncio\n"
+        "from publisher import StateStore, StateType\n"
+        "async def main():\n"
+        "    for n in range(500):\n"
+        f"        await StateStore.save_state(f'f{{n}}', n, '{wf}', StateType.WORKFLOWS)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=python_env(stack), timeout=60)
+    assert done.returncode == 0
+
+    async def all_applied():
+        state = await StateStore.get_state(wf, W)
+        return state if state and len(state) == 500 else None
+
+    assert await eventually(all_applied) == {f"f{n}": n for n in range(500)}
+
+
 async def test_one_producers_updates_apply_in_publish_order():
     wf = new_id()
     for i in range(300):

@@ -129,3 +129,25 @@ def test_packs_respect_the_byte_bound():
     messages = pack(big, max_events=100, max_bytes=1000, ids=itertools.count())
     assert all(sum(len(q.data) for q in events) <= 1000 for _, events in messages.values())
     assert [q for _, events in messages.values() for q in events] == big
+
+
+async def test_a_publish_cut_off_by_shutdown_is_sent_again_not_lost():
+    class HangingTransport(FakeTransport):
+        async def publish_batch(self, cloudevents):
+            if not self.batches:
+                self.batches.append("hung")
+                await asyncio.sleep(3600)  # cut off by the loop's shutdown
+            return await super().publish_batch(cloudevents)
+
+    transport = HangingTransport()
+    pipeline = PublishPipeline(transport, settings(batch_max_events=5))
+    events = queued(12)
+    for q in events:
+        await pipeline.submit(q)
+    while transport.batches != ["hung"]:
+        await asyncio.sleep(0.001)
+    pipeline._task.cancel()  # what asyncio.run does to a task left running
+    with pytest.raises(asyncio.CancelledError):
+        await pipeline._task
+    sent = [eid for batch in transport.batches[1:] for eid in batch]
+    assert sent == [q.id for q in events]  # the cut-off batch first, then the rest
