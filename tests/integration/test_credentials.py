@@ -42,7 +42,7 @@ async def test_single_and_batched_credentials_round_trip_and_leave_no_plaintext(
     start = time.perf_counter()
     batch = await SecretStore.save_secrets([secret_config(marker, n) for n in range(1, 101)])
     published = time.perf_counter() - start
-    await asyncio.gather(*(StateStore.sync(guid, C, timeout=60) for guid in [single, *batch]))
+    await StateStore.sync_many([single, *batch], C, timeout=60)
     applied = time.perf_counter() - start
     RATES["published"], RATES["applied"] = 100 / published, 100 / applied
     print(f"batch of 100 credentials: published at {100 / published:.0f}/s, applied at {100 / applied:.0f}/s")

@@ -142,19 +142,20 @@ async def test_producer_killed_mid_batch_leaves_only_whole_events(stack, tmp_pat
     state_id = f"killed-{uuid.uuid4().hex[:8]}"
     progress = tmp_path / "flushed"
     script = (
-        "import asyncio, sys\n"
+        "import asyncio, os, sys\n"
         "from publisher import StateStore, StateType\n"
         "async def main():\n"
         "    for r in range(1, 100000):\n"
         f"        await StateStore.save_state_object('{state_id}', {{'round': r, 'a': r, 'b': r}}, StateType.WORKFLOWS)\n"
         "        if r % 20 == 0:\n"
         "            await StateStore.flush()\n"
-        f"            open(r'{progress}', 'w').write(str(r))\n"
+        f"            open(r'{progress}.tmp', 'w').write(str(r))\n"
+        f"            os.replace(r'{progress}.tmp', r'{progress}')  # never seen half-written\n"
         "asyncio.run(main())\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=python_env(stack))
     try:
-        assert await asyncio.to_thread(wait_until, lambda: progress.exists() and int(progress.read_text() or 0) >= 200, 60)
+        assert await asyncio.to_thread(wait_until, lambda: progress.exists() and int(progress.read_text()) >= 200, 60)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
