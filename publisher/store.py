@@ -213,7 +213,7 @@ class StateStore:
                     "(`make up`)? Its log says why events are not applied."
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, 0.02)
 
     # -- reads -----------------------------------------------------------------------
 

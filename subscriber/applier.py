@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from statestore.document import apply_events, decode_document, encode_document
 from statestore.events import FieldUpdated, ObjectReplaced
-from subscriber.outbox import mark_dirty, random_slot
+from subscriber.outbox import SLOTS, mark_dirty, slot_key
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
 __all__ = ["EventApplier", "TransientError", "BatchResult"]
@@ -51,7 +51,7 @@ class EventApplier:
     """Applies batches of decoded events through a StateRepository."""
 
     def __init__(
-        self, repository: StateRepository, max_conflict_retries: int = 20, max_states_per_commit: int = 1000
+        self, repository: StateRepository, max_conflict_retries: int = 20, max_states_per_commit: int = 250
     ) -> None:
         self._repository = repository
         self._max_conflict_retries = max_conflict_retries
@@ -67,15 +67,18 @@ class EventApplier:
         # A packed delivery can touch tens of thousands of states; the store reads a
         # bounded number of keys at once (sqlite: 32,766 parameters), so commit in chunks.
         keys = list(by_key)
-        written = 0
-        for start in range(0, len(keys), self._max_states):
-            written += await self._commit({key: by_key[key] for key in keys[start : start + self._max_states]})
-        return BatchResult(len(events), len(by_key), written)
+        chunks = [{key: by_key[key] for key in keys[i : i + self._max_states]} for i in range(0, len(keys), self._max_states)]
+        # Chunks touch different states and different outbox slots, so they commit
+        # concurrently: one chunk's merge overlaps another's write in the sidecar.
+        first_slot = random.randrange(SLOTS)
+        written = await asyncio.gather(
+            *(self._commit(chunk, slot_key((first_slot + n) % SLOTS)) for n, chunk in enumerate(chunks))
+        )
+        return BatchResult(len(events), len(by_key), sum(written))
 
-    async def _commit(self, by_key: dict[str, list[Event]]) -> int:
+    async def _commit(self, by_key: dict[str, list[Event]], slot: str) -> int:
         for attempt in range(self._max_conflict_retries + 1):
             try:
-                slot = random_slot()
                 stored = await self._repository.load([*by_key, slot])
                 upserts = []
                 for key, key_events in by_key.items():
