@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from statestore.paths import StateType, state_key, validate_id
+from statestore.paths import StateType, validate_id
 
 __all__ = [
     "SCHEMA_VERSION",

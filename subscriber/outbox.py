@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Iterable
@@ -55,10 +54,6 @@ class OutboxSlot(BaseModel):
 class Lease(BaseModel):
     owner: str = ""
     expires_ms: int = 0
-
-
-def random_slot() -> str:
-    return slot_key(random.randrange(SLOTS))
 
 
 def read_slot(item: StoredItem | None) -> OutboxSlot:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 
-import pytest
 
 from devstack.processes import port_open, wait_until
 from devstack.stack import PROJECT_ROOT

@@ -100,7 +100,7 @@ async def test_a_failed_snapshot_write_keeps_the_mark_until_a_later_round_succee
 
 
 async def test_a_state_changed_during_a_flush_stays_marked():
-    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    repo = InMemoryStateRepository()
     applier = EventApplier(repo)
     await applier.apply([field_updated("a", 1)])
 
