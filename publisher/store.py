@@ -129,7 +129,7 @@ class StateStore:
         state_type = _check_target(id, type)
         if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
             raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
-        normalised = _json_roundtrip(value, f"value of field {key!r}")
+        normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
             field=key, value=normalised, kind="field_updated", schema_version=1, **cls._stamp_fields(id, state_type)
         )
@@ -145,7 +145,7 @@ class StateStore:
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
-        normalised = _json_roundtrip(value, "state object")
+        normalised = _json_roundtrip(value, "state object", id)
         event = ObjectReplaced.model_construct(
             value=normalised, kind="object_replaced", schema_version=1, **cls._stamp_fields(id, state_type)
         )
@@ -154,14 +154,7 @@ class StateStore:
 
     @classmethod
     async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
-        queued = QueuedEvent.of(event)
-        limit = get_settings().max_value_bytes
-        if len(queued.data) > limit:
-            raise InvalidValueError(
-                f"the event for state {event.state_id!r} is {len(queued.data)} bytes encoded; the limit is "
-                f"{limit} (STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
-            )
-        await cls._runtime().pipeline.submit(queued)
+        await cls._runtime().pipeline.submit(QueuedEvent.of(event))
 
     @classmethod
     async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
@@ -241,16 +234,25 @@ def _check_target(id: object, type: object) -> StateType:
     return coerce_state_type(type)
 
 
-def _json_roundtrip(value: Any, what: str) -> Any:
-    """``value`` as it will read back from JSON; InvalidValueError if it is not JSON."""
+def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:
+    """``value`` as it will read back from JSON; InvalidValueError if it is not JSON,
+    nests too deeply or is too large. Checked before the event takes a sequence number,
+    so a refused write leaves no gap that ``sync`` would wait for."""
     try:
-        normalised = json.loads(json.dumps(value, allow_nan=False))
+        encoded = json.dumps(value, allow_nan=False)
+        normalised = json.loads(encoded)
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None
     except RecursionError:
         normalised = None
     if normalised is None and value is not None or _depth(normalised) > MAX_NESTING:
         raise InvalidValueError(f"{what} is nested too deeply: the limit is {MAX_NESTING} levels")
+    limit = get_settings().max_value_bytes
+    if len(encoded) > limit:
+        raise InvalidValueError(
+            f"{what} of state {state_id!r} is {len(encoded)} bytes as JSON; the limit is {limit} "
+            "(STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
+        )
     return normalised
 
 

@@ -62,6 +62,16 @@ async def test_sixty_four_levels_are_fine_sixty_five_are_not():
     value = 1
     for _ in range(MAX_NESTING):
         value = [value]
-    assert _json_roundtrip(value, "v") == value
+    assert _json_roundtrip(value, "v", "wf") == value
     with pytest.raises(InvalidValueError, match="limit is 64 levels"):
-        _json_roundtrip({"a": value}, "v")
+        _json_roundtrip({"a": value}, "v", "wf")
+
+
+async def test_a_refused_write_takes_no_sequence_number():
+    """Else sync would wait forever for an event that was never sent."""
+    before = Store._producer_state().last_seq("workflows/wf-seq")
+    with pytest.raises(InvalidValueError, match="limit is 1048576"):
+        await StateStore.save_state("big", "x" * (2 << 20), "wf-seq", StateType.WORKFLOWS)
+    with pytest.raises(InvalidValueError, match="limit is 1048576"):
+        await StateStore.save_state_object("wf-seq", {"big": "x" * (2 << 20)}, StateType.WORKFLOWS)
+    assert Store._producer_state().last_seq("workflows/wf-seq") == before
