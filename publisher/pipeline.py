@@ -125,8 +125,11 @@ class PublishPipeline:
             )
 
     async def submit(self, queued: QueuedEvent) -> None:
-        """Queue one event; wait only when ``max_pending`` events are already queued."""
-        self.raise_failures()
+        """Queue one event; wait only when ``max_pending`` events are already queued.
+
+        Raises PublishError for earlier events that failed, after queuing this one (so
+        the error never costs the caller the write it was making).
+        """
         while len(self._pending) >= self._max_pending:
             self._wakeup.set()
             await self._idle.wait()
@@ -134,6 +137,7 @@ class PublishPipeline:
         self._idle.clear()
         self._ensure_task()
         self._wakeup.set()
+        self.raise_failures()
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is published, then raise failures."""

@@ -123,8 +123,8 @@ class StateStore:
 
         Fire-and-forget: returns once the event is queued, without waiting for it to be
         applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
-        (all ValueError) before anything is queued, and PublishError when earlier events
-        of this process could not be published.
+        (all ValueError) before anything is queued, and PublishError (after queuing this
+        event) when earlier events of this process could not be published.
         """
         state_type = _check_target(id, type)
         if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
