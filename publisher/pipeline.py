@@ -107,10 +107,12 @@ class PublishPipeline:
     def take_unpublished(self) -> list[QueuedEvent]:
         """Remove and return every event not yet known published (for a last-chance drain).
 
-        That includes a batch whose publish was cut off: it may have reached the broker,
-        and sending it again is harmless (the merge is idempotent).
+        That includes events that failed and were not yet reported, and a batch whose
+        publish was cut off: it may have reached the broker, and sending it again is
+        harmless (the merge is idempotent).
         """
-        events, self._current, self._pending = self._current + self._pending, [], []
+        events = self._failed + self._current + self._pending
+        self._failed, self._current, self._pending = [], [], []
         return events
 
     def raise_failures(self) -> None:
