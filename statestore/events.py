@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from statestore.paths import StateType, validate_id
+from statestore.paths import StateType, format_state_key, validate_id
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -85,7 +85,7 @@ class _EventBase(BaseModel):
     @cached_property
     def key(self) -> str:
         """The state-store key of the state this event changes (fields already validated)."""
-        return f"{StateType(self.state_type).value}/{self.state_id}"
+        return format_state_key(self.state_id, StateType(self.state_type))
 
 
 class FieldUpdated(_EventBase):

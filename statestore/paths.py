@@ -15,6 +15,8 @@ __all__ = [
     "validate_id",
     "coerce_state_type",
     "state_key",
+    "format_state_key",
+    "parse_state_key",
     "object_key",
     "build_state_store_path",
 ]
@@ -70,7 +72,18 @@ def coerce_state_type(state_type: object) -> StateType:
 
 def state_key(id: str, state_type: StateType | str) -> str:
     """The key of a state in the Dapr state store: ``{state_type}/{id}``."""
-    return f"{coerce_state_type(state_type).value}/{validate_id(id)}"
+    return format_state_key(validate_id(id), coerce_state_type(state_type))
+
+
+def format_state_key(id: str, state_type: StateType) -> str:
+    """``state_key`` for an id and type already checked (the hot path)."""
+    return f"{state_type.value}/{id}"
+
+
+def parse_state_key(key: str) -> tuple[str, StateType]:
+    """The id and type a state key names (the inverse of ``state_key``)."""
+    state_type, id = key.split("/", 1)
+    return id, StateType(state_type)
 
 
 def object_key(id: str, state_type: StateType | str) -> str:

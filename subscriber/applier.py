@@ -71,10 +71,14 @@ class EventApplier:
         # Chunks touch different states and different outbox slots, so they commit
         # concurrently: one chunk's merge overlaps another's write in the sidecar.
         first_slot = random.randrange(SLOTS)
-        written = await asyncio.gather(
-            *(self._commit(chunk, slot_key((first_slot + n) % SLOTS)) for n, chunk in enumerate(chunks))
+        outcomes = await asyncio.gather(
+            *(self._commit(chunk, slot_key((first_slot + n) % SLOTS)) for n, chunk in enumerate(chunks)),
+            return_exceptions=True,  # let every chunk finish before one failure answers
         )
-        return BatchResult(len(events), len(by_key), sum(written))
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
+        return BatchResult(len(events), len(by_key), sum(outcomes))
 
     async def _commit(self, by_key: dict[str, list[Event]], slot: str) -> int:
         for attempt in range(self._max_conflict_retries + 1):

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel, ConfigDict, Field
 
 from statestore.document import decode_document
-from statestore.paths import object_key
+from statestore.paths import object_key, parse_state_key
 from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
 
 __all__ = ["SLOTS", "OutboxSlot", "slot_key", "LEASE_KEY", "mark_dirty", "SnapshotFlusher"]
@@ -71,11 +71,6 @@ def mark_dirty(slot: str, item: StoredItem | None, keys: Iterable[str]) -> Upser
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
     """The object-store file: the state as plain JSON, as the reference system stores it."""
     return json.dumps(decode_document(key, item.value).to_state(), indent=2).encode()
-
-
-def split_key(key: str) -> tuple[str, str]:
-    state_type, state_id = key.split("/", 1)
-    return state_id, state_type
 
 
 class SnapshotFlusher:
@@ -137,7 +132,7 @@ class SnapshotFlusher:
         if item is None:
             return  # marked but absent: nothing to snapshot
         async with self._writes:
-            await self._objects.put(object_key(*split_key(key)), snapshot_bytes(key, item))
+            await self._objects.put(object_key(*parse_state_key(key)), snapshot_bytes(key, item))
 
     async def _unmark(self, written: dict[str, str]) -> None:
         """Remove each written key from its slot if its mark is unchanged (ETag writes)."""

@@ -57,3 +57,9 @@ def test_safe_ids_are_accepted(good_id):
 def test_unknown_state_types_are_rejected(bad_type):
     with pytest.raises(InvalidStateTypeError, match="not a StateType"):
         object_key("workflow-123", bad_type)
+
+
+def test_state_keys_parse_back():
+    from statestore.paths import parse_state_key
+
+    assert parse_state_key(state_key("wf-1.v2", "credentials")) == ("wf-1.v2", StateType.CREDENTIALS)
