@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from statestore.errors import SidecarUnavailableError
-from statestore.sidecar import SidecarClient, StoredItem, Upsert
+from statestore.sidecar import Delete, SidecarClient, StoredItem, Upsert
 
 __all__ = ["DaprStateRepository", "DaprObjectStore"]
 
@@ -21,7 +21,7 @@ class DaprStateRepository:
     async def load(self, keys: Iterable[str]) -> dict[str, StoredItem]:
         return await self._sidecar.get_bulk_state(self._store, keys)
 
-    async def commit(self, upserts: Sequence[Upsert]) -> None:
+    async def commit(self, upserts: Sequence[Upsert | Delete]) -> None:
         await self._sidecar.transact(self._store, upserts)
 
 

@@ -6,9 +6,11 @@ statestore.document, storage in subscriber.applier.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
@@ -16,9 +18,9 @@ from google.protobuf import empty_pb2
 
 from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
 from statestore.settings import Settings
-from subscriber.applier import EventApplier, TransientError
+from subscriber.applier import EventApplier
 
-__all__ = ["SubscriberServicer", "decode_entry"]
+__all__ = ["SubscriberServicer", "decode_entry", "split_future"]
 
 log = logging.getLogger("statestore.subscriber")
 
@@ -26,9 +28,7 @@ Status = pb.TopicEventResponse.TopicEventResponseStatus
 SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
 
 
-def decode_entry(
-    entry: pb.TopicEventBulkRequestEntry, max_clock_skew_s: float
-) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
     """The events in one delivered entry, and a reason per event refused.
 
     Raises InvalidEventError (with a reason) when the entry carries no statestore event.
@@ -44,16 +44,31 @@ def decode_entry(
             raise InvalidEventError("payload is not a CloudEvent (no type or data)")
         ce_type, data = str(envelope["type"]), envelope["data"]
     events, reasons = decode_events(ce_type, data)
-    horizon = time.time() * 1000 + max_clock_skew_s * 1000
-    kept = []
-    for event in events:
-        if event.hlc[0] > horizon:
-            reasons.append(f"event seq {event.seq}: timestamp {event.hlc[0]} ms is more than {max_clock_skew_s:g} s in the future")
-        else:
-            kept.append(event)
     if reasons and ce_type != BATCH_TYPE:
         raise InvalidEventError(reasons[0])
-    return kept, reasons
+    return events, reasons
+
+
+def split_future(
+    events: list[FieldUpdated | ObjectReplaced], max_clock_skew_s: float, now_ms: float
+) -> tuple[list[FieldUpdated | ObjectReplaced], list[FieldUpdated | ObjectReplaced]]:
+    """(events to apply now, events stamped more than the skew bound ahead of ``now_ms``).
+
+    The second kind is parked, not refused: this subscriber's clock may be the wrong one.
+    """
+    horizon = now_ms + max_clock_skew_s * 1000
+    now, later = [], []
+    for event in events:
+        (later if event.hlc[0] > horizon else now).append(event)
+    return now, later
+
+
+@dataclass
+class _Entry:
+    entry_id: str
+    keys: set[str]
+    bad: bool  # some events were malformed: the message goes to the dead-letter topic
+    parked: bool  # some events are stamped too far ahead: retried later
 
 
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
@@ -62,8 +77,18 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     def __init__(self, applier: EventApplier, settings: Settings) -> None:
         self._applier = applier
         self._settings = settings
+        self._budgets: dict[str, asyncio.Semaphore] = {}
+        self._clock_warned = False
         self.applied_events = 0
         self.rejected_events = 0
+        self.parked_events = 0
+
+    def _budget(self, topic: str) -> asyncio.Semaphore:
+        """Deliveries applied at once, per topic: one topic's backlog never makes
+        another's deliveries wait, and decoded events in memory stay bounded."""
+        if topic not in self._budgets:
+            self._budgets[topic] = asyncio.Semaphore(self._settings.subscriber_deliveries_per_topic)
+        return self._budgets[topic]
 
     async def ListTopicSubscriptions(self, request, context):
         s = self._settings
@@ -73,7 +98,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             dead_letter_topic=s.deadletter_topic,
             bulk_subscribe=pb.BulkSubscribeConfig(
                 enabled=True,
-                max_messages_count=s.subscriber_batch_max,
+                max_messages_count=s.subscriber_delivery_messages,
                 max_await_duration_ms=s.subscriber_batch_wait_ms,
             ),
         )
@@ -105,16 +130,23 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         return pb.TopicEventResponse(status=next(iter(statuses.values())))
 
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
-        """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
-        statuses: dict[str, int] = {}
-        decoded: list[tuple[str, list[FieldUpdated | ObjectReplaced], bool]] = []
+        """Per-entry status: DROP for invalid events and refused states, RETRY for events
+        parked or not applied, SUCCESS for the rest."""
         if topic != self._settings.topic:
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
+        async with self._budget(topic):
+            return await self._handle(entries)
+
+    async def _handle(self, entries: list) -> dict[str, int]:
+        statuses: dict[str, int] = {}
+        decoded: list[_Entry] = []
+        ready: list[FieldUpdated | ObjectReplaced] = []
+        now_ms = time.time() * 1000
         for entry in entries:
             # Reasons name fields and types, never values (they may be secrets).
             try:
-                events, reasons = decode_entry(entry, self._settings.max_clock_skew_s)
+                events, reasons = decode_entry(entry)
             except InvalidEventError as exc:
                 log.warning("rejected event %s to the dead-letter topic: %s", _ce_id(entry), exc)
                 statuses[entry.entry_id] = DROP
@@ -124,22 +156,43 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 log.warning("rejected part of %s (the whole message goes to the dead-letter topic): %s",
                             _ce_id(entry), reason)  # fmt: skip
             self.rejected_events += len(reasons)
-            decoded.append((entry.entry_id, events, bool(reasons)))
-        events = [event for _, entry_events, _ in decoded for event in entry_events]
-        try:
-            result = await self._applier.apply(events)
-        except TransientError as exc:
-            log.warning("batch of %d events will be redelivered: %s", len(events), exc)
-            failed = True
-        else:
-            failed = False
-            self.applied_events += result.events
-            log.debug("applied %d events to %d states", result.events, result.states)
-        for entry_id, _, partly_bad in decoded:
+            now, later = split_future(events, self._settings.max_clock_skew_s, now_ms)
+            if later:
+                self._warn_clock(later[0], now_ms)
+                self.parked_events += len(later)
+            ready.extend(now)
+            decoded.append(_Entry(entry.entry_id, {event.key for event in now}, bool(reasons), bool(later)))
+        if decoded and not any(item.parked for item in decoded):
+            self._clock_warned = False  # warn again the next time it happens
+        result = await self._applier.apply(ready)
+        self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
+        for key, reason in result.refused.items():
+            log.warning("refused state %s (its messages go to the dead-letter topic): %s", key, reason)
+        if result.failed:
+            key, reason = next(iter(result.failed.items()))
+            log.warning("%d of %d states not applied now, their messages will be redelivered (first: %s: %s)",
+                        len(result.failed), result.states, key, reason)  # fmt: skip
+        for item in decoded:
             # A message with some bad events: the good ones are applied (re-applying them
             # on a re-drive changes nothing), the message is kept in the dead-letter topic.
-            statuses[entry_id] = RETRY if failed else DROP if partly_bad else SUCCESS
+            if item.parked or any(key in result.failed for key in item.keys):
+                statuses[item.entry_id] = RETRY
+            elif item.bad or any(key in result.refused for key in item.keys):
+                statuses[item.entry_id] = DROP
+            else:
+                statuses[item.entry_id] = SUCCESS
         return statuses
+
+    def _warn_clock(self, event: FieldUpdated | ObjectReplaced, now_ms: float) -> None:
+        if self._clock_warned:
+            return
+        self._clock_warned = True
+        log.warning(
+            "events are stamped more than %g s ahead of this subscriber's clock (producer %s: %.1f s ahead):"
+            " this clock looks wrong (or that producer's is ahead). They are retried, not refused, and"
+            " applied once within STATESTORE_MAX_CLOCK_SKEW_S; check NTP on both hosts",
+            self._settings.max_clock_skew_s, event.producer, (event.hlc[0] - now_ms) / 1000,
+        )  # fmt: skip
 
     async def OnInvoke(self, request, context):
         return empty_pb2.Empty()

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
-from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
-from statestore.settings import Settings
+from devstack.stack import CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
+from statestore.settings import Settings, SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,8 +43,28 @@ def test_scopes_admit_exactly_the_apps_that_need_each_component():
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
     meta = metadata(components()["pubsub"])
-    assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
+    s = Settings()
+    # enough in flight to fill every delivery being applied and the next ones
+    assert int(meta["concurrency"]) >= 2 * s.subscriber_delivery_messages * s.subscriber_deliveries_per_topic
     assert meta["processingTimeout"] and meta["redeliverInterval"]
+
+
+def test_a_delivery_of_full_packed_messages_fits_the_apps_receive_limit():
+    s = Settings()
+    assert s.subscriber_delivery_messages * s.pack_max_bytes <= s.subscriber_max_delivery_bytes
+    small = Settings(pack_max_bytes=16 << 10)
+    assert small.subscriber_delivery_messages == small.subscriber_batch_max  # count bound only
+
+
+def test_every_sidecar_gets_the_same_message_limit():
+    run = yaml.safe_load((ROOT / "dapr.yaml").read_text())
+    assert run["common"]["maxBodySize"] == MAX_BODY_SIZE == "16Mi"
+    assert SidecarSettings().max_body_bytes == 16 << 20
+    argv = Stack(Path("/tmp/statestore-config-test"), Ports())._daprd_argv(Ports().caller)
+    assert argv[argv.index("--max-body-size") + 1] == MAX_BODY_SIZE
+    s = Settings()
+    assert s.request_max_bytes * 4 <= SidecarSettings().max_body_bytes  # cut well under it
+    assert s.max_document_bytes + (1 << 20) <= SidecarSettings().max_body_bytes
 
 
 def test_run_file_matches_the_stack():
