@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
     deadletter_topic: str = "statestore-deadletter"
+    # Events stamped more than max_clock_skew_s ahead of the subscriber's clock wait here
+    # (the subscriber republishes them until they are due), so they never block the topic.
+    parked_topic: str = "statestore-parked"
 
     # Publishing: pending events go out in one bulk publish when this many are
     # waiting or when the oldest has waited batch_window_ms.
@@ -43,7 +46,9 @@ class Settings(BaseSettings):
     publish_attempts: int = Field(5, ge=1, description="Tries per batch before it fails.")
     publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
-    max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+    max_clock_skew_s: float = Field(
+        300.0, gt=0, description="Events stamped further ahead of the subscriber's clock are parked until due."
+    )
 
     # Subscriber.
     subscriber_port: int = Field(

@@ -14,7 +14,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from statestore.settings import get_settings, get_sidecar_settings
 from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
-from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
+from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
 from subscriber.outbox import OutboxWriter, SnapshotFlusher
 from subscriber.servicer import SubscriberServicer
 
@@ -70,7 +70,8 @@ async def serve(stop: asyncio.Event) -> None:
         request_max_bytes=settings.request_max_bytes,
         max_document_bytes=settings.max_document_bytes,
     )
-    servicer = SubscriberServicer(applier, settings)
+    parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
+    servicer = SubscriberServicer(applier, settings, parking)
     flusher = SnapshotFlusher(
         repository, DaprObjectStore(sidecar, settings.objectstore_name),
         lease_s=settings.snapshot_lease_s, outbox=outbox,

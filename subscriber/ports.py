@@ -10,6 +10,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from statestore.events import FieldUpdated, ObjectReplaced
 from statestore.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "ObjectStore",
     "InMemoryStateRepository",
     "InMemoryObjectStore",
+    "Parking",
+    "InMemoryParking",
     "EtagMismatchError",
     "StoredItem",
     "Upsert",
@@ -43,6 +46,23 @@ class ObjectStore(Protocol):
 
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None."""
+
+
+class Parking(Protocol):
+    """Where events stamped too far ahead wait, durably, without blocking the others."""
+
+    async def park(self, events: Sequence[FieldUpdated | ObjectReplaced]) -> None:
+        """Keep ``events`` to be delivered again later; raise if they could not be kept."""
+
+
+class InMemoryParking:
+    """A Parking in a list."""
+
+    def __init__(self) -> None:
+        self.events: list[FieldUpdated | ObjectReplaced] = []
+
+    async def park(self, events: Sequence[FieldUpdated | ObjectReplaced]) -> None:
+        self.events.extend(events)
 
 
 class InMemoryStateRepository:

@@ -19,6 +19,7 @@ from google.protobuf import empty_pb2
 from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier
+from subscriber.ports import InMemoryParking, Parking
 
 __all__ = ["SubscriberServicer", "decode_entry", "split_future"]
 
@@ -68,15 +69,16 @@ class _Entry:
     entry_id: str
     keys: set[str]
     bad: bool  # some events were malformed: the message goes to the dead-letter topic
-    parked: bool  # some events are stamped too far ahead: retried later
+    parked: bool  # some events are stamped too far ahead: parked until due
 
 
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
     """Subscribes to the state topic with bulk delivery and a dead-letter topic."""
 
-    def __init__(self, applier: EventApplier, settings: Settings) -> None:
+    def __init__(self, applier: EventApplier, settings: Settings, parking: Parking | None = None) -> None:
         self._applier = applier
         self._settings = settings
+        self._parking = parking or InMemoryParking()
         self._budgets: dict[str, asyncio.Semaphore] = {}
         self._clock_warned = False
         self.applied_events = 0
@@ -92,17 +94,20 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
 
     async def ListTopicSubscriptions(self, request, context):
         s = self._settings
-        subscription = pb.TopicSubscription(
-            pubsub_name=s.pubsub_name,
-            topic=s.topic,
-            dead_letter_topic=s.deadletter_topic,
-            bulk_subscribe=pb.BulkSubscribeConfig(
-                enabled=True,
-                max_messages_count=s.subscriber_delivery_messages,
-                max_await_duration_ms=s.subscriber_batch_wait_ms,
-            ),
-        )
-        return pb.ListTopicSubscriptionsResponse(subscriptions=[subscription])
+        subscriptions = [
+            pb.TopicSubscription(
+                pubsub_name=s.pubsub_name,
+                topic=topic,
+                dead_letter_topic=s.deadletter_topic,
+                bulk_subscribe=pb.BulkSubscribeConfig(
+                    enabled=True,
+                    max_messages_count=s.subscriber_delivery_messages,
+                    max_await_duration_ms=s.subscriber_batch_wait_ms,
+                ),
+            )
+            for topic in (s.topic, s.parked_topic)
+        ]
+        return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 
     async def ListInputBindings(self, request, context):
         return pb.ListInputBindingsResponse()
@@ -131,17 +136,18 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
 
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
         """Per-entry status: DROP for invalid events and refused states, RETRY for events
-        parked or not applied, SUCCESS for the rest."""
-        if topic != self._settings.topic:
+        not applied (or not parked) now, SUCCESS for the rest."""
+        if topic not in (self._settings.topic, self._settings.parked_topic):
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
         async with self._budget(topic):
-            return await self._handle(entries)
+            return await self._handle(entries, reparking=topic == self._settings.parked_topic)
 
-    async def _handle(self, entries: list) -> dict[str, int]:
+    async def _handle(self, entries: list, reparking: bool = False) -> dict[str, int]:
         statuses: dict[str, int] = {}
         decoded: list[_Entry] = []
         ready: list[FieldUpdated | ObjectReplaced] = []
+        parked: list[FieldUpdated | ObjectReplaced] = []
         now_ms = time.time() * 1000
         for entry in entries:
             # Reasons name fields and types, never values (they may be secrets).
@@ -157,13 +163,26 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                             _ce_id(entry), reason)  # fmt: skip
             self.rejected_events += len(reasons)
             now, later = split_future(events, self._settings.max_clock_skew_s, now_ms)
-            if later:
+            if later and not reparking:
                 self._warn_clock(later[0], now_ms)
-                self.parked_events += len(later)
+            parked.extend(later)
             ready.extend(now)
             decoded.append(_Entry(entry.entry_id, {event.key for event in now}, bool(reasons), bool(later)))
-        if decoded and not any(item.parked for item in decoded):
+        if decoded and not parked and not reparking:
             self._clock_warned = False  # warn again the next time it happens
+        parking_failed = False
+        if parked:
+            # Parked events are published to the parked topic before this message is
+            # acknowledged (never lost), and not answered RETRY: daprd delivers one batch
+            # of a topic at a time, so a retried message would hold up every later one.
+            if reparking:  # not due yet: go round again, at most once a second
+                await asyncio.sleep(1.0)
+            try:
+                await self._parking.park(parked)
+                self.parked_events += 0 if reparking else len(parked)
+            except Exception as exc:
+                log.warning("could not park %d events, their messages will be redelivered: %s", len(parked), exc)
+                parking_failed = True
         result = await self._applier.apply(ready)
         self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
         for key, reason in result.refused.items():
@@ -175,7 +194,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         for item in decoded:
             # A message with some bad events: the good ones are applied (re-applying them
             # on a re-drive changes nothing), the message is kept in the dead-letter topic.
-            if item.parked or any(key in result.failed for key in item.keys):
+            if (item.parked and parking_failed) or any(key in result.failed for key in item.keys):
                 statuses[item.entry_id] = RETRY
             elif item.bad or any(key in result.refused for key in item.keys):
                 statuses[item.entry_id] = DROP
@@ -189,9 +208,10 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         self._clock_warned = True
         log.warning(
             "events are stamped more than %g s ahead of this subscriber's clock (producer %s: %.1f s ahead):"
-            " this clock looks wrong (or that producer's is ahead). They are retried, not refused, and"
-            " applied once within STATESTORE_MAX_CLOCK_SKEW_S; check NTP on both hosts",
+            " this clock looks wrong (or that producer's is ahead). They are parked on topic %r, not refused,"
+            " and applied once within STATESTORE_MAX_CLOCK_SKEW_S; check NTP on both hosts",
             self._settings.max_clock_skew_s, event.producer, (event.hlc[0] - now_ms) / 1000,
+            self._settings.parked_topic,
         )  # fmt: skip
 
     async def OnInvoke(self, request, context):
