@@ -28,6 +28,28 @@ def _kept_up(rows: list[dict]) -> int:
     return max(ok, default=0)
 
 
+def _fleet(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["(not measured in this run)"]
+    table = []
+    for row in rows:
+        ss, plain = row["statestore"], row.get("plain-dapr")
+        for name, f in (("statestore", ss), ("plain-dapr", plain)):
+            if f is None:
+                continue
+            rss = f["peak_rss_mb"]
+            table.append([
+                f"{f['ids']:,} x {f['fields']}", name, f["applied_per_s"],
+                _ratio(ss["applied_per_s"], plain["applied_per_s"], True) if plain and name == "statestore" else "",
+                f["staleness"].get("p50_ms"), f["staleness"].get("p99_ms"),
+                rss.get("subscriber") if name == "statestore" else "", rss.get("subscriber-daprd"), rss.get("caller-daprd"),
+                f["snapshots_after_s"] if name == "statestore" else "", f["complete"],
+            ])  # fmt: skip
+    return [_table(["workload", "peer", "applied/s", "vs plain-dapr", "visible p50 ms", "visible p99 ms",
+                    "subscriber MiB", "subscriber sidecar MiB", "caller sidecar MiB", "snapshots after s",
+                    "complete"], table)]  # fmt: skip
+
+
 def write_report(record: dict, docs: Path) -> None:
     r = record["results"]
     base = r[BASELINE]
@@ -111,6 +133,16 @@ def write_report(record: dict, docs: Path) -> None:
         _table(["ids", "updates", "applied/s", "staleness p50 ms", "staleness p99 ms"],
                [[s["ids"], s["updates"], s["applied_per_s"], s.get("staleness", {}).get("p50_ms"),
                  s.get("staleness", {}).get("p99_ms")] for s in r["statestore"]["scaling"]["ids"]]),
+        "",
+        "## Fleet: many states, few updates each, one caller",
+        "",
+        "Every id gets `status`, then every id gets `progress` (`bench/measures.py: fleet`);",
+        "applied/s counts until every update is visible through reads (`sync_many` in chunks",
+        "of 2,000 for statestore). plain-dapr runs 16 read-modify-writes at once. Peak RSS is",
+        "sampled during the row only. Snapshots: seconds after the last update was visible",
+        "until every `config.json` exists and a sample holds every field.",
+        "",
+        *_fleet(r.get("fleet", [])),
         "",
         "## Memory",
         "",
