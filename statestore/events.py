@@ -1,7 +1,9 @@
 """The wire contract between publisher and subscriber. Pure: no I/O, no Dapr.
 
 Each write becomes one event, sent as the data of a CloudEvent whose ``type`` names the
-kind and schema version. Every event carries a stamp, ``(wall_ms, logical, producer,
+kind and schema version. Every event names the caller's application (``app``: its namespace of states, schema
+version 2; version-1 events, from before app names, are read as app ``default``) and
+carries a stamp, ``(wall_ms, logical, producer,
 seq)``: a hybrid logical clock time, the producer's identity and the producer's sequence
 number for that state. Stamps are unique and totally ordered; the subscriber's merge
 (statestore.document) applies events as if in stamp order.
@@ -22,12 +24,15 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from statestore.paths import StateType, format_state_key, validate_id
+from statestore.paths import DEFAULT_APP, StateType, format_state_key, validate_app_name, validate_id
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
+    "upcast_v1",
     "Stamp",
     "FieldUpdated",
     "ObjectReplaced",
@@ -45,7 +50,9 @@ __all__ = [
     "describe_errors",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+"""Versions the subscriber accepts. 2 added ``app``; a version-1 event is upcast."""
 CLOUDEVENT_SOURCE = "statestore"
 
 Stamp = tuple[int, int, str, int, str]
@@ -56,20 +63,39 @@ and sequence number with different content (a buggy or malicious producer): the 
 still total, so every replica and every delivery order picks the same winner."""
 
 
+def upcast_v1(data: Any) -> Any:
+    """A version-1 event (no ``app``) as version 2: it belongs to the app ``default``.
+
+    Version 1 had no ``app`` field, so one that names an app is malformed."""
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        if "app" in data:
+            raise ValueError("schema_version 1 events have no 'app' field (it came with version 2)")
+        return {**data, "schema_version": 2, "app": DEFAULT_APP}
+    return data
+
+
 class _EventBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
+    app: str = DEFAULT_APP
     state_id: str
     state_type: StateType
     producer: Annotated[str, Field(min_length=1, max_length=64)]
     seq: Annotated[int, Field(ge=1)]
     hlc: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
 
+    _upcast = model_validator(mode="before")(upcast_v1)
+
     @field_validator("state_id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
         return validate_id(value)
+
+    @field_validator("app")
+    @classmethod
+    def _safe_app(cls, value: str) -> str:
+        return validate_app_name(value)
 
     @cached_property
     def stamp(self) -> Stamp:
@@ -85,7 +111,7 @@ class _EventBase(BaseModel):
     @cached_property
     def key(self) -> str:
         """The state-store key of the state this event changes (fields already validated)."""
-        return format_state_key(self.state_id, StateType(self.state_type))
+        return format_state_key(self.state_id, StateType(self.state_type), self.app)
 
 
 class FieldUpdated(_EventBase):
@@ -114,7 +140,7 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 class _EventBatch(BaseModel):
-    schema_version: Literal[1]
+    schema_version: Literal[1]  # of the batch envelope; each event has its own
     events: list[Event]
 
 
@@ -126,8 +152,10 @@ def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
     return f"io.statestore.{kind}.v{version}"
 
 
-EVENT_TYPES = {cloudevent_type(kind) for kind in ("field_updated", "object_replaced")}
-BATCH_TYPE = cloudevent_type("event_batch")
+EVENT_TYPES = {
+    cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in SCHEMA_VERSIONS
+}
+BATCH_TYPE = cloudevent_type("event_batch", 1)
 
 
 class InvalidEventError(ValueError):
@@ -181,7 +209,7 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdat
             event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
-    if cloudevent_type(event.kind) != ce_type:
+    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS):
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
 
