@@ -42,6 +42,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
     "upcast_v1",
+    "V2_FIELDS",
+    "TRACEPARENT_PATTERN",
     "Stamp",
     "FieldUpdated",
     "ObjectReplaced",
@@ -72,16 +74,23 @@ and sequence number with different content (a buggy or malicious producer): the 
 still total, so every replica and every delivery order picks the same winner."""
 
 
+V2_FIELDS = ("app", "traceparent")
+"""Fields version 2 added: a version-1 event has neither."""
+
+
 def upcast_v1(data: Any) -> Any:
     """A version-1 event (no ``app``) as version 2: it belongs to the app ``default``.
 
-    Version 1 had no ``app`` field, so one that names an app is malformed."""
+    Version 1 had neither ``app`` nor ``traceparent``, so one that has either is malformed."""
     if isinstance(data, dict) and data.get("schema_version") == 1:
-        if "app" in data:
-            raise ValueError("schema_version 1 events have no 'app' field (it came with version 2)")
+        for field in V2_FIELDS:
+            if field in data:
+                raise ValueError(f"schema_version 1 events have no {field!r} field (it came with version 2)")
         return {**data, "schema_version": 2, "app": DEFAULT_APP}
     return data
 
+
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 # What the id rules (statestore.paths.validate_id) mean in a JSON Schema, for producers
 # in other languages; the validators below enforce them with a clearer message.
@@ -105,6 +114,9 @@ class _EventBase(BaseModel):
     )
     hlc: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = Field(
         description="Hybrid logical clock [wall_ms, logical]: rises with every event of the producer."
+    )
+    traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None = Field(
+        None, description="W3C trace context of the write (optional): the apply span links to it."
     )
 
     _upcast = model_validator(mode="before")(upcast_v1)
@@ -191,9 +203,13 @@ def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
     return f"{event.producer}:{event.key}:{event.seq}"
 
 
+_UNTRACED = {"traceparent"}
+
+
 def encode_event(event: FieldUpdated | ObjectReplaced) -> bytes:
-    """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``)."""
-    return event.model_dump_json().encode()
+    """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
+    ``traceparent`` only when the write had a trace context."""
+    return event.model_dump_json(exclude=_UNTRACED if event.traceparent is None else None).encode()
 
 
 def encode_cloudevent(event: FieldUpdated | ObjectReplaced, data: bytes | None = None) -> bytes:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from statestore.events import BATCH_TYPE, SCHEMA_VERSION, EventBatch, FieldUpdated, ObjectReplaced, cloudevent_type
+from statestore.events import BATCH_TYPE, SCHEMA_VERSION, V2_FIELDS, EventBatch, FieldUpdated, ObjectReplaced, cloudevent_type
 
 __all__ = ["SCHEMA_DIR", "data_schemas", "render", "main"]
 
@@ -32,9 +32,10 @@ def _with_header(ce_type: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def _version_1(schema: dict[str, Any]) -> dict[str, Any]:
     """A version-2 event schema as version 1 was: no ``app`` (every event is the app
-    ``default``), ``schema_version`` 1."""
+    ``default``) and no ``traceparent``, ``schema_version`` 1."""
     old = copy.deepcopy(schema)
-    del old["properties"]["app"]
+    for added_in_v2 in V2_FIELDS:
+        del old["properties"][added_in_v2]
     old["properties"]["schema_version"].update(const=1, default=1)
     return old
 
