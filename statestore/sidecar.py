@@ -17,6 +17,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
 
+from statestore.envelope import CONTENT_TYPE
 from statestore.errors import SidecarUnavailableError
 from statestore.settings import SidecarSettings, get_sidecar_settings
 
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 JSON_METADATA = {"contentType": "application/json"}
-_CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
 
 
 # sqlite binds at most 32,766 parameters; other stores are slower with huge key lists.
@@ -141,7 +141,7 @@ class SidecarClient:
             topic=topic,
             entries=[
                 pubsub_pb2.BulkPublishRequestEntry(
-                    entry_id=entry_id, event=body, content_type=_CLOUDEVENT_CONTENT_TYPE
+                    entry_id=entry_id, event=body, content_type=CONTENT_TYPE
                 )
                 for entry_id, body in cloudevents
             ],
