@@ -65,6 +65,11 @@ REGISTRY_KEY = f"{OUTBOX}/replicas"
 LEASE_KEY = f"{OUTBOX}/lease"
 
 
+# Before the per-replica outbox, marks lived in 16 shared slot documents; a flusher turns
+# any it finds (an upgraded deployment, or an old replica still running) into entries.
+LEGACY_SLOTS = [f"{OUTBOX}/{n}" for n in range(16)]
+
+
 def entry_key(replica: str, n: int) -> str:
     """The key of entry ``n`` of ``replica``'s outbox."""
     return f"{OUTBOX}/{replica}/{n}"
@@ -232,6 +237,7 @@ class SnapshotFlusher:
         self._renewed_at = -math.inf
         self._seen: tuple[str, float] | None = None  # another holder's record: (etag, first seen)
         self._lease_lock = asyncio.Lock()
+        self._rounds = 0
         self.written = 0
 
     # -- the lease -------------------------------------------------------------------
@@ -297,6 +303,9 @@ class SnapshotFlusher:
         last_error = ""
         while not stop.is_set():
             try:
+                if self._rounds % 50 == 0:
+                    await self.migrate_legacy_slots()
+                self._rounds += 1
                 flushed = await self.flush_once()
             except Exception as exc:  # store or binding down: the entries stay, try again
                 error = f"{type(exc).__name__}: {exc}"
@@ -347,6 +356,29 @@ class SnapshotFlusher:
             renewing.cancel()
         self.written += len(keys)
         return len(keys)
+
+    async def migrate_legacy_slots(self) -> int:
+        """Move the marks of old shared slot documents into this replica's outbox (each
+        slot is deleted, with its ETag, in the same transaction as its last entry).
+        Returns the number of keys moved."""
+        moved = 0
+        for key, item in (await self._repository.load(LEGACY_SLOTS)).items():
+            try:
+                marked = list(json.loads(item.value).get("dirty", {}))
+            except (ValueError, AttributeError):
+                log.error("outbox slot %s is not an outbox slot; left as it is", key)
+                continue
+            pieces = list(cut(marked, len, 1 << 20, 250)) or [[]]
+            try:
+                for piece in pieces[:-1]:
+                    await self._outbox.commit([], piece)
+                await self._outbox.commit([Delete(key, item.etag)], pieces[-1])
+            except EtagMismatchError:
+                continue  # an old replica marked more meanwhile: the next pass takes it
+            moved += len(marked)
+        if moved:
+            log.info("moved %d snapshot marks from the old shared outbox slots", moved)
+        return moved
 
     async def _collect(
         self, registry: Registry, heads: dict[str, StoredItem]

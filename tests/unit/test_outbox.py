@@ -188,3 +188,19 @@ async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
     warnings = [r for r in caplog.records if "backing off" in r.getMessage()]
     assert len(warnings) == 1
     assert Broken.puts <= 6  # 10 ms doubling: no spin (a spin makes hundreds)
+
+
+async def test_marks_in_the_old_shared_slots_are_moved_and_flushed():
+    from subscriber.outbox import LEGACY_SLOTS
+    from subscriber.ports import Upsert
+
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    await EventApplier(repo).apply([field_updated("f", 1, state_id=f"s{n}") for n in range(300)])
+    marks = {f"workflows/s{n}": "abc" for n in range(300)}
+    await repo.commit([Upsert(LEGACY_SLOTS[3], json.dumps({"dirty": marks}).encode(), None)])
+    flusher = SnapshotFlusher(repo, objects)
+    assert await flusher.migrate_legacy_slots() == 300
+    assert LEGACY_SLOTS[3] not in repo.items
+    while await flusher.flush_once():
+        pass
+    assert await snapshot(objects, "s299") == {"f": 1} and await pending_keys(repo) == set()
