@@ -48,12 +48,12 @@ class Upsert:
 
 
 # A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
-# grows to two minutes.
+# grows to two minutes. (Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the
+# connect timeout, and 100 ms fails connections to a busy sidecar.)
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
