@@ -40,7 +40,6 @@ class Settings(BaseSettings):
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)
     pack_max_bytes: int = Field(1 << 20, ge=1024)
-    credentials_topic: str = Field("statestore-credentials", description="Topic of credential events.")
     # Outages: a batch that cannot be published is retried (capped exponential backoff
     # with jitter, probing the sidecar's readiness in between) for outage_budget_s; only
     # then does PublishError hand its events back.
@@ -54,7 +53,9 @@ class Settings(BaseSettings):
     handle_signals: bool = Field(True, description="Drain on SIGTERM/SIGINT (chained to earlier handlers).")
     # A state keeps a producer's record for this long, measured on the document's own
     # newest stamp; a process changes its producer id every retention/4.
-    producer_retention_s: float = Field(3600.0, ge=60, description="How long producer records are kept.")
+    # At most 4 h: an id is used for retention/4, and must stop writing before the
+    # subscriber can drop its record (1 h after its last write, statestore.document).
+    producer_retention_s: float = Field(3600.0, ge=60, le=14_400, description="Producer id lifetime x 4.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
 
