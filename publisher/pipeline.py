@@ -268,7 +268,13 @@ class PublishPipeline:
                     self._current = self._pending[: self._settings.batch_max_events]
                     del self._pending[: len(self._current)]
                     self._room_check()
-                    await self._publish(self._current)
+                    try:
+                        await self._publish(self._current)
+                    except Exception as exc:  # a bug, not an outage: hand the batch back, never drop it
+                        log.exception("statestore publisher failed on a batch of %d events", len(self._current))
+                        self._failed.extend(self._current)
+                        self.stats.failed_events += len(self._current)
+                        self._failure_reason = f"{type(exc).__name__}: {exc}"
                     self._current = []
                 self._idle.set()
         except asyncio.CancelledError:

@@ -146,7 +146,9 @@ class Runtime:
         self.settings = settings or get_settings()
         self.forked = forked
         self.clock = clock or HybridClock()
-        self._lock = threading.Lock()
+        # Reentrant: the signal handler's drain runs in the main thread, possibly while
+        # that thread is inside stamp() holding this lock.
+        self._lock = threading.RLock()
         self._rotate_after = self.settings.producer_retention_s / 4
         self._identity = _Identity(_new_producer_id(), time.monotonic())
         # state key -> producer id -> (last seq issued, when that id was taken)

@@ -298,3 +298,19 @@ async def test_sync_style_flush_raises_only_the_selected_failures():
     with pytest.raises(PublishError) as info:
         await pipeline.flush()
     assert info.value.events == [theirs.event]  # kept for its owner, not forgotten
+
+
+async def test_a_batch_the_publisher_cannot_even_pack_is_handed_back_not_dropped(monkeypatch):
+    import publisher.pipeline as module
+
+    def broken_pack(*args, **kwargs):
+        raise ValueError("cannot pack")
+
+    monkeypatch.setattr(module, "pack", broken_pack)
+    pipeline = PublishPipeline(FakeTransport(), settings())
+    events = queued(3)
+    for q in events:
+        await pipeline.submit(q)
+    with pytest.raises(PublishError, match="ValueError: cannot pack") as info:
+        await asyncio.wait_for(pipeline.flush(), 5)  # never a silent success
+    assert info.value.events == [q.event for q in events]

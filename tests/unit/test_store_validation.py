@@ -75,3 +75,16 @@ async def test_a_refused_write_takes_no_sequence_number():
     with pytest.raises(InvalidValueError, match="limit is 1048576"):
         await StateStore.save_state_object("wf-seq", {"big": "x" * (2 << 20)}, StateType.WORKFLOWS)
     assert Store.runtime().last_seq("workflows/wf-seq") == before
+
+
+def test_sync_many_cuts_its_bulk_reads_by_count_and_bytes():
+    from publisher.store import SYNC_READ_MAX_KEY_BYTES, SYNC_READ_MAX_KEYS, _chunks
+
+    ids = [f"id-{n}" for n in range(40_000)]  # more than sqlite's 32,766 keys at once
+    chunks = _chunks(ids, {i: f"workflows/{i}" for i in ids})
+    assert [i for c in chunks for i in c] == ids
+    assert max(len(c) for c in chunks) == SYNC_READ_MAX_KEYS
+    long_ids = [f"{n:04d}" + "x" * 120 for n in range(2000)]
+    chunks = _chunks(long_ids, {i: f"workflows/{i}" for i in long_ids})
+    assert all(sum(len(f"workflows/{i}") + 16 for i in c) <= SYNC_READ_MAX_KEY_BYTES for c in chunks)
+    assert [i for c in chunks for i in c] == long_ids
