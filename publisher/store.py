@@ -14,8 +14,8 @@ from typing import Any
 from publisher.pipeline import QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.errors import InvalidValueError, SyncTimeoutError
-from statestore.events import FieldUpdated, ObjectReplaced
-from statestore.paths import StateType, coerce_state_type, state_key, validate_id
+from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
+from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
 
 __all__ = ["StateStore"]
@@ -56,7 +56,14 @@ class StateStore:
     @classmethod
     def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
         stamp = get_runtime().stamp(state_key(id, state_type))
-        return {"state_id": id, "state_type": state_type, "producer": stamp.producer, "seq": stamp.seq, "hlc": stamp.hlc}
+        return {
+            "app": caller_app_name(),
+            "state_id": id,
+            "state_type": state_type,
+            "producer": stamp.producer,
+            "seq": stamp.seq,
+            "hlc": stamp.hlc,
+        }
 
     # -- writes ----------------------------------------------------------------------
 
@@ -75,7 +82,7 @@ class StateStore:
             raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
         normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
-            field=key, value=normalised, kind="field_updated", schema_version=1, **cls._stamp_fields(id, state_type)
+            field=key, value=normalised, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
 
@@ -91,7 +98,7 @@ class StateStore:
             raise InvalidValueError("state object must be a dict with string keys")
         normalised = _json_roundtrip(value, "state object", id)
         event = ObjectReplaced.model_construct(
-            value=normalised, kind="object_replaced", schema_version=1, **cls._stamp_fields(id, state_type)
+            value=normalised, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
         return json.loads(json.dumps(normalised))
