@@ -235,21 +235,16 @@ class Runtime:
             return len(self._loops)
 
     def stats(self) -> dict[str, Any]:
-        """Counters over every live pipeline (published, outages, ...)."""
-        totals: dict[str, Any] = defaultdict(float)
-        in_outage = False
+        """Counters summed over every live pipeline (published, outages, ...)."""
+        totals: dict[str, Any] = {"pending": 0, "in_outage": False}
         for pipeline in self.pipelines():
             for name, value in vars(pipeline.stats).items():
                 if name == "in_outage_since":
-                    in_outage = in_outage or value is not None
+                    totals["in_outage"] = totals["in_outage"] or value is not None
                 else:
-                    totals[name] += value
+                    totals[name] = totals.get(name, 0) + value
             totals["pending"] += pipeline.pending
-        result = {name: (int(v) if name != "outage_seconds" and name != "last_outage_s" else v) for name, v in totals.items()}
-        result["in_outage"] = in_outage
-        result["loops"] = self.loops()
-        result["producer"] = self.producer_id
-        return result
+        return {**totals, "loops": self.loops(), "producer": self.producer_id}
 
     # -- last-chance drain -----------------------------------------------------------------
 

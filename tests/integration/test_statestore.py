@@ -36,8 +36,13 @@ def new_id(prefix="wf"):
 
 
 def snapshot(state_id, state_type=W):
+    """The snapshot file's content; None while it is missing or being rewritten (the
+    local-storage binding truncates, then writes: a read in between sees a partial file)."""
     path = Path(build_state_store_path(state_id, state_type))
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 async def assert_snapshot_matches(state_id, state_type=W):

@@ -152,3 +152,12 @@ def test_sigint_still_raises_keyboard_interrupt_after_the_drain():
     out = proc.stdout.read()
     assert proc.wait(timeout=20) == 0
     assert out.splitlines()[:2] == ["drained", "KeyboardInterrupt"]  # (then the exit drain)
+
+
+async def test_stats_sum_the_live_pipelines(fresh_runtime):
+    runtime = get_runtime()
+    pipeline = runtime.pipeline()
+    pipeline.stats.published, pipeline.stats.outages = 7, 1
+    stats = runtime.stats()
+    assert stats["published"] == 7 and stats["outages"] == 1 and stats["in_outage"] is False
+    assert stats["pending"] == 0 and stats["loops"] == 1 and stats["producer"] == runtime.producer_id
