@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 
 import pytest
@@ -76,9 +77,11 @@ async def test_sigterm_after_5000_returned_calls_publishes_all_of_them(stack, mo
     assert line.startswith("queued"), proc.stderr.read()
     if mode == "blocked":
         assert int(line.split()[1]) == 5000  # every call returned, nothing published yet
+    signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = await asyncio.to_thread(proc.wait, 30)
     assert code == -signal.SIGTERM, proc.stderr.read()  # the default action still happens
+    print(f"\nSIGTERM ({mode}) to exit, with the drain: {time.monotonic() - signalled:.2f} s")
     for s in range(50):
         await wait_for_state(f"{tag}-{s}", {f"f{f}": f * s for f in range(100)})
 
@@ -131,6 +134,53 @@ async def test_a_parent_and_four_forked_children_write_one_state(stack):
     expected = {f"p-{k}{f}": f for k in "fg" for f in range(50)}
     expected.update({f"c{i}-f{f}": f for i in range(4) for f in range(50)})
     assert await StateStore.get_state(state_id, W) == expected  # the children synced
+
+
+GRANDCHILD_SCRIPT = """
+import asyncio, multiprocessing, sys
+from publisher import StateStore, StateType
+state_id = sys.argv[1]
+W = StateType.WORKFLOWS
+fork = multiprocessing.get_context("fork")
+
+def grandchild(i):
+    async def work():
+        await StateStore.save_state(f"g{i}", i, state_id, W)
+        await StateStore.sync(state_id, W, timeout=60)
+    asyncio.run(work())
+
+def child(i):
+    async def work():
+        await StateStore.save_state(f"c{i}", i, state_id, W)
+        await StateStore.flush()
+        procs = [fork.Process(target=grandchild, args=(10 * i + k,)) for k in range(2)]
+        for p in procs:
+            p.start()  # a fork of a fork, from its running loop
+        await StateStore.sync(state_id, W, timeout=60)
+        for p in procs:
+            await asyncio.to_thread(p.join, 120)
+        sys.exit(max(p.exitcode for p in procs))
+    asyncio.run(work())
+
+async def main():
+    await StateStore.save_state("parent", 1, state_id, W)
+    await StateStore.flush()
+    procs = [fork.Process(target=child, args=(i,)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        await asyncio.to_thread(p.join, 180)
+    print([p.exitcode for p in procs], flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_forked_children_can_fork_again(stack):
+    state_id = new_id("grandchild")
+    done = await asyncio.to_thread(run_script, stack, GRANDCHILD_SCRIPT, state_id)
+    assert done.returncode == 0 and done.stdout.strip() == "[0, 0]", done.stderr[-3000:]
+    expected = {"parent": 1, "c0": 0, "c1": 1, "g0": 0, "g1": 1, "g10": 10, "g11": 11}
+    assert await StateStore.get_state(state_id, W) == expected
 
 
 POOL_SCRIPT = """
