@@ -46,6 +46,7 @@ from typing import Any
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.query import StateQueryClient
+from statestore.errors import PublishError
 from statestore.hlc import HybridClock
 from statestore.settings import Settings, get_settings
 from statestore.sidecar import SidecarClient
@@ -98,16 +99,28 @@ class LoopRuntime:
         self._runtime = runtime
         self.sidecar = SidecarClient(blocking=runtime.forked)
         self.query = StateQueryClient(self.sidecar, runtime.settings.statestore_name)
-        self.pipelines: dict[str, PublishPipeline] = {}
+        self.pipelines: dict[tuple[str, str], PublishPipeline] = {}  # (pubsub, topic) -> pipeline
         self._closer = self._close_at_loop_shutdown()
         self._start_closer()
 
-    def pipeline(self, topic: str) -> PublishPipeline:
-        found = self.pipelines.get(topic)
+    def pipeline(self, pubsub: str, topic: str) -> PublishPipeline:
+        found = self.pipelines.get((pubsub, topic))
         if found is None:
-            transport = SidecarTransport(self.sidecar, self._runtime.settings.pubsub_name, topic)
-            found = self.pipelines[topic] = PublishPipeline(transport, self._runtime.settings)
+            transport = SidecarTransport(self.sidecar, pubsub, topic)
+            found = self.pipelines[(pubsub, topic)] = PublishPipeline(transport, self._runtime.settings)
         return found
+
+    async def flush(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
+        """Flush every pipeline of this loop at once; one PublishError holding all their
+        failed events (those ``belongs`` selects, when given)."""
+        pipelines = list(self.pipelines.values())
+        outcomes = await asyncio.gather(*(p.flush(belongs) for p in pipelines), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if not errors:
+            return
+        if len(errors) == 1 or not all(isinstance(e, PublishError) for e in errors):
+            raise next((e for e in errors if not isinstance(e, PublishError)), errors[0])
+        raise PublishError("; ".join(str(e) for e in errors), [event for e in errors for event in e.events])
 
     def unpublished(self) -> int:
         return sum(p.pending for p in self.pipelines.values())
@@ -210,9 +223,9 @@ class Runtime:
             _install_process_hooks(self.settings)
         return found
 
-    def pipeline(self, topic: str | None = None) -> PublishPipeline:
-        """The running loop's pipeline for ``topic`` (default: the state topic)."""
-        return self.loop_runtime().pipeline(topic or self.settings.topic)
+    def pipeline(self, topic: str | None = None, pubsub: str | None = None) -> PublishPipeline:
+        """The running loop's pipeline for ``topic`` on ``pubsub`` (default: the state topic)."""
+        return self.loop_runtime().pipeline(pubsub or self.settings.pubsub_name, topic or self.settings.topic)
 
     def pipelines(self) -> list[PublishPipeline]:
         """Every live pipeline of every loop."""
@@ -257,8 +270,8 @@ class Runtime:
         """
         timeout = self.settings.shutdown_grace_s if timeout is None else timeout
         with self._lock:
-            pipelines = [(t, p) for lr in self._loops.values() for t, p in lr.pipelines.items()]
-        left = [(topic, q) for topic, pipeline in pipelines for q in pipeline.take_unpublished()]
+            pipelines = [(route, p) for lr in self._loops.values() for route, p in lr.pipelines.items()]
+        left = [(route, q) for route, pipeline in pipelines for q in pipeline.take_unpublished()]
         if not left:
             return 0
         outcome: dict[str, int] = {"lost": len(left)}
@@ -274,17 +287,18 @@ class Runtime:
         return outcome["lost"]
 
 
-async def _publish_left(settings: Settings, left: list[tuple[str, QueuedEvent]], timeout: float) -> int:
-    """Publish ``left`` through a fresh synchronous-stack client; returns how many failed."""
+async def _publish_left(settings: Settings, left: list[tuple[tuple[str, str], QueuedEvent]], timeout: float) -> int:
+    """Publish ``left`` ((pubsub, topic), event) through a fresh synchronous-stack client;
+    returns how many failed."""
     sidecar = SidecarClient(blocking=True)
     drain_settings = settings.model_copy(update={"outage_budget_s": timeout})
     try:
-        by_topic: dict[str, list[QueuedEvent]] = defaultdict(list)
-        for topic, queued in left:
-            by_topic[topic].append(queued)
+        by_route: dict[tuple[str, str], list[QueuedEvent]] = defaultdict(list)
+        for route, queued in left:
+            by_route[route].append(queued)
         lost = 0
-        for topic, events in by_topic.items():
-            pipeline = PublishPipeline(SidecarTransport(sidecar, settings.pubsub_name, topic), drain_settings)
+        for (pubsub, topic), events in by_route.items():
+            pipeline = PublishPipeline(SidecarTransport(sidecar, pubsub, topic), drain_settings)
             lost += await pipeline.publish_all(events)
         return lost
     finally:

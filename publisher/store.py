@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from publisher.pipeline import QueuedEvent
+from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.errors import InvalidValueError, SyncTimeoutError
 from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
@@ -104,15 +104,19 @@ class StateStore:
         return json.loads(json.dumps(normalised))
 
     @classmethod
+    def _pipeline_for(cls, event: FieldUpdated | ObjectReplaced) -> PublishPipeline:
+        """Where an event is published: the one place that routes events to topics."""
+        return get_runtime().pipeline()
+
+    @classmethod
     async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
-        await get_runtime().pipeline().submit(QueuedEvent.of(event))
+        await cls._pipeline_for(event).submit(QueuedEvent.of(event))
 
     @classmethod
     async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
         """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
-        pipeline = get_runtime().pipeline()
         for event in events:
-            await pipeline.submit(QueuedEvent.of(event))
+            await cls._submit(event)
 
     @classmethod
     async def flush(cls) -> None:
@@ -121,7 +125,7 @@ class StateStore:
         Raises PublishError (with the events) for events that could not be published
         within the outage budget.
         """
-        await get_runtime().pipeline().flush()
+        await get_runtime().loop_runtime().flush()
 
     @classmethod
     def stats(cls) -> dict[str, Any]:
@@ -149,20 +153,22 @@ class StateStore:
         keys = {id: state_key(id, state_type) for id in ids}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pipeline = runtime.pipeline()
+        loop_runtime = runtime.loop_runtime()
         mine = set(keys.values())
         try:
             # Only this call's states' failures are raised here; others stay for their owner.
-            await asyncio.wait_for(pipeline.flush(lambda q: q.event.key in mine), timeout)
+            await asyncio.wait_for(loop_runtime.flush(lambda q: q.event.key in mine), timeout)
         except asyncio.TimeoutError:
+            outage = any(p.in_outage for p in loop_runtime.pipelines.values())
             raise SyncTimeoutError(
-                f"{pipeline.pending} events of this process were still unpublished after {timeout:g} s "
-                f"(sidecar outage: {pipeline.in_outage}). Is the caller's Dapr sidecar running?"
+                f"{loop_runtime.unpublished()} events of this process were still unpublished after {timeout:g} s "
+                f"({'the sidecar or broker is not taking events' if outage else 'publishing is behind'}). "
+                "Is the caller's Dapr sidecar running?"
             ) from None
         # Every (producer id, last seq) this process still has to see applied, per state.
         waiting = {id: runtime.waits(keys[id]) for id in ids}
         waiting = {id: w for id, w in waiting.items() if w}
-        query = runtime.loop_runtime().query
+        query = loop_runtime.query
         delay = 0.002
         while waiting:
             documents = {}

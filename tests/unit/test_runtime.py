@@ -161,3 +161,31 @@ async def test_stats_sum_the_live_pipelines(fresh_runtime):
     stats = runtime.stats()
     assert stats["published"] == 7 and stats["outages"] == 1 and stats["in_outage"] is False
     assert stats["pending"] == 0 and stats["loops"] == 1 and stats["producer"] == runtime.producer_id
+
+
+async def test_a_loop_flush_covers_every_topic_and_keeps_other_states_failures(fresh_runtime):
+    from publisher.pipeline import PublishPipeline, QueuedEvent
+    from statestore.errors import PublishError
+    from tests.strategies import field_updated
+    from tests.unit.test_pipeline import FakeTransport
+
+    runtime = get_runtime()
+    loop_runtime = runtime.loop_runtime()
+    settings = Settings(outage_budget_s=0, batch_window_ms=1)
+    loop_runtime.pipelines = {
+        ("pubsub", "a"): PublishPipeline(FakeTransport(failures=100), settings),
+        ("pubsub", "b"): PublishPipeline(FakeTransport(failures=100), settings),
+    }
+    mine = QueuedEvent.of(field_updated("f", 1, state_id="mine"))
+    theirs = QueuedEvent.of(field_updated("f", 2, state_id="theirs"))
+    other_topic = QueuedEvent.of(field_updated("g", 3, state_id="mine", seq=2))
+    await loop_runtime.pipelines[("pubsub", "a")].submit(mine)
+    await loop_runtime.pipelines[("pubsub", "a")].submit(theirs)
+    await loop_runtime.pipelines[("pubsub", "b")].submit(other_topic)
+    with pytest.raises(PublishError) as info:
+        await loop_runtime.flush(lambda q: q.event.state_id == "mine")
+    assert sorted(e.seq for e in info.value.events) == [1, 2]  # both topics, only "mine"
+    with pytest.raises(PublishError) as info:
+        await loop_runtime.flush()
+    assert info.value.events == [theirs.event]  # kept for whoever flushes next
+    loop_runtime.pipelines = {}
