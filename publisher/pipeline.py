@@ -338,9 +338,10 @@ class PublishPipeline:
             wait = min(delay, s.publish_backoff_max_ms / 1000, left) * random.uniform(0.5, 1.0)
             delay *= 2
             pause = self._clock()
-            if await self._transport.wait_ready(wait):
-                # Ready again: retry now, but never spin when the sidecar is up yet refuses.
-                await asyncio.sleep(max(0.0, min(0.05, wait - (self._clock() - pause))))
+            if await self._transport.wait_ready(wait) and self._clock() - pause < 0.005:
+                # The sidecar answers but refused the batch (its broker is down): back off
+                # the full delay. One that came back during the wait is retried at once.
+                await asyncio.sleep(wait)
 
     def _outage_started(self, reason: str, events: int) -> None:
         if self.stats.in_outage_since is None:
