@@ -314,3 +314,25 @@ async def test_a_batch_the_publisher_cannot_even_pack_is_handed_back_not_dropped
     with pytest.raises(PublishError, match="ValueError: cannot pack") as info:
         await asyncio.wait_for(pipeline.flush(), 5)  # never a silent success
     assert info.value.events == [q.event for q in events]
+
+
+async def test_a_sidecar_that_answers_but_refuses_gets_backoff_not_a_busy_loop():
+    """Broker down: the sidecar is reachable (ready at once) yet fails every entry."""
+
+    class Refusing(FakeTransport):
+        calls = 0
+
+        async def publish_batch(self, cloudevents):
+            self.calls += 1
+            return {entry_id: "redis: connection refused" for entry_id, _ in cloudevents}
+
+        async def wait_ready(self, timeout):
+            return True
+
+    transport = Refusing()
+    pipeline = PublishPipeline(transport, settings(outage_budget_s=60, publish_backoff_ms=100, publish_backoff_max_ms=1000))
+    await pipeline.submit(queued(1)[0])
+    await asyncio.sleep(1.0)
+    assert 2 <= transport.calls <= 6  # 100, 200, 400, 800 ms (with jitter), not 20 a second
+    pipeline.take_unpublished()
+    pipeline._task.cancel()
