@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from devstack.workflow_engine import WORKFLOW_APP_IDS
 from statestore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +36,22 @@ def test_stores_match_the_reference_paths_and_share_keys():
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
-    demo_apps = {"statestore-demo", "statestore-demo-orders"}
+    demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS}
     for name in ("statestore", "pubsub"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only():
+    found = components()
+    actor_stores = [name for name, doc in found.items()
+                    if doc["kind"] == "Component" and metadata(doc).get("actorStateStore") == "true"]
+    assert actor_stores == ["workflowstate"]
+    meta = metadata(found["workflowstate"])
+    assert found["workflowstate"]["spec"]["type"] == "state.sqlite"
+    assert meta["connectionString"] != metadata(found["statestore"])["connectionString"]
+    assert set(found["workflowstate"]["scopes"]) == set(WORKFLOW_APP_IDS)
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
