@@ -62,7 +62,7 @@ class CredentialBatcher:
     """Collects credentials from concurrent activities and saves them in one
     ``SecretStore.save_secrets`` call per ``window_s`` (at most ``max_batch`` each)."""
 
-    def __init__(self, window_s: float = 0.01, max_batch: int = 50) -> None:
+    def __init__(self, window_s: float = 0.025, max_batch: int = 50) -> None:
         self.window_s, self.max_batch = window_s, max_batch
         self.batches = 0
         self._pending: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
@@ -107,6 +107,21 @@ class WorkflowApp:
     crash_marker: Path | None = None
     activity_s: list[float] = field(default_factory=list)
     executions: dict[str, int] = field(default_factory=dict)  # activity name -> runs
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Before the worker stops: publish what activities queued, and end statestore's
+        publisher task on the worker's loop (the SDK closes that loop without cancelling
+        its tasks, which asyncio would report as a task destroyed while pending)."""
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result(timeout)
+
+    @staticmethod
+    async def _drain() -> None:
+        await StateStore.flush()
+        for task in asyncio.all_tasks():
+            if task.get_name() == "statestore-publisher":
+                task.cancel()
 
     def register(self, runtime: WorkflowRuntime) -> None:
         runtime.register_workflow(self.workflow, name=WORKFLOW_NAME)
@@ -160,6 +175,7 @@ class WorkflowApp:
     @contextmanager
     def _timed(self, name: str) -> Iterator[None]:
         """Count the execution and record how long the activity body took."""
+        self._loop = asyncio.get_running_loop()  # the worker's loop, for close()
         self.executions[name] = self.executions.get(name, 0) + 1
         start = time.perf_counter()
         try:
