@@ -146,6 +146,10 @@ def write_report(record: dict, docs: Path) -> None:
         "publisher, 10 ms in bulk delivery.",
         "",
     ]
+    if "workflows" in r:
+        from bench.workflows import report_section
+
+        parts += report_section(r["workflows"])
     (docs / "benchmarks.md").write_text("\n".join(parts))
     _plots(record, docs)
 

@@ -11,8 +11,9 @@ from dapr.ext.workflow import DaprWorkflowClient, WorkflowStatus
 from devstack.processes import free_port, wait_until
 from devstack.stack import SidecarSpec
 from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_app, workflow_sidecar
-from examples.workflows.app import WORKFLOW_NAME, final_state
+from examples.workflows.app import WORKFLOW_NAME, WorkflowApp, final_state
 from publisher import SecretStore, StateStore, StateType
+from publisher.store import StateStore as _Store
 from tests.integration.conftest import eventually
 
 W = StateType.WORKFLOWS
@@ -107,3 +108,24 @@ async def test_an_activity_retried_after_the_app_crashed_leaves_the_state_of_one
     assert output == final_state(workflow_id, guid, 3)
     assert await StateStore.get_state(workflow_id, W) == output
     assert await SecretStore.get_credentials(guid) == credentials
+
+
+async def test_a_repeated_activity_resends_its_progress_with_newer_stamps_and_the_same_values(stack):
+    """What the README promises for retries: each run of an activity sends its events
+    again with new stamps; the fields end with the values one run writes."""
+    app = WorkflowApp(step_ms=0)
+    workflow_id = f"wf-retry-{uuid.uuid4().hex[:6]}"
+    task = {"workflow_id": workflow_id, "credential_guid": "guid-1", "step": 2, "steps": 4}
+    query = _Store._runtime().query
+
+    await app.run_step(None, task)
+    await StateStore.sync(workflow_id, W)
+    first = await query.get_document(workflow_id, W)
+    await app.run_step(None, task)  # the retry
+    await StateStore.sync(workflow_id, W)
+    second = await query.get_document(workflow_id, W)
+
+    one_run = {"status": "running", "current_step": "step-2", "progress": 50, "credential_guid": "guid-1"}
+    assert first.to_state() == second.to_state() == one_run
+    assert all(second.fields[key].stamp > first.fields[key].stamp for key in one_run)
+    assert second.processed_upto(_Store._producer_state().id) == 2 * len(one_run)  # both runs applied
