@@ -69,6 +69,11 @@ build_engine() {
   # The module cache is read-only and go may touch go.sum: build in a private copy.
   rm -rf "$work" && mkdir -p "$work" "$OUT/.dapr/bin"
   cp -r "$moddir" "$work/dapr" && chmod -R u+w "$work/dapr"
+  # Upstream's healthz server binds every interface (both services ignore
+  # --healthz-listen-address): in the private copy it binds 127.0.0.1.
+  local healthz=$work/dapr/pkg/healthz/server/server.go
+  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || die "$healthz changed upstream: check how its listen address is set"
+  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
   for name in placement scheduler; do
     (cd "$work/dapr" && go build -trimpath -ldflags "-s -w" -o "$OUT/.dapr/bin/$name.tmp" "./cmd/$name") \
       || die "building $name failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."

@@ -129,3 +129,23 @@ async def test_a_repeated_activity_resends_its_progress_with_newer_stamps_and_th
     assert first.to_state() == second.to_state() == one_run
     assert all(second.fields[key].stamp > first.fields[key].stamp for key in one_run)
     assert second.processed_upto(_Store._producer_state().id) == 2 * len(one_run)  # both runs applied
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses that listen on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in list(fh)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                address, port_hex = local.rsplit(":", 1)
+                if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                    found.add(address)
+    return found
+
+
+def test_placement_and_scheduler_listen_on_loopback_only(engine):
+    loopback = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
+    ports = engine.ports
+    for port in ports.named().values():  # gRPC, raft, healthz, metrics, etcd client and peer
+        assert listening_addresses(port) == {loopback}, (port, engine.ports)

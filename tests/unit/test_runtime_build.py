@@ -20,6 +20,9 @@ esac
 """
 
 
+HEALTHZ = 'package server\n\nfunc listen() { net.Listen("tcp", fmt.Sprintf(":%d", s.port)) }\n'
+
+
 def run_build(env: dict[str, str]) -> str:
     done = subprocess.run([str(BUILD), "engine"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -31,6 +34,8 @@ def fake_go_env(tmp_path: Path) -> dict[str, str]:
     bin_dir.mkdir()
     (module / "cmd" / "placement").mkdir(parents=True)
     (module / "cmd" / "scheduler").mkdir(parents=True)
+    (module / "pkg" / "healthz" / "server").mkdir(parents=True)
+    (module / "pkg" / "healthz" / "server" / "server.go").write_text(HEALTHZ)
     go = bin_dir / "go"
     go.write_text(FAKE_GO)
     go.chmod(0o755)
@@ -49,6 +54,7 @@ def test_the_second_build_of_the_engine_is_skipped_and_a_stale_stamp_rebuilds(tm
     assert [c.split()[-1] for c in builds(tmp_path)] == ["./cmd/placement", "./cmd/scheduler"]
     out = tmp_path / "runtime" / ".dapr" / "bin"
     assert (out / "placement").exists() and (out / "scheduler").exists()
+    assert not (tmp_path / "runtime" / "build-engine").exists(), "the private module copy is removed"
 
     assert re.search(r"placement, scheduler v\S+: up to date", run_build(env))
     assert len(builds(tmp_path)) == 2, "an up-to-date engine must not be rebuilt"
@@ -73,3 +79,11 @@ def test_the_real_engine_is_up_to_date_after_setup_and_not_rebuilt():
     stdout = run_build({**os.environ})
     assert re.search(r"placement, scheduler v\S+: up to date", stdout)
     assert [b.stat().st_mtime_ns for b in binaries] == before
+
+
+def test_a_changed_upstream_healthz_server_stops_the_build_with_a_clear_error(tmp_path):
+    env = fake_go_env(tmp_path)
+    (tmp_path / "dapr-module" / "pkg" / "healthz" / "server" / "server.go").write_text("package server\n")
+    done = subprocess.run([str(BUILD), "engine"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "changed upstream" in done.stderr
+    assert builds(tmp_path) == []
