@@ -138,7 +138,8 @@ class Run:
         print(f"  progress events      {published} published, {applied} applied")
         print(f"  activity time        p50 {act50:.1f} ms, p99 {act99:.1f} ms over {len(durations_ms)} activities")
         print(f"  publish-to-visible   p50 {vis50:.1f} ms, p99 {vis99:.1f} ms over {len(self.delays_ms)} probes")
-        print(f"  credentials          {completed} saved in {self.app.credentials.batches} batches, {creds_ok}/{n} read back by guid")
+        print(f"  credentials          {self.app.credentials.saved} saved in {self.app.credentials.batches} batches, "
+              f"{creds_ok}/{n} read back by guid")
         print(f"  final states checked {right}/{n} as expected", flush=True)
         if self.settings.results_file:
             self.settings.results_file.write_text(json.dumps({"app": self.app_name, "workflows": results}))

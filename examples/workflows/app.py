@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -64,7 +64,7 @@ class CredentialBatcher:
 
     def __init__(self, window_s: float = 0.025, max_batch: int = 50) -> None:
         self.window_s, self.max_batch = window_s, max_batch
-        self.batches = 0
+        self.batches = self.saved = 0
         self._pending: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
         self._flusher: asyncio.Task | None = None
 
@@ -87,6 +87,7 @@ class CredentialBatcher:
                     future.set_exception(exc)
                 continue
             self.batches += 1
+            self.saved += len(batch)
             for (_, future), guid in zip(batch, guids):
                 future.set_result(guid)
 
@@ -131,7 +132,7 @@ class WorkflowApp:
         def report_workflow(ctx: DaprWorkflowContext, job: dict[str, Any]):
             return (yield from self.workflow(ctx, job))
 
-        def activity(method):
+        def activity(method: Callable[[WorkflowActivityContext, Any], Awaitable[Any]]):
             async def run(ctx: WorkflowActivityContext, value: Any) -> Any:
                 return await method(ctx, value)
 
