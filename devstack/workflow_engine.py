@@ -116,9 +116,15 @@ class WorkflowEngine:
             self.stop()
             raise
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stop both (also ones a killed `make run` left behind, found by pid file);
+        returns the names of those that were running."""
+        stopped = []
         for proc in reversed(self.processes()):
+            if proc.alive():
+                stopped.append(proc.name)
             proc.stop()
+        return stopped
 
 
 def workflow_sidecar(stack: Stack, engine: WorkflowEngine, spec: SidecarSpec) -> ManagedProcess:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from dapr.ext.workflow import DaprWorkflowClient, WorkflowStatus
 
-from devstack.processes import free_port, wait_until
+from devstack.processes import free_port, pid_alive, wait_until
 from devstack.stack import SidecarSpec
 from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_app, workflow_sidecar
 from examples.workflows.app import WORKFLOW_NAME, WorkflowApp, final_state
@@ -149,3 +149,16 @@ def test_placement_and_scheduler_listen_on_loopback_only(engine):
     ports = engine.ports
     for port in ports.named().values():  # gRPC, raft, healthz, metrics, etcd client and peer
         assert listening_addresses(port) == {loopback}, (port, engine.ports)
+
+
+def test_an_engine_left_behind_is_found_by_its_pid_files_and_stopped(tmp_path):
+    """What `make down` does after a `make run` that was killed before it could stop the engine."""
+    left = WorkflowEngine(tmp_path, EnginePorts.free())
+    left.start()
+    pids = [proc.pid for proc in left.processes()]
+    try:
+        assert sorted(WorkflowEngine(tmp_path).stop()) == ["placement", "scheduler"]  # a new process's view
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in pids), 10)
+        assert WorkflowEngine(tmp_path).stop() == []
+    finally:
+        left.stop()
