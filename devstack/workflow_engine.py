@@ -45,11 +45,14 @@ class EnginePorts:
         return cls(*(free_port() for _ in range(9)))
 
     def named(self) -> dict[str, int]:
+        """Each port by what listens there (for "port in use" errors)."""
         return {f"{name.replace('_', ' ')}": port for name, port in self.__dict__.items()}
 
 
 class WorkflowEngine:
-    """placement and scheduler as managed processes, logging to ``logs``, data in ``data``."""
+    """placement and scheduler as managed processes of the stack folder ``local``: logs in
+    ``local/logs``, pid files in ``local/run``, the scheduler's embedded etcd in
+    ``local/scheduler-etcd`` (placement keeps its tables in memory)."""
 
     def __init__(self, local: Path, ports: EnginePorts | None = None) -> None:
         self.ports = ports or EnginePorts()
