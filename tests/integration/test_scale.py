@@ -149,3 +149,24 @@ async def test_a_state_too_large_to_store_is_dead_lettered_and_blocks_nothing(st
     assert "STATESTORE_MAX_DOCUMENT_BYTES" in text
     big = await StateStore.get_state(f"{run}-big", W)
     assert big is None or len(big) < 15
+
+
+async def test_a_read_larger_than_the_sidecars_limit_splits_and_finishes(subscriber_sidecar):
+    """Three 7 MB documents: each fits daprd's 16 MiB limit, the three together do not."""
+    from statestore.sidecar import Upsert
+
+    keys = [f"workflows/large-read-{uuid.uuid4().hex[:6]}-{n}" for n in range(3)]
+    value = json.dumps({"v": "x" * 7_000_000}).encode()
+    for key in keys:
+        await subscriber_sidecar.transact("statestore", [Upsert(key, value, None)])
+    reads = []
+    read = subscriber_sidecar._read
+
+    async def counted(store, some):
+        reads.append(len(some))
+        return await read(store, some)
+
+    subscriber_sidecar._read = counted
+    found = await subscriber_sidecar.get_bulk_state("statestore", keys)
+    assert set(found) == set(keys) and all(len(item.value) == len(value) for item in found.values())
+    assert reads[0] == 3 and len(reads) > 1  # the whole answer did not fit: it was split

@@ -70,3 +70,25 @@ async def test_a_document_over_the_limit_is_refused_and_the_others_apply():
 
 def test_upserts_are_sized_by_key_and_value():
     assert sum(1 for _ in cut([Upsert("k", b"v" * 10, None)] * 10, lambda u: len(u.value), 25, 100)) == 5
+
+
+async def test_a_bulk_read_whose_answer_is_too_large_is_read_again_in_halves():
+    from statestore.settings import SidecarSettings
+    from statestore.sidecar import MessageTooLargeError, SidecarClient, StoredItem
+
+    client = SidecarClient(SidecarSettings())
+    calls, answered = [], []
+
+    async def read(store, keys):
+        calls.append(len(keys))
+        if len(keys) > 3:  # the answer would exceed the sidecar's limit
+            raise MessageTooLargeError("grpc: trying to send message larger than max")
+        answered.append(len(keys))
+        return {key: StoredItem(b"{}", "1") for key in keys}
+
+    client._read = read
+    keys = [f"k{n}" for n in range(2500)]
+    found = await client.get_bulk_state("statestore", keys)
+    await client.close()
+    assert set(found) == set(keys)
+    assert max(calls) <= 1000 and sum(answered) == 2500  # each key read once, none lost
