@@ -57,10 +57,13 @@ async def test_watch_prints_each_change_as_it_is_applied(stack):
     await asyncio.wait_for(process.stdout.readline(), 30)  # "(no state)"
     await StateStore.save_state("status", "running", wf, W)
     await StateStore.sync(wf, W)
+    # Wait until the watcher has shown it: on a loaded machine a poll can come after
+    # "done" is applied too, and the watcher would never see a third change.
+    running = await asyncio.wait_for(process.stdout.readline(), 30)
     await StateStore.save_state("status", "done", wf, W)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
-    assert '+ status = "running"' in out.decode() and '~ status = "done"' in out.decode()
+    assert b'+ status = "running"' in running and '~ status = "done"' in out.decode()
 
 
 def test_error_paths_say_what_is_wrong_without_a_traceback(stack):
