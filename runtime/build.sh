@@ -73,7 +73,8 @@ build_temporal() {
   local version bin=$OUT/temporal/temporal stampfile=$OUT/temporal/temporal.stamp stamp
   version=$(tr -d '[:space:]' < "$ROOT/runtime/temporal/VERSION")
   [ -n "$version" ] || die "runtime/temporal/VERSION is empty: put a Temporal CLI version in it (e.g. v1.5.1)."
-  stamp="$version $(go env GOVERSION)"
+  # The stamp covers this step's own recipe, so another step's change does not rebuild it.
+  stamp="$version $(declare -f build_temporal | sha256sum | cut -c1-16) $(go env GOVERSION)"
   if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
     echo "temporal CLI $version: up to date ($bin)"
     return

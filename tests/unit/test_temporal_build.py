@@ -39,34 +39,31 @@ def run_build(tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
     return done, calls.read_text().splitlines() if calls.exists() else []
 
 
-def install_binary(tmp_path: Path, stamp: str) -> Path:
-    folder = tmp_path / "runtime" / "temporal"
-    folder.mkdir(parents=True)
-    binary = folder / "temporal"
-    binary.write_text("#!/bin/sh\necho old\n")
-    binary.chmod(0o755)
-    (folder / "temporal.stamp").write_text(stamp + "\n")
-    return binary
+def installs(calls: list[str]) -> list[str]:
+    return [call for call in calls if call.startswith("install")]
 
 
 def test_an_up_to_date_temporal_cli_is_not_built_again(tmp_path):
-    binary = install_binary(tmp_path, f"{VERSION} {FAKE_GO_VERSION}")
+    done, calls = run_build(tmp_path)  # nothing there yet: built
+    assert done.returncode == 0, done.stderr
+    assert len(installs(calls)) == 1 and installs(calls)[0].endswith(f"github.com/temporalio/cli/cmd/temporal@{VERSION}")
+    binary = tmp_path / "runtime" / "temporal" / "temporal"
+    binary.write_text("#!/bin/sh\necho built before\n")  # to see that it is left alone
     done, calls = run_build(tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"temporal CLI {VERSION}: up to date" in done.stdout
-    assert not any(call.startswith("install") for call in calls), calls
-    assert binary.read_text() == "#!/bin/sh\necho old\n"
+    assert installs(calls) == [], calls
+    assert binary.read_text() == "#!/bin/sh\necho built before\n"
 
 
-def test_a_stale_stamp_rebuilds_the_pinned_version(tmp_path):
-    binary = install_binary(tmp_path, f"v0.0.1 {FAKE_GO_VERSION}")  # another version was built
-    done, calls = run_build(tmp_path)
-    assert done.returncode == 0, done.stderr
-    installs = [call for call in calls if call.startswith("install")]
-    assert len(installs) == 1 and installs[0].endswith(f"github.com/temporalio/cli/cmd/temporal@{VERSION}"), calls
-    assert "echo new" in binary.read_text()
-    assert (binary.parent / "temporal.stamp").read_text().strip() == f"{VERSION} {FAKE_GO_VERSION}"
-    # And now it is up to date.
-    done, calls = run_build(tmp_path)
-    assert "up to date" in done.stdout and not any(call.startswith("install") for call in calls)
-
+def test_a_stamp_of_another_version_or_go_rebuilds_the_pinned_version(tmp_path):
+    run_build(tmp_path)
+    stampfile = tmp_path / "runtime" / "temporal" / "temporal.stamp"
+    stamp = stampfile.read_text().split()
+    assert stamp[0] == VERSION and stamp[-1] == FAKE_GO_VERSION
+    for stale in ([ "v0.0.1", *stamp[1:]], [*stamp[:-1], "go1.20"]):
+        stampfile.write_text(" ".join(stale) + "\n")
+        done, calls = run_build(tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert len(installs(calls)) == 1 and "up to date" not in done.stdout
+        assert stampfile.read_text().split() == stamp
