@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from devstack.temporal import WORKER_APP_ID, TemporalPorts
 from statestore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +36,20 @@ def test_stores_match_the_reference_paths_and_share_keys():
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
-    demo_apps = {"statestore-demo", "statestore-demo-orders"}
+    # The Temporal example's worker is a caller app with a sidecar of its own.
+    demo_apps = {"statestore-demo", "statestore-demo-orders", WORKER_APP_ID}
     for name in ("statestore", "pubsub"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_temporal_ports_do_not_collide_with_the_stack_or_the_run_file():
+    stack, run = Ports(), yaml.safe_load((ROOT / "dapr.yaml").read_text())
+    taken = [stack.redis, *stack.subscriber.ports().values(), *stack.caller.ports().values()]
+    taken += [app[k] for app in run["apps"] for k in ("daprHTTPPort", "daprGRPCPort", "metricsPort", "daprInternalGRPCPort")]
+    temporal = list(TemporalPorts().named().values())
+    assert len(temporal) == len(set(temporal)) and not set(temporal) & set(taken)
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
