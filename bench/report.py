@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "replace_section"]
 
 PEERS = ["statestore", "plain-dapr", "reference"]
 BASELINE = "plain-dapr"
@@ -26,6 +26,30 @@ def _table(headers: list[str], rows: list[list]) -> str:
 def _kept_up(rows: list[dict]) -> int:
     ok = [s["offered_per_s"] for s in rows if s["achieved_per_s"] >= 0.95 * s["offered_per_s"] and s["drain_s"] < 1]
     return max(ok, default=0)
+
+
+SECTIONS = ["temporal"]  # written by other bench modules, kept by write_report
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _section(text: str, name: str) -> str | None:
+    begin, end = _markers(name)
+    if begin not in text or end not in text:
+        return None
+    return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the section ``name`` (between its markers) set to ``body``; appended
+    at the end when the text has no such section yet."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{body}\n{end}"
+    if _section(text, name) is None:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
 
 
 def write_report(record: dict, docs: Path) -> None:
@@ -146,7 +170,13 @@ def write_report(record: dict, docs: Path) -> None:
         "publisher, 10 ms in bulk delivery.",
         "",
     ]
-    (docs / "benchmarks.md").write_text("\n".join(parts))
+    text = "\n".join(parts)
+    # Sections other benchmarks wrote (bench/temporal.py) stay.
+    old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
+    for name in SECTIONS:
+        if _section(old, name):
+            text = replace_section(text, name, _section(old, name))
+    (docs / "benchmarks.md").write_text(text)
     _plots(record, docs)
 
 
