@@ -109,7 +109,7 @@ def section(record: dict) -> str:
         "when the workflow ends, the wait is in the one `sync` of the finish activity, which",
         "returns once the final state is readable. With a read-modify-write every update waits",
         "for the lock, so every activity running meanwhile does, and the workflows finish later.",
-        "Workflow completion includes Temporal's own scheduling of 6 activities per workflow,",
+        f"Workflow completion includes Temporal's own scheduling of {p['steps'] + 1} activities per workflow,",
         "which on a loaded 2-core machine is most of it (compare the healthy rows).",
         "Figures from a 2-core machine shared with other work are noisy: compare rows of one run.",
     ]
