@@ -170,6 +170,10 @@ def write_report(record: dict, docs: Path) -> None:
         "publisher, 10 ms in bulk delivery.",
         "",
     ]
+    if "cloudevents_sdk" in r:
+        from bench.cloudevents_sdk import section
+
+        parts += section(r["cloudevents_sdk"])
     text = "\n".join(parts)
     # Sections other benchmarks wrote (bench/temporal.py) stay.
     old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""

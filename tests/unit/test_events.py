@@ -143,3 +143,22 @@ def test_a_malformed_batch_is_rejected_whole(data):
 
     with pytest.raises(InvalidEventError, match="malformed"):
         decode_events(BATCH_TYPE, data)
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_trace_context_travels_with_the_event_but_is_not_its_content():
+    from statestore.events import FieldUpdated, encode_event
+
+    plain = field_updated("progress", 75)
+    traced = FieldUpdated(**{**plain.model_dump(), "traceparent": TRACE})
+    assert b"traceparent" not in encode_event(plain)  # absent, not null, when there is none
+    assert decode_event("io.statestore.field_updated.v2", encode_event(traced)).traceparent == TRACE
+    assert traced.stamp == plain.stamp  # the same write: the trace does not change its order
+
+
+@pytest.mark.parametrize("bad", ["", "00-xyz", TRACE.upper(), TRACE + "-extra"])
+def test_a_malformed_traceparent_is_refused(bad):
+    with pytest.raises(InvalidEventError, match="traceparent"):
+        decode_event("io.statestore.field_updated.v2", {**envelope(field_updated("a", 1))["data"], "traceparent": bad})
