@@ -31,7 +31,10 @@ from examples.temporal.shared import (
     task_queue,
 )
 from examples.temporal.workflow import StateStoreWorkflow
-from publisher import StateStore, StateType, replace_credentials_with_guid
+from publisher import StateQueryClient, StateStore, StateType, replace_credentials_with_guid
+from statestore.paths import caller_app_name
+from statestore.settings import get_settings
+from statestore.sidecar import SidecarClient
 
 __all__ = ["RunReport", "run_workflows", "read_state", "main"]
 
@@ -51,6 +54,7 @@ class RunReport:
     completion_s: dict[str, float] = field(default_factory=dict)  # start -> result, per workflow
     wall_s: float = 0.0
     final_states: dict[str, dict | None] = field(default_factory=dict)
+    events_applied: int | None = None  # processed, per the states' producer records (statestore mode)
 
     def states_as_written(self) -> list[str]:
         """Ids whose final state differs from what the workflow wrote."""
@@ -69,13 +73,16 @@ class RunReport:
         finishes = [r.finish for r in self.results.values() if r.finish]
         resent = sum((s.attempt - 1) * s.events for s in steps)  # by attempts that failed after writing
         records = sum(1 for i in self.ids for n in range(1, self.steps + 1) if f"step_{n}" in (self.final_states.get(i) or {}))
+        published = sum(s.events for s in steps) + sum(f.events for f in finishes) + resent
         return {
             "mode": self.mode,
             "workflows": len(self.ids),
             "completed": len(self.results),
             "failed": len(self.failures),
-            "progress_events_published": sum(s.events for s in steps) + sum(f.events for f in finishes) + resent,
+            "progress_events_published": published,
             "progress_events_resent_by_retries": resent,
+            # A read-modify-write is applied when its call returns.
+            "progress_events_applied": published if self.events_applied is None else self.events_applied,
             "step_records_applied": records,
             "step_records_expected": len(self.ids) * self.steps,
             "activity_ms": percentiles([s.elapsed_ms / 1000 for s in steps]),
@@ -149,24 +156,41 @@ async def run_workflows(
     report.wall_s = time.perf_counter() - t0
     states = await asyncio.gather(*(read_state(mode, i) for i in ids))
     report.final_states = dict(zip(ids, states))
+    if mode == "statestore":
+        report.events_applied = await events_applied(ids)
     return report
 
 
+async def events_applied(ids: list[str]) -> int:
+    """How many events the subscriber applied to these workflow states: the sequence
+    numbers each state's producer records say were processed (re-sent events included)."""
+    sidecar = SidecarClient()
+    try:
+        documents = await StateQueryClient(sidecar, get_settings().statestore_name).get_documents(ids, W)
+    finally:
+        await sidecar.close()
+    return sum(p.upto + len(p.ahead) for d in documents.values() for p in d.producers.values())
+
+
 def print_summary(summary: dict[str, Any]) -> None:
+    """The same summary as the Dapr Workflows example's run."""
+
     def pct(name: str) -> str:
         p = summary[name]
-        return f"p50 {p.get('p50_ms', 'n/a')} ms, p99 {p.get('p99_ms', 'n/a')} ms"
+        return f"p50 {p.get('p50_ms', 0):.1f} ms, p99 {p.get('p99_ms', 0):.1f} ms over {p.get('n', 0)}"
 
     n = summary["workflows"]
-    print(f"workflows completed:        {summary['completed']}/{n} in {summary['wall_s']} s ({summary['failed']} failed)")
-    print(f"progress events published:  {summary['progress_events_published']} "
-          f"({summary['progress_events_resent_by_retries']} re-sent by retried activities)")  # fmt: skip
-    print(f"progress events applied:    {summary['step_records_applied']}/{summary['step_records_expected']} step records in the final states")
-    print(f"activity time:              {pct('activity_ms')}")
-    print(f"publish-to-visible delay:   {pct('publish_to_visible_ms')} (final write until it reads back)")
-    print(f"workflow completion:        {pct('workflow_completion_ms')}")
-    print(f"credentials read by guid:   {summary['credentials_read_back']}/{n} workflows")
-    print(f"final states checked:       {summary['final_states_as_written']}/{n} equal what the workflow wrote")
+    print(f"summary of app {caller_app_name()} (Temporal, activities write with {summary['mode']}):")
+    print(f"  workflows completed  {summary['completed']}/{n} in {summary['wall_s']:.2f} s ({summary['failed']} failed)")
+    print(f"  progress events      {summary['progress_events_published']} published "
+          f"({summary['progress_events_resent_by_retries']} re-sent by retried activities), "
+          f"{summary['progress_events_applied']} applied; "
+          f"{summary['step_records_applied']}/{summary['step_records_expected']} step records in the final states")  # fmt: skip
+    print(f"  activity time        {pct('activity_ms')} step activities")
+    print(f"  publish-to-visible   {pct('publish_to_visible_ms')} final writes (save_state_object until sync returns)")
+    print(f"  workflow completion  {pct('workflow_completion_ms')} workflows")
+    print(f"  credentials          {n} saved with SecretStore, {summary['credentials_read_back']}/{n} read back by guid in activities")
+    print(f"  final states checked {summary['final_states_as_written']}/{n} as expected", flush=True)
 
 
 async def main(count: int | None = None, steps: int | None = None) -> int:
