@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report", "replace_section"]
+__all__ = ["write_report", "replace_section", "keep_sections"]
 
 PEERS = ["statestore", "plain-dapr", "reference"]
 BASELINE = "plain-dapr"
@@ -50,6 +50,15 @@ def replace_section(text: str, name: str, body: str) -> str:
     if _section(text, name) is None:
         return text.rstrip("\n") + "\n\n" + block + "\n"
     return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+
+
+def keep_sections(text: str, old: str) -> str:
+    """``text`` with the sections other benchmarks wrote into ``old`` (bench/temporal.py)."""
+    for name in SECTIONS:
+        body = _section(old, name)
+        if body is not None:
+            text = replace_section(text, name, body)
+    return text
 
 
 def write_report(record: dict, docs: Path) -> None:
@@ -174,13 +183,8 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.cloudevents_sdk import section
 
         parts += section(r["cloudevents_sdk"])
-    text = "\n".join(parts)
-    # Sections other benchmarks wrote (bench/temporal.py) stay.
     old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
-    for name in SECTIONS:
-        if _section(old, name):
-            text = replace_section(text, name, _section(old, name))
-    (docs / "benchmarks.md").write_text(text)
+    (docs / "benchmarks.md").write_text(keep_sections("\n".join(parts), old))
     _plots(record, docs)
 
 

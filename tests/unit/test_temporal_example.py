@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from bench.report import replace_section
+from bench.report import keep_sections, replace_section
 from examples.temporal.run import RunReport
 from examples.temporal.shared import (
     FinishResult,
@@ -74,3 +74,10 @@ def test_a_report_section_is_added_once_and_then_replaced():
     assert text.count("<!-- temporal:begin -->") == 1 and "first" in text
     again = replace_section(text, "temporal", "second")
     assert "first" not in again and "second" in again and again.startswith("# Benchmarks\n\nbody\n")
+
+
+def test_a_rewritten_benchmark_report_keeps_the_temporal_section():
+    old = replace_section("# Benchmarks\n\nold figures\n", "temporal", "temporal figures")
+    new = keep_sections("# Benchmarks\n\nnew figures\n", old)
+    assert "new figures" in new and "old figures" not in new and "temporal figures" in new
+    assert keep_sections("# Benchmarks\n", "# Benchmarks\n") == "# Benchmarks\n"
