@@ -12,6 +12,8 @@ import pytest
 
 from temporalio.worker import Replayer
 
+from devstack import Ports, Stack
+from devstack.processes import port_open
 from devstack.temporal import TemporalPorts, TemporalStack
 from examples.temporal.run import run_workflows
 from examples.temporal.shared import expected_state
@@ -105,3 +107,22 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
     assert [json.loads(json.dumps(s).replace(i, "ID")) for s, i in zip(retried_states, retried.ids)] == [
         json.loads(json.dumps(s).replace(i, "ID")) for s, i in zip(clean_states, clean.ids)
     ]
+
+
+def test_make_up_with_the_temporal_flag_starts_it_and_make_down_stops_it(tmp_path, monkeypatch, capsys):
+    """`make up TEMPORAL=1` / `make down` (python -m devstack), on a stack of its own."""
+    import devstack.__main__ as cli
+
+    ports, temporal_ports = Ports.free(), TemporalPorts.free()
+    monkeypatch.setattr(cli, "Stack", lambda base, **kw: Stack(tmp_path, ports, **kw))
+    monkeypatch.setattr(cli, "TemporalStack", lambda stack: TemporalStack(stack, temporal_ports))
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # keep pytest's SIGTERM handler
+    assert cli.main(["up", "--temporal"]) == 0
+    assert f"Temporal dev server 127.0.0.1:{temporal_ports.grpc}" in capsys.readouterr().out
+    assert port_open(temporal_ports.grpc) and (tmp_path / "local" / "temporal" / "temporal.db").exists()
+    assert cli.main(["status"]) == 0
+    assert "temporal-worker    running" in capsys.readouterr().out
+    assert cli.main(["down"]) == 0
+    stopped = capsys.readouterr().out
+    assert all(name in stopped for name in ("temporal", "temporal-worker", "temporal-worker-daprd", "redis"))
+    assert not port_open(temporal_ports.grpc) and not port_open(ports.redis)
