@@ -79,6 +79,11 @@ async def run_step(args: StepInput) -> StepResult:
     if args.fail_first_attempt and attempt == 1:
         # After the writes: the retry sends them again.
         raise ApplicationError(f"{args.workflow_id} step {args.step}: injected failure of attempt 1")
+    if args.mode != "rmw":
+        # Published (to the broker, not yet applied) before Temporal records the step as
+        # done: a worker that dies after this cannot lose them. One publish round trip; a
+        # slow state store does not delay it.
+        await StateStore.flush()
     return StepResult(args.step, attempt, _ms_since(started), len(updates), credential_fingerprint(credentials))
 
 
