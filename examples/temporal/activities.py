@@ -30,7 +30,7 @@ from publisher import SecretStore, StateStore, StateType
 __all__ = ["run_step", "finish", "ACTIVITIES", "rmw_peer"]
 
 W = StateType.WORKFLOWS
-SYNC_TIMEOUT_S = 110.0  # under the activity's start-to-close timeout
+SYNC_TIMEOUT_S = 25.0  # under the activity's start-to-close timeout (30 s)
 
 
 def _ms_since(started: float) -> float:

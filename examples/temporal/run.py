@@ -81,6 +81,7 @@ class RunReport:
             "failed": len(self.failures),
             "progress_events_published": published,
             "progress_events_resent_by_retries": resent,
+            "retried_step_attempts": sum(s.attempt - 1 for s in steps),
             # A read-modify-write is applied when its call returns.
             "progress_events_applied": published if self.events_applied is None else self.events_applied,
             "step_records_applied": records,

@@ -26,7 +26,8 @@ with workflow.unsafe.imports_passed_through():
 
 __all__ = ["StateStoreWorkflow", "ACTIVITY_TIMEOUT", "RETRY"]
 
-ACTIVITY_TIMEOUT = timedelta(seconds=120)
+# An attempt lost on the way (a worker killed, an overloaded server) is retried after this.
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
 # Short first back-off: the example and the retry test see a retry within a second.
 RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 

@@ -71,7 +71,10 @@ async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_cre
         await eventually(snapshot_written)
     summary = report.summary()
     assert summary["step_records_applied"] == summary["step_records_expected"] == 60
-    assert summary["progress_events_published"] == summary["progress_events_applied"] == 20 * (3 * 3 + 1)
+    # 3 per step and 1 final per workflow, and 3 more for any attempt Temporal ran again
+    # (none unless the machine is so loaded that an activity's completion got lost).
+    expected_events = 20 * (3 * 3 + 1) + 3 * summary["retried_step_attempts"]
+    assert summary["progress_events_published"] == summary["progress_events_applied"] == expected_events
     # The workflow code is deterministic: its recorded histories replay without a worker,
     # a sidecar or any StateStore call.
     replayer = Replayer(workflows=[StateStoreWorkflow])
@@ -85,9 +88,8 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
     clean = await run_workflows(client, 3, steps=3)
     for report in (retried, clean):
         assert report.failures == {} and report.states_as_written() == []
-    # Temporal ran step 2 twice in every retried workflow, once elsewhere.
-    assert all([s.attempt for s in r.steps] == [1, 2, 1] for r in retried.results.values())
-    assert all([s.attempt for s in r.steps] == [1, 1, 1] for r in clean.results.values())
+    # Temporal ran step 2 again in every retried workflow.
+    assert all(r.steps[1].attempt >= 2 for r in retried.results.values())
     # The failed attempt's events were applied too (3 more per state than a clean run):
     # the state is equal anyway, because they set the same fields to the same values.
     query = StateQueryClient(caller_sidecar, settings.statestore_name)
@@ -97,10 +99,11 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
         assert document is not None and all(not p.ahead for p in document.producers.values())
         return sum(p.upto for p in document.producers.values())
 
-    for state_id in clean.ids:
-        assert await events_applied(state_id) == 3 * 3 + 1
-    for state_id in retried.ids:
-        assert await events_applied(state_id) == 3 * 3 + 1 + 3
+    for report in (clean, retried):
+        for state_id, result in report.results.items():
+            # Every attempt sent its 3 events: one more attempt per retry.
+            assert await events_applied(state_id) == 3 * 3 + 1 + 3 * sum(s.attempt - 1 for s in result.steps)
+    assert sum(s.attempt - 1 for r in retried.results.values() for s in r.steps) >= 3
     retried_states = [retried.final_states[i] for i in retried.ids]
     clean_states = [clean.final_states[i] for i in clean.ids]
     # Equal up to the id each record names.
