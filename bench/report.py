@@ -183,6 +183,10 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.cloudevents_sdk import section
 
         parts += section(r["cloudevents_sdk"])
+    if "workflows" in r:
+        from bench.workflows import report_section
+
+        parts += report_section(r["workflows"])
     old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
     (docs / "benchmarks.md").write_text(keep_sections("\n".join(parts), old))
     _plots(record, docs)

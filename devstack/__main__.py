@@ -13,6 +13,7 @@ from devstack.multiapp import run_multiapp
 from devstack.processes import StackError
 from devstack.stack import PROJECT_ROOT, Stack
 from devstack.temporal import TemporalStack, run_temporal
+from devstack.workflow_engine import WorkflowEngine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Temporal dev server {temporal.address} (data in {temporal.folder}); "
                       f"example worker with its sidecar on gRPC {temporal.ports.worker.grpc_port}.")
         elif args.command == "down":
-            stopped = temporal.down() + stack.down()
+            stopped = temporal.down() + stack.down() + WorkflowEngine(stack.local).stop()  # the engine of a killed `make run`
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         elif args.command == "run":
             return run_temporal() if args.engine == "temporal" else run_multiapp()
