@@ -1,8 +1,7 @@
 """The component files, the run file and the settings name the same things."""
 
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 
 import yaml
 
