@@ -21,11 +21,13 @@ test: setup
 	@scripts/setup.sh temporal
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
-# The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times.
+# The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
+# outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork.
 chaos: setup
 	@mkdir -p local
-	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability.json \
-		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py
+	CHAOS_KILLS=20 CHAOS_ROUNDS=3 OUTAGE_LONG=1 RELIABILITY_JSON=local/reliability.json \
+		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py \
+		tests/integration/test_outages.py tests/integration/test_lifecycle.py
 
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup

@@ -50,7 +50,7 @@ async def probe_visible_delays(probe_id: str, stop: asyncio.Event, delays_ms: li
 
 async def applied_events(states: list[tuple[str, StateType]]) -> int:
     """How many of this process's events the subscriber has applied to ``states``."""
-    producer = _Store._producer_state().id
+    producer = _Store.runtime().producer_id
     query = _Store._runtime().query
     documents = [await query.get_document(i, t) for i, t in states]
     return sum(doc.processed_upto(producer) for doc in documents if doc)
@@ -113,7 +113,7 @@ class Demo:
         self.expected[(probe_id, StateType.WORKFLOWS)] = {"seq": k}
 
     async def progress(self, start: float) -> None:
-        pipeline = _Store._runtime().pipeline
+        pipeline = _Store.runtime().pipeline()
         while not self.load_done.is_set():
             await asyncio.sleep(0.5)
             print(
@@ -132,7 +132,7 @@ class Demo:
         await prober
         await reporter
         await StateStore.flush()
-        published = _Store._runtime().pipeline.published
+        published = _Store.runtime().pipeline().published
         publish_s = time.perf_counter() - start
         for state_type in StateType:
             await StateStore.sync_many([i for i, t in self.expected if t is state_type], state_type, timeout=60)
