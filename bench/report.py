@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "replace_section", "keep_sections"]
 
 PEERS = ["statestore", "plain-dapr", "reference"]
 BASELINE = "plain-dapr"
@@ -48,6 +48,39 @@ def _fleet(rows: list[dict]) -> list[str]:
     return [_table(["workload", "peer", "applied/s", "vs plain-dapr", "visible p50 ms", "visible p99 ms",
                     "subscriber MiB", "subscriber sidecar MiB", "caller sidecar MiB", "snapshots after s",
                     "complete"], table)]  # fmt: skip
+
+
+SECTIONS = ["temporal"]  # written by other bench modules, kept by write_report
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _section(text: str, name: str) -> str | None:
+    begin, end = _markers(name)
+    if begin not in text or end not in text:
+        return None
+    return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the section ``name`` (between its markers) set to ``body``; appended
+    at the end when the text has no such section yet."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{body}\n{end}"
+    if _section(text, name) is None:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+
+
+def keep_sections(text: str, old: str) -> str:
+    """``text`` with the sections other benchmarks wrote into ``old`` (bench/temporal.py)."""
+    for name in SECTIONS:
+        body = _section(old, name)
+        if body is not None:
+            text = replace_section(text, name, body)
+    return text
 
 
 def write_report(record: dict, docs: Path) -> None:
@@ -205,7 +238,8 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.workflows import report_section
 
         parts += report_section(r["workflows"])
-    (docs / "benchmarks.md").write_text("\n".join(parts))
+    old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
+    (docs / "benchmarks.md").write_text(keep_sections("\n".join(parts), old))
     _plots(record, docs)
 
 
