@@ -19,7 +19,7 @@ from typing import Any
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.query import StateQueryClient
-from statestore.errors import InvalidValueError, SyncTimeoutError
+from statestore.errors import InvalidValueError, PublishError, SyncTimeoutError
 from statestore.events import FieldUpdated, ObjectReplaced
 from statestore.hlc import HybridClock
 from statestore.paths import StateType, coerce_state_type, state_key, validate_id
@@ -37,12 +37,13 @@ MAX_NESTING = 64
 
 
 class _SidecarTransport:
-    def __init__(self, sidecar: SidecarClient, settings: Settings) -> None:
+    def __init__(self, sidecar: SidecarClient, settings: Settings, topic: str | None = None) -> None:
         self._sidecar = sidecar
         self._settings = settings
+        self._topic = topic or settings.topic
 
     async def publish_batch(self, cloudevents):
-        return await self._sidecar.bulk_publish(self._settings.pubsub_name, self._settings.topic, cloudevents)
+        return await self._sidecar.bulk_publish(self._settings.pubsub_name, self._topic, cloudevents)
 
 
 class _Producer:
@@ -67,13 +68,21 @@ _PIPELINES: list[PublishPipeline] = []
 
 
 class _LoopRuntime:
-    """What belongs to one event loop: the gRPC channel and the publish pipeline."""
+    """What belongs to one event loop: the gRPC channel and the publish pipelines."""
 
     def __init__(self, settings: Settings) -> None:
         self.sidecar = SidecarClient()
         self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings), settings)
+        # Credentials get a pipeline and topic of their own: a credential save waits
+        # until it is stored, and must not queue behind this process's progress backlog.
+        self.credentials = PublishPipeline(
+            _SidecarTransport(self.sidecar, settings, settings.credentials_topic), settings
+        )
         self.query = StateQueryClient(self.sidecar, settings.statestore_name)
-        _PIPELINES.append(self.pipeline)
+        _PIPELINES.extend((self.pipeline, self.credentials))
+
+    def pipeline_for(self, state_type: StateType) -> PublishPipeline:
+        return self.credentials if state_type is StateType.CREDENTIALS else self.pipeline
 
 
 class StateStore:
@@ -154,13 +163,13 @@ class StateStore:
 
     @classmethod
     async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
-        await cls._runtime().pipeline.submit(QueuedEvent.of(event))
+        await cls._runtime().pipeline_for(event.state_type).submit(QueuedEvent.of(event))
 
     @classmethod
     async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
         """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
         for event in events:
-            await cls._runtime().pipeline.submit(QueuedEvent.of(event))
+            await cls._submit(event)
 
     @classmethod
     async def flush(cls) -> None:
@@ -168,7 +177,13 @@ class StateStore:
 
         Raises PublishError (with the events) for events that could not be published.
         """
-        await cls._runtime().pipeline.flush()
+        runtime = cls._runtime()
+        outcomes = await asyncio.gather(runtime.pipeline.flush(), runtime.credentials.flush(), return_exceptions=True)
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if len(errors) > 1 and all(isinstance(error, PublishError) for error in errors):
+            raise PublishError(str(errors[0]), [event for error in errors for event in error.events])
+        if errors:
+            raise errors[0]
 
     @classmethod
     async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
@@ -190,7 +205,14 @@ class StateStore:
         runtime = cls._runtime()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await asyncio.wait_for(runtime.pipeline.flush(), timeout)
+        try:
+            await asyncio.wait_for(runtime.pipeline_for(state_type).flush(), timeout)
+        except asyncio.TimeoutError:
+            raise SyncTimeoutError(
+                f"{len(waiting)} states: this process's events were not even published after {timeout:g} s. "
+                "Is the caller's sidecar running?",
+                list(waiting),
+            ) from None
         delay = 0.002
         while True:
             documents = await runtime.query.get_documents(list(waiting), state_type)
@@ -203,7 +225,8 @@ class StateStore:
                 raise SyncTimeoutError(
                     f"state {state_key(id, state_type)!r}: {done[id]} of this process's {target} events applied "
                     f"after {timeout:g} s ({len(waiting)} states behind). Is the subscriber running "
-                    "(`make up`)? Its log says why events are not applied."
+                    "(`make up`)? Its log says why events are not applied.",
+                    list(waiting),
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)

@@ -18,6 +18,8 @@ __all__ = [
     "format_state_key",
     "parse_state_key",
     "object_key",
+    "object_prefix",
+    "state_id_of_object_key",
     "build_state_store_path",
 ]
 
@@ -88,11 +90,21 @@ def parse_state_key(key: str) -> tuple[str, StateType]:
 
 def object_key(id: str, state_type: StateType | str) -> str:
     """The object-store key of a state's snapshot, relative to the temporary root."""
-    app_name = get_settings().app_name
-    return (
-        f"persistent-artifacts/apps/{app_name}/"
-        f"{coerce_state_type(state_type).value}/{validate_id(id)}/config.json"
-    )
+    return f"{object_prefix(state_type)}{validate_id(id)}/config.json"
+
+
+def object_prefix(state_type: StateType | str) -> str:
+    """The object-store folder holding every snapshot of one state type (ends with '/')."""
+    return f"persistent-artifacts/apps/{get_settings().app_name}/{coerce_state_type(state_type).value}/"
+
+
+def state_id_of_object_key(key: str, state_type: StateType | str) -> str | None:
+    """The state id whose snapshot ``key`` is (the inverse of ``object_key``), or None."""
+    prefix = object_prefix(state_type)
+    if not key.startswith(prefix) or not key.endswith("/config.json"):
+        return None
+    id = key[len(prefix) : -len("/config.json")]
+    return id if SAFE_ID_PATTERN.fullmatch(id) and ".." not in id else None
 
 
 def build_state_store_path(id: str, state_type: StateType | str) -> str:

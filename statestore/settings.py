@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
+    # Credentials travel on a topic of their own, with their own subscription, so a
+    # credential save never waits behind progress updates (issue 17).
+    credentials_topic: str = "statestore-credentials"
     deadletter_topic: str = "statestore-deadletter"
 
     # Publishing: pending events go out in one bulk publish when this many are
@@ -44,6 +47,9 @@ class Settings(BaseSettings):
     publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+    credential_timeout_s: float = Field(
+        30.0, gt=0, description="How long save_secret(s) waits until its credentials are stored."
+    )
 
     # Subscriber.
     subscriber_port: int = Field(

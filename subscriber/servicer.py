@@ -66,18 +66,23 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         self.rejected_events = 0
 
     async def ListTopicSubscriptions(self, request, context):
+        # The credentials topic has a subscription of its own (own stream, own bulk
+        # batches), so a credential is applied without waiting behind progress updates.
         s = self._settings
-        subscription = pb.TopicSubscription(
-            pubsub_name=s.pubsub_name,
-            topic=s.topic,
-            dead_letter_topic=s.deadletter_topic,
-            bulk_subscribe=pb.BulkSubscribeConfig(
-                enabled=True,
-                max_messages_count=s.subscriber_batch_max,
-                max_await_duration_ms=s.subscriber_batch_wait_ms,
-            ),
-        )
-        return pb.ListTopicSubscriptionsResponse(subscriptions=[subscription])
+        subscriptions = [
+            pb.TopicSubscription(
+                pubsub_name=s.pubsub_name,
+                topic=topic,
+                dead_letter_topic=s.deadletter_topic,
+                bulk_subscribe=pb.BulkSubscribeConfig(
+                    enabled=True,
+                    max_messages_count=s.subscriber_batch_max,
+                    max_await_duration_ms=s.subscriber_batch_wait_ms,
+                ),
+            )
+            for topic in (s.topic, s.credentials_topic)
+        ]
+        return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 
     async def ListInputBindings(self, request, context):
         return pb.ListInputBindingsResponse()
@@ -108,7 +113,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
         statuses: dict[str, int] = {}
         decoded: list[tuple[str, list[FieldUpdated | ObjectReplaced], bool]] = []
-        if topic != self._settings.topic:
+        if topic not in (self._settings.topic, self._settings.credentials_topic):
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
         for entry in entries:
