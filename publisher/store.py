@@ -37,13 +37,13 @@ MAX_NESTING = 64
 
 
 class _SidecarTransport:
-    def __init__(self, sidecar: SidecarClient, settings: Settings, topic: str | None = None) -> None:
+    def __init__(self, sidecar: SidecarClient, pubsub: str, topic: str) -> None:
         self._sidecar = sidecar
-        self._settings = settings
-        self._topic = topic or settings.topic
+        self._pubsub = pubsub
+        self._topic = topic
 
     async def publish_batch(self, cloudevents):
-        return await self._sidecar.bulk_publish(self._settings.pubsub_name, self._topic, cloudevents)
+        return await self._sidecar.bulk_publish(self._pubsub, self._topic, cloudevents)
 
 
 class _Producer:
@@ -72,11 +72,11 @@ class _LoopRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.sidecar = SidecarClient()
-        self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings), settings)
+        self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings.pubsub_name, settings.topic), settings)
         # Credentials get a pipeline and topic of their own: a credential save waits
         # until it is stored, and must not queue behind this process's progress backlog.
         self.credentials = PublishPipeline(
-            _SidecarTransport(self.sidecar, settings, settings.credentials_topic), settings
+            _SidecarTransport(self.sidecar, settings.credentials_pubsub_name, settings.credentials_topic), settings
         )
         self.query = StateQueryClient(self.sidecar, settings.statestore_name)
         _PIPELINES.extend((self.pipeline, self.credentials))
@@ -314,7 +314,8 @@ def _drain_at_exit() -> None:
 
     async def drain() -> None:
         sidecar = SidecarClient()
-        pipeline = PublishPipeline(_SidecarTransport(sidecar, get_settings()), get_settings())
+        settings = get_settings()  # the subscriber applies events from either topic alike
+        pipeline = PublishPipeline(_SidecarTransport(sidecar, settings.pubsub_name, settings.topic), settings)
         for queued in left:
             await pipeline.submit(queued)
         try:

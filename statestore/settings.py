@@ -30,8 +30,10 @@ class Settings(BaseSettings):
     keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
-    # Credentials travel on a topic of their own, with their own subscription, so a
-    # credential save never waits behind progress updates (issue 17).
+    # Credentials travel on a topic of their own, through a pub/sub component of their
+    # own (same broker): the Redis component's delivery workers are shared by all its
+    # subscriptions, so a progress backlog would otherwise hold credentials back.
+    credentials_pubsub_name: str = "pubsub-credentials"
     credentials_topic: str = "statestore-credentials"
     deadletter_topic: str = "statestore-deadletter"
 

@@ -66,12 +66,12 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         self.rejected_events = 0
 
     async def ListTopicSubscriptions(self, request, context):
-        # The credentials topic has a subscription of its own (own stream, own bulk
-        # batches), so a credential is applied without waiting behind progress updates.
+        # The credentials topic has a subscription (and a pub/sub component, with its own
+        # delivery workers) of its own, so a credential never waits behind progress updates.
         s = self._settings
         subscriptions = [
             pb.TopicSubscription(
-                pubsub_name=s.pubsub_name,
+                pubsub_name=pubsub,
                 topic=topic,
                 dead_letter_topic=s.deadletter_topic,
                 bulk_subscribe=pb.BulkSubscribeConfig(
@@ -80,7 +80,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                     max_await_duration_ms=s.subscriber_batch_wait_ms,
                 ),
             )
-            for topic in (s.topic, s.credentials_topic)
+            for pubsub, topic in ((s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic))
         ]
         return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 

@@ -23,6 +23,7 @@ def test_component_names_match_the_settings():
     found = components()
     assert found[s.statestore_name]["spec"]["type"] == "state.sqlite"
     assert found[s.pubsub_name]["spec"]["type"] == "pubsub.redis"
+    assert found[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.redis"
     assert found[s.objectstore_name]["spec"]["type"] == "bindings.localstorage"
 
 
@@ -36,15 +37,27 @@ def test_stores_match_the_reference_paths_and_share_keys():
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
     demo_app = "statestore-demo"
-    for name in ("statestore", "pubsub"):
+    for name in ("statestore", "pubsub", "pubsub-credentials"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, demo_app}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
-    meta = metadata(components()["pubsub"])
-    assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
-    assert meta["processingTimeout"] and meta["redeliverInterval"]
+    for name in ("pubsub", "pubsub-credentials"):
+        meta = metadata(components()[name])
+        assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
+        assert meta["processingTimeout"] and meta["redeliverInterval"]
+
+
+def test_credentials_have_a_component_of_their_own_on_the_same_broker():
+    """Same Redis and consumer group, but their own delivery workers (issue 17)."""
+    found = components()
+    events, credentials = metadata(found["pubsub"]), metadata(found["pubsub-credentials"])
+    assert credentials == events
+    assert found["pubsub-credentials"]["scopes"] == found["pubsub"]["scopes"]
+    # A delivery the subscriber could not apply is retried, never acknowledged and lost.
+    targets = found["statestore-resiliency"]["spec"]["targets"]["components"]
+    assert targets["pubsub-credentials"] == targets["pubsub"] == {"inbound": {"retry": "deliverForever"}}
 
 
 def test_run_file_matches_the_stack():
