@@ -107,6 +107,8 @@ class SecretStore:
     @classmethod
     async def _store(cls, sealed: dict[str, dict[str, Any]], timeout: float | None) -> None:
         """Queue every sealed credential, then wait once until all are applied."""
+        if not sealed:
+            return
         timeout = get_settings().credential_timeout_s if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + timeout
         for guid, value in sealed.items():

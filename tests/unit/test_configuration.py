@@ -68,3 +68,14 @@ def test_run_file_matches_the_stack():
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
     assert apps["statestore-demo"]["daprGRPCPort"] == 50001
+
+
+async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_dead_letters():
+    from subscriber.servicer import SubscriberServicer
+
+    s = Settings()
+    answer = await SubscriberServicer(applier=None, settings=s).ListTopicSubscriptions(None, None)
+    found = {(sub.pubsub_name, sub.topic): sub for sub in answer.subscriptions}
+    assert set(found) == {(s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic)}
+    for sub in found.values():
+        assert sub.dead_letter_topic == s.deadletter_topic and sub.bulk_subscribe.enabled
