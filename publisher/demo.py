@@ -91,11 +91,11 @@ class Demo:
         self.expected[(probe_id, StateType.WORKFLOWS)] = {"seq": k}
 
     async def progress(self, start: float) -> None:
-        pipeline = _Store._runtime().pipeline
+        runtime = _Store._runtime()
         while not self.load_done.is_set():
             await asyncio.sleep(0.5)
             print(
-                f"  {time.perf_counter() - start:5.1f}s  published {pipeline.published:6d} events, "
+                f"  {time.perf_counter() - start:5.1f}s  published {runtime.published:6d} events, "
                 f"{len(self.expected):4d} states finished, probe delay samples {len(self.delays_ms)}",
                 flush=True,
             )
@@ -110,7 +110,7 @@ class Demo:
         await prober
         await reporter
         await StateStore.flush()
-        published = _Store._runtime().pipeline.published
+        published = _Store._runtime().published
         publish_s = time.perf_counter() - start
         for state_type in StateType:
             await StateStore.sync_many([i for i, t in self.expected if t is state_type], state_type, timeout=60)

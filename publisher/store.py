@@ -84,6 +84,11 @@ class _LoopRuntime:
     def pipeline_for(self, state_type: StateType) -> PublishPipeline:
         return self.credentials if state_type is StateType.CREDENTIALS else self.pipeline
 
+    @property
+    def published(self) -> int:
+        """Events this loop has published, on both topics."""
+        return self.pipeline.published + self.credentials.published
+
 
 class StateStore:
     """Workflow and credential state, written as ordered events and read directly.

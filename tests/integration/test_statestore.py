@@ -294,7 +294,7 @@ async def test_events_that_cannot_be_published_are_returned_not_dropped():
 
     settings = Settings(publish_attempts=2, publish_backoff_ms=10)
     dead = SidecarClient(SidecarSettings(dapr_grpc_port=free_port(), DAPR_API_TIMEOUT_SECONDS=1))
-    pipeline = PublishPipeline(_SidecarTransport(dead, settings), settings)
+    pipeline = PublishPipeline(_SidecarTransport(dead, settings.pubsub_name, settings.topic), settings)
     event = field_updated("a", 1)
     await pipeline.submit(QueuedEvent.of(event))
     try:
