@@ -1,5 +1,6 @@
-# statestore: `make run` runs the demo, `make test` runs the tests. Both set up what
-# is missing first (Python venv, Redis, daprd and the Dapr CLI built from Go modules).
+# statestore: `make run` runs Dapr Workflows that use statestore, `make test` runs the
+# tests. Both set up what is missing first (Python venv, Redis, and daprd, the Dapr CLI,
+# placement and scheduler built from Go modules).
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
@@ -43,4 +44,4 @@ status:
 	@$(PY) -m devstack status
 
 clean: down
-	rm -rf local .runtime/build
+	rm -rf local .runtime/build .runtime/build-engine

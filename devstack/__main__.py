@@ -11,6 +11,7 @@ import sys
 from devstack.multiapp import run_multiapp
 from devstack.processes import StackError
 from devstack.stack import PROJECT_ROOT, Stack
+from devstack.workflow_engine import WorkflowEngine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"Logs in {stack.logs}. `make down` stops it."
             )
         elif args.command == "down":
-            stopped = stack.down()
+            stopped = stack.down() + WorkflowEngine(stack.local).stop()  # the engine of a killed `make run`
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         elif args.command == "run":
             return run_multiapp()

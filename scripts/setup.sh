@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what is missing for `make run` / `make test`: the Python environment (.venv),
-# Redis (Debian's redis-server), and daprd + the Dapr CLI built from Go modules.
+# Redis (Debian's redis-server), and daprd, the Dapr CLI, placement and scheduler built
+# from Go modules.
 # Each step is skipped when already done. Usage: scripts/setup.sh [python|redis|runtime|all]
 set -euo pipefail
 
