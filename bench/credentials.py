@@ -70,12 +70,13 @@ async def _statestore_row(n: int, scenario: str) -> dict:
     from publisher import SecretStore, StateStore, StateType
 
     ids = await _backlog(scenario)
-    queued = StateStore._runtime().pipeline.pending
+    progress = StateStore._pipeline_of(StateType.WORKFLOWS)
+    queued = progress.pending
     start = time.perf_counter()
     guids = await SecretStore.save_secrets(_configs(n), timeout=120)
     took = time.perf_counter() - start
     found = await StateStore._runtime().query.get_documents(guids, StateType.CREDENTIALS)
-    still_queued = StateStore._runtime().pipeline.pending
+    still_queued = progress.pending
     await _drain(ids)
     return {"peer": "statestore", "credentials": n, "scenario": scenario, "seconds": round(took, 4),
             "unreadable": n - len(found), "backlog_queued_at_start": queued,

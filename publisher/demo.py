@@ -50,7 +50,7 @@ async def probe_visible_delays(probe_id: str, stop: asyncio.Event, delays_ms: li
 
 async def applied_events(states: list[tuple[str, StateType]]) -> int:
     """How many of this process's events the subscriber has applied to ``states``."""
-    producer = _Store._producer_state().id
+    producer = _Store.runtime().producer_id
     query = _Store._runtime().query
     documents = [await query.get_document(i, t) for i, t in states]
     return sum(doc.processed_upto(producer) for doc in documents if doc)
@@ -113,11 +113,11 @@ class Demo:
         self.expected[(probe_id, StateType.WORKFLOWS)] = {"seq": k}
 
     async def progress(self, start: float) -> None:
-        runtime = _Store._runtime()
+        stats = _Store.stats
         while not self.load_done.is_set():
             await asyncio.sleep(0.5)
             print(
-                f"  {time.perf_counter() - start:5.1f}s  published {runtime.published:6d} events, "
+                f"  {time.perf_counter() - start:5.1f}s  published {stats().get('published', 0):6d} events, "
                 f"{len(self.expected):4d} states finished, probe delay samples {len(self.delays_ms)}",
                 flush=True,
             )
@@ -132,7 +132,7 @@ class Demo:
         await prober
         await reporter
         await StateStore.flush()
-        published = _Store._runtime().published
+        published = _Store.stats().get("published", 0)  # every topic: progress and credentials
         publish_s = time.perf_counter() - start
         for state_type in StateType:
             await StateStore.sync_many([i for i, t in self.expected if t is state_type], state_type, timeout=60)

@@ -216,7 +216,7 @@ async def test_another_process_reads_200_guids_right_after_save_secrets_with_300
             await StateStore.flush()  # all 30,000 wait in Redis and the subscriber, not here
         configs = [secret_config(uuid.uuid4().hex, n) for n in range(200)]
         guids = await SecretStore.save_secrets(configs)
-        behind = StateStore._runtime().pipeline.pending
+        behind = StateStore._pipeline_of(StateType.WORKFLOWS).pending
         reader.stdin.write(json.dumps(guids) + "\n")
         reader.stdin.flush()
         result = json.loads(await asyncio.to_thread(reader.stdout.readline))
@@ -245,15 +245,14 @@ async def test_generated_credentials_round_trip_through_the_stack():
 
 
 async def test_a_bad_configuration_leaves_nothing_queued_and_no_orphans():
-    producer = StateStore._producer_state()
-    stamped = dict(producer._seq)
-    runtime = StateStore._runtime()
+    issued = dict(StateStore.runtime()._issued)  # every state this process stamped an event for
+    credentials = StateStore._pipeline_of(C)
     for bad in ({"password": object()}, {"password": float("nan")}, ["not", "a", "dict"], {"blob": "x" * (2 << 20)}):
         with pytest.raises(InvalidValueError, match="#2.*") as info:
             await SecretStore.save_secrets([{"password": "a"}, {"password": "b"}, bad, {"password": "d"}])
         assert "nothing was saved" in str(info.value).lower()
-    assert dict(producer._seq) == stamped  # not one event was stamped, so none was queued
-    assert runtime.credentials.pending == 0
+    assert dict(StateStore.runtime()._issued) == issued  # not one event was stamped, so none was queued
+    assert credentials.pending == 0
 
 
 async def test_timeout_names_the_unconfirmed_guids_and_they_are_stored_after_restart(stack):

@@ -128,7 +128,7 @@ async def test_a_repeated_activity_resends_its_progress_with_newer_stamps_and_th
     one_run = {"status": "running", "current_step": "step-2", "progress": 50, "credential_guid": "guid-1"}
     assert first.to_state() == second.to_state() == one_run
     assert all(second.fields[key].stamp > first.fields[key].stamp for key in one_run)
-    assert second.processed_upto(_Store._producer_state().id) == 2 * len(one_run)  # both runs applied
+    assert second.processed_upto(_Store.runtime().producer_id) == 2 * len(one_run)  # both runs applied
 
 
 def listening_addresses(port: int) -> set[str]:
