@@ -47,6 +47,15 @@ class Upsert:
     etag: str | None
 
 
+# How stores report a write that lost to another writer: an ETag mismatch, or, from
+# state.postgresql v2, a first-write insert that found the key ("no item was updated").
+_CONFLICT_MARKERS = ("etag", "no item was updated")
+
+
+def _is_conflict(details: str) -> bool:
+    return any(marker in details.lower() for marker in _CONFLICT_MARKERS)
+
+
 class SidecarClient:
     """Calls to one Dapr sidecar. Create inside a running event loop; ``close()`` when done."""
 
@@ -87,7 +96,7 @@ class SidecarClient:
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
             )
-        if code == grpc.StatusCode.ABORTED or "etag" in (exc.details() or "").lower():
+        if code == grpc.StatusCode.ABORTED or _is_conflict(exc.details() or ""):
             return EtagMismatchError(exc.details())
         return SidecarUnavailableError(f"{what}: the Dapr sidecar at {self.target} answered {code.name}: {exc.details()}")
 

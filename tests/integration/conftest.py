@@ -1,13 +1,17 @@
-"""The real stack for integration tests: Redis, daprd sidecars, the subscriber app.
+"""The real stack for integration tests: the profile's servers, daprd sidecars, the subscriber app(s).
 
 One stack per test session in a temporary folder, on free ports, so tests never touch
-./local or a stack started with `make up`.
+./local or a stack started with `make up`. ``--profile scale`` runs Kafka, PostgreSQL,
+S3Proxy and three subscriber replicas instead of Redis, sqlite and local files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -17,12 +21,18 @@ from statestore.sidecar import SidecarClient
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), api_tokens=True)
+def stack(profile):
+    # Not under pytest's basetemp: pytest resets that folder to 0700 whenever a session
+    # starts, and PostgreSQL (run as the postgres user when we are root) must reach its
+    # data folder through every parent, also when it restarts mid-session.
+    base = Path(tempfile.mkdtemp(prefix="statestore-stack-"))
+    base.chmod(0o711)
+    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile)
     stack.up()
     yield stack
     stack.down()
     assert not stack.running(), "make down must leave no process of ours running"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

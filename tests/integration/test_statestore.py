@@ -209,6 +209,7 @@ async def test_duplicated_and_shuffled_deliveries_converge_to_the_oracle(caller_
 # -- poison and faults -------------------------------------------------------------------
 
 
+@pytest.mark.profile("local")  # reads the dead-letter topic from Redis
 async def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_still_apply(stack, caller_sidecar):
     r = redis.Redis(port=stack.ports.redis)
     before = r.xlen("statestore-deadletter") if r.exists("statestore-deadletter") else 0
