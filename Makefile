@@ -1,8 +1,11 @@
 # statestore: `make run` runs the demo, `make test` runs the tests. Both set up what
-# is missing first (Python venv, Redis, daprd and the Dapr CLI built from Go modules).
+# is missing first (Python venv, Redis, daprd and the Dapr CLI built from Go modules,
+# the scale profile's Kafka, PostgreSQL and S3Proxy).
+# PROFILE=scale (make up, chaos) picks Kafka + PostgreSQL + S3 with 3 subscriber replicas.
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
+PROFILE ?= local
 
 .PHONY: setup run test test-unit chaos bench bench-full up down status clean
 
@@ -12,14 +15,17 @@ setup:
 run: setup
 	@$(PY) -m devstack run
 
+# Every test on the local profile, then the integration suite on the scale profile.
 test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --profile scale tests/integration $(PYTEST_ARGS)
 
 # The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times.
 chaos: setup
 	@mkdir -p local
-	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability.json \
-		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py
+	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability-$(PROFILE).json \
+		$(PY) -m pytest -ra --profile $(PROFILE) tests/integration/test_faults.py \
+		tests/integration/test_faults_scale.py tests/integration/test_poison.py
 
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
@@ -34,7 +40,7 @@ test-unit: setup
 	$(PY) -m pytest -ra tests/unit
 
 up: setup
-	@$(PY) -m devstack up
+	@$(PY) -m devstack up --profile $(PROFILE)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi

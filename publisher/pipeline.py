@@ -24,6 +24,7 @@ from statestore.events import (
     encode_cloudevent,
     encode_event,
 )
+from statestore.partitioning import partition_for
 from statestore.settings import Settings
 
 __all__ = ["PublishPipeline", "Transport", "QueuedEvent"]
@@ -34,7 +35,9 @@ log = logging.getLogger("statestore.publisher")
 class Transport(Protocol):
     """Sends CloudEvents; returns the ids that failed, with the reason."""
 
-    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes]]) -> dict[str, str]: ...
+    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes, str]]) -> dict[str, str]:
+        """``(entry id, body, partition key)`` each."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,23 @@ class QueuedEvent:
         return cls(event, encode_event(event))
 
 
-def pack(batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int]) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
+def pack(
+    batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int], partitions: int = 1
+) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
     """Messages for ``batch``: message id -> (CloudEvent body, the events it carries).
 
     With ``max_events`` 1 each event is its own CloudEvent (type per kind); otherwise
     events travel in io.statestore.event_batch.v1 CloudEvents of at most ``max_events``
-    events and about ``max_bytes``.
+    events and about ``max_bytes``, each holding events of one topic partition only
+    (``partitions``), so its partition key (the first event's state key) sends every
+    event of a state to its own partition. Order within a partition is kept.
     """
+    if partitions > 1 and max_events > 1:
+        groups: dict[int, list[QueuedEvent]] = {}
+        for queued in batch:
+            groups.setdefault(partition_for(queued.event.key, partitions), []).append(queued)
+        if len(groups) > 1:
+            return {mid: m for group in groups.values() for mid, m in pack(group, max_events, max_bytes, ids).items()}
     if max_events == 1:
         return {q.id: (encode_cloudevent(q.event, q.data), [q]) for q in batch}
     messages: dict[str, tuple[bytes, list[QueuedEvent]]] = {}
@@ -183,12 +196,16 @@ class PublishPipeline:
         self._in_flight = len(batch)
         attempts = attempts or self._settings.publish_attempts
         delay = self._settings.publish_backoff_ms / 1000
-        remaining = pack(batch, self._settings.pack_events, self._settings.pack_max_bytes, self._message_ids)
+        remaining = pack(
+            batch, self._settings.pack_events, self._settings.pack_max_bytes, self._message_ids, self._settings.partitions
+        )
         reason = ""
         try:
             for attempt in range(attempts):
                 try:
-                    failed = await self._transport.publish_batch([(mid, body) for mid, (body, _) in remaining.items()])
+                    failed = await self._transport.publish_batch(
+                        [(mid, body, events[0].event.key) for mid, (body, events) in remaining.items()]
+                    )
                 except SidecarUnavailableError as exc:
                     failed, reason = {mid: str(exc) for mid in remaining}, str(exc)
                 else:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)
     pack_max_bytes: int = Field(1 << 20, ge=1024)
+    # Partitions of the event topic (Kafka): a packed message holds one partition's
+    # events and is keyed by a state key (statestore.partitioning). 1: pack regardless.
+    partitions: int = Field(12, ge=1, le=10_000)
     publish_attempts: int = Field(5, ge=1, description="Tries per batch before it fails.")
     publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")

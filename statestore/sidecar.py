@@ -111,17 +111,24 @@ class SidecarClient:
             ) from None
 
     async def bulk_publish(
-        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes]]
+        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]]
     ) -> dict[str, str]:
-        """Publish structured CloudEvents ``(entry_id, body)``; returns failed ids -> error."""
+        """Publish structured CloudEvents ``(entry_id, body[, partition_key])``; returns failed ids -> error.
+
+        A partition key (Kafka: the record key, so the partition) travels as the entry's
+        ``partitionKey`` metadata; brokers without partitions ignore it.
+        """
         request = pubsub_pb2.BulkPublishRequest(
             pubsub_name=pubsub,
             topic=topic,
             entries=[
                 pubsub_pb2.BulkPublishRequestEntry(
-                    entry_id=entry_id, event=body, content_type=_CLOUDEVENT_CONTENT_TYPE
+                    entry_id=entry[0],
+                    event=entry[1],
+                    content_type=_CLOUDEVENT_CONTENT_TYPE,
+                    metadata={"partitionKey": entry[2]} if len(entry) > 2 else None,
                 )
-                for entry_id, body in cloudevents
+                for entry in cloudevents
             ],
         )
         response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish")

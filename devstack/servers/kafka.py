@@ -2,8 +2,9 @@
 
 Jars come from Maven Central (runtime/kafka/pom.xml) into .runtime/kafka/lib. The first
 start formats the storage under local/kafka/data; later starts reuse it (messages and
-consumer offsets survive a restart). The topics are created with ``PARTITIONS``
-partitions once the broker listens.
+consumer offsets survive a restart). The topics are created with the ``partitions``
+setting's count (STATESTORE_PARTITIONS, 12: the publisher packs per partition with the
+same count) once the broker listens.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from devstack.servers.base import Server
 from devstack.servers.maven import install_jars, java
 from statestore.settings import get_settings
 
-__all__ = ["KafkaServer", "PARTITIONS"]
+__all__ = ["KafkaServer", "topics"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POM = PROJECT_ROOT / "runtime" / "kafka" / "pom.xml"
 CREATE_TOPICS = PROJECT_ROOT / "runtime" / "kafka" / "CreateTopics.java"
-PARTITIONS = 12
 HEAP = "-Xmx512m"  # the default max heap is a quarter of RAM
 # Larger than the biggest packed message (pack_max_bytes, 1 MiB, plus its envelope).
 MAX_MESSAGE_BYTES = 4 << 20
@@ -94,7 +94,7 @@ class KafkaServer(Server):
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={self.data}",
-                    f"num.partitions={PARTITIONS}",
+                    f"num.partitions={get_settings().partitions}",
                     "offsets.topic.replication.factor=1",
                     "offsets.topic.num.partitions=12",
                     "transaction.state.log.replication.factor=1",
@@ -118,6 +118,10 @@ class KafkaServer(Server):
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties))
 
+    def tool(self, main_class: str, *args: str) -> str:
+        """Run one of Kafka's command-line tools against this broker; its stdout."""
+        return self._java(main_class, "--bootstrap-server", self.bootstrap, *args)
+
     def _java(self, *args: str) -> str:
         result = subprocess.run(
             [java(), "-cp", f"{self.lib(self.runtime)}/*", *args], capture_output=True, text=True, timeout=120
@@ -132,7 +136,7 @@ class KafkaServer(Server):
         return port_open(self.ports["broker"])
 
     def after_start(self) -> None:
-        self._java(str(CREATE_TOPICS), self.bootstrap, str(PARTITIONS), *topics())
+        self._java(str(CREATE_TOPICS), self.bootstrap, str(get_settings().partitions), *topics())
 
     def component_metadata(self) -> dict[str, str]:
         return {"brokers": self.bootstrap}

@@ -2,7 +2,8 @@
 
 Jars come from Maven Central (runtime/s3proxy/pom.xml) into .runtime/s3proxy/lib.
 Objects live under local/s3/data/<bucket>/<key>, so they survive a restart; the
-bucket (a folder of the filesystem backend) is created before the server starts. The
+bucket (a folder of the filesystem backend) is created before the server starts. Every
+request must be signed with the stack's key pair: anonymous ones are refused. The
 access key pair is made once per stack folder (local/s3/credentials.json).
 """
 
@@ -51,9 +52,11 @@ class S3Server(Server):
         self.conf = self.home / "s3proxy.conf"
         self.logback = self.home / "logback.xml"
         self.credentials_file = self.home / "credentials.json"
+        # umask 077: the filesystem backend reads "others may read" on a bucket folder or
+        # object file as public-read, which would let anonymous requests read snapshots.
         self.process = self.spawn(
             "s3proxy",
-            [java(), "-Xmx256m", f"-Dlogback.configurationFile={self.logback}",
+            ["/bin/sh", "-c", 'umask 077 && exec "$@"', "s3proxy", java(), "-Xmx256m", f"-Dlogback.configurationFile={self.logback}",
              "-cp", f"{self.lib(self.runtime)}/*", "org.gaul.s3proxy.Main", "--properties", str(self.conf)],
         )  # fmt: skip
 
@@ -81,6 +84,7 @@ class S3Server(Server):
     def prepare(self) -> None:
         self.install(self.runtime)
         self.bucket_folder.mkdir(parents=True, exist_ok=True)
+        self.bucket_folder.chmod(0o700)  # private: see the umask above
         pair = self.credentials()
         self.logback.write_text(LOGBACK)
         self.conf.write_text(

@@ -55,3 +55,44 @@ def test_run_file_matches_the_stack():
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
     assert apps["statestore-demo"]["daprGRPCPort"] == 50001
+
+
+# -- the scale profile (components/scale/ replaces files of components/) --------------
+
+
+def scale_components():
+    from devstack.servers import PROFILES
+
+    files = PROFILES["scale"].component_files()
+    return {doc["metadata"]["name"]: doc for doc in (yaml.safe_load(p.read_text()) for p in files.values())}
+
+
+def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
+    s = Settings()
+    local, scale = components(), scale_components()
+    assert set(scale) == set(local)  # same names: the code does not know the profile
+    assert scale[s.statestore_name]["spec"]["type"] == "state.postgresql"
+    assert scale[s.statestore_name]["spec"]["version"] == "v2"
+    assert scale[s.pubsub_name]["spec"]["type"] == "pubsub.kafka"
+    assert scale[s.objectstore_name]["spec"]["type"] == "bindings.aws.s3"
+    for name in scale:
+        assert scale[name].get("scopes") == local[name].get("scopes"), name
+    assert metadata(scale[s.statestore_name])["keyPrefix"] == "name"
+
+
+def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages():
+    from devstack.servers.kafka import MAX_MESSAGE_BYTES
+
+    meta = metadata(scale_components()["pubsub"])
+    assert meta["consumerGroup"] == SUBSCRIBER_APP_ID
+    assert meta["initialOffset"] == "oldest"
+    assert meta["version"] == "4.0.0"  # exercised against the Kafka 4.4 broker by the scale suite
+    assert int(meta["maxMessageBytes"]) == MAX_MESSAGE_BYTES > Settings().pack_max_bytes
+
+
+def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
+    from devstack.servers.s3 import BUCKET
+
+    meta = metadata(scale_components()["objectstore"])
+    assert meta["bucket"] == BUCKET
+    assert (meta["forcePathStyle"], meta["disableSSL"]) == ("true", "true")
