@@ -37,6 +37,7 @@ def say(text: str) -> None:
 
 
 async def measure(stack: Stack, size: dict) -> dict:
+    from bench import cloudevents_sdk
     from bench import measures as m
     from bench.peers import PlainDaprPeer, ReferencePeer, StateStorePeer
     from statestore.settings import SidecarSettings
@@ -101,6 +102,8 @@ async def measure(stack: Stack, size: dict) -> dict:
         "subscriber_peak_rss_mb": subscriber.peak_rss_mb(),
         "producer_peak_rss_mb": m.ProcessMeter(os.getpid()).peak_rss_mb(),
     }
+    say("CloudEvents SDK vs hand-written envelopes on our payloads")
+    results["cloudevents_sdk"] = cloudevents_sdk.measure()
     results["plain-dapr"]["etag_conflicts"] = peers[1].conflicts
     results["reference"]["torn_reads"] = peers[2].torn_reads
     for peer in peers:

@@ -146,6 +146,10 @@ def write_report(record: dict, docs: Path) -> None:
         "publisher, 10 ms in bulk delivery.",
         "",
     ]
+    if "cloudevents_sdk" in r:
+        from bench.cloudevents_sdk import section
+
+        parts += section(r["cloudevents_sdk"])
     (docs / "benchmarks.md").write_text("\n".join(parts))
     _plots(record, docs)
 

@@ -1,12 +1,15 @@
-"""`make run`: Redis, then the Dapr multi-app run of dapr.yaml until the demo ends.
+"""`make run`: Redis, then the Dapr multi-app run of dapr.yaml until the demos end.
 
-The Dapr CLI keeps running after an app exits, so the demo writes its exit status to a
-file; we then stop the CLI (which stops both apps and sidecars) and Redis.
+The Dapr CLI keeps running after an app exits, so each demo app writes its exit status to
+a file of its own; once all have, we stop the CLI (which stops every app and sidecar) and
+Redis. The demo apps share one DEMO_TAG, so they write the same state ids, each in its own
+app namespace.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -14,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from devstack.processes import StackError, wait_until
-from devstack.stack import CONFIG, PROJECT_ROOT, Ports, Stack
+from devstack.processes import StackError, free_port, wait_until
+from devstack.stack import CONFIG, PROJECT_ROOT, Ports, SidecarSpec, Stack
 
 __all__ = ["run_multiapp", "DAPR_CLI", "RUN_FILE"]
 
@@ -23,28 +26,44 @@ DAPR_CLI = PROJECT_ROOT / ".runtime" / "bin" / "dapr"
 RUN_FILE = PROJECT_ROOT / "dapr.yaml"
 
 
-def render_run_file(stack: Stack, demo_env: dict[str, str]) -> Path:
-    """dapr.yaml with this stack's folder, ports, components and Python."""
+def render_run_file(stack: Stack, demo_env: dict[str, str]) -> tuple[Path, list[Path]]:
+    """dapr.yaml with this stack's folder, ports, components and Python; and the file each
+    demo app writes its exit status to."""
     doc = yaml.safe_load(RUN_FILE.read_text())
     common = doc["common"]
     common["resourcesPath"] = str(stack.resources)
     common["configFilePath"] = str(CONFIG)
     common["runtimePath"] = str(DAPR_CLI.parent.parent)
     common.setdefault("env", {})["PYTHONPATH"] = str(PROJECT_ROOT)
-    specs = {stack.ports.subscriber.app_id: stack.ports.subscriber}
+    callers = [stack.ports.caller]  # the first demo app uses the stack's caller ports
+    done_files = []
     for app in doc["apps"]:
-        spec = specs.get(app["appID"], stack.ports.caller)
+        if app["appID"] == stack.ports.subscriber.app_id:
+            spec = stack.ports.subscriber
+        else:
+            spec = callers.pop() if callers else _declared_or_free(app, stack.ports == Ports())
+            done = stack.run / f"demo-{app['appID']}.exit"
+            done_files.append(done)
+            app["env"] = {**app.get("env", {}), **demo_env, "STATESTORE_DEMO_DONE_FILE": str(done)}
         app["appDirPath"] = str(stack.base)
         app["command"] = [sys.executable, *app["command"][1:]]
         app["daprHTTPPort"], app["daprGRPCPort"] = spec.http_port, spec.grpc_port
         app["daprInternalGRPCPort"], app["metricsPort"] = spec.internal_grpc_port, spec.metrics_port
         if "appPort" in app:
             app["appPort"] = spec.app_port
-        else:
-            app["env"] = {**app.get("env", {}), **demo_env}
     path = stack.run / "dapr.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return path, done_files
+
+
+def _declared_or_free(app: dict, declared: bool) -> SidecarSpec:
+    """A further caller app's ports: as dapr.yaml declares them for `make run`, free ones
+    for a stack beside another (tests)."""
+    if declared:
+        ports = (app["daprHTTPPort"], app["daprGRPCPort"], app["metricsPort"], app["daprInternalGRPCPort"])
+    else:
+        ports = (free_port(), free_port(), free_port(), free_port())
+    return SidecarSpec(app["appID"], *ports)
 
 
 def run_multiapp(
@@ -54,14 +73,14 @@ def run_multiapp(
     timeout: float = 900.0,
     output=None,
 ) -> int:
-    """Run dapr.yaml's apps until the demo finishes; return the demo's exit status."""
+    """Run dapr.yaml's apps until every demo app finishes; return the worst exit status."""
     if not DAPR_CLI.exists():
         raise StackError(f"{DAPR_CLI} is missing: run `make setup` to build the Dapr CLI.")
     stack = Stack(base, ports or Ports())
-    done_file = stack.run / "demo.exit"
     stack.prepare()
-    done_file.unlink(missing_ok=True)
-    run_file = render_run_file(stack, {**(demo_env or {}), "STATESTORE_DEMO_DONE_FILE": str(done_file)})
+    run_file, done_files = render_run_file(stack, {"DEMO_TAG": secrets.token_hex(3), **(demo_env or {})})
+    for done_file in done_files:
+        done_file.unlink(missing_ok=True)
     stack.start_redis()
     cli = None
     try:
@@ -72,11 +91,14 @@ def run_multiapp(
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
         )  # the CLI makes its own process group (pgid = its pid)
-        if not wait_until(lambda: done_file.exists() or cli.poll() is not None, timeout, 0.2):
-            raise StackError(f"the demo did not finish within {timeout:g} s; logs are in {stack.base / '.dapr' / 'logs'}")
-        if not done_file.exists():
-            raise StackError(f"dapr run exited ({cli.returncode}) before the demo finished; see its output above")
-        return int(done_file.read_text() or 1)
+        def finished() -> bool:
+            return all(done.exists() for done in done_files)
+
+        if not wait_until(lambda: finished() or cli.poll() is not None, timeout, 0.2):
+            raise StackError(f"the demos did not finish within {timeout:g} s; logs are in {stack.base / '.dapr' / 'logs'}")
+        if not finished():
+            raise StackError(f"dapr run exited ({cli.returncode}) before the demos finished; see its output above")
+        return max(int(done.read_text() or 1) for done in done_files)
     finally:
         if cli is not None and cli.poll() is None:
             cli.send_signal(signal.SIGTERM)

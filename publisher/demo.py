@@ -9,7 +9,9 @@
 It prints progress while it runs and ends with a summary read back through
 ``get_state``. Exit status 0 when every final state is as expected.
 
-Sizes come from DEMO_WORKFLOWS, DEMO_UPDATES (per workflow) and DEMO_CREDENTIALS.
+Sizes come from DEMO_WORKFLOWS, DEMO_UPDATES (per workflow) and DEMO_CREDENTIALS. Ids
+end in DEMO_TAG (default: random): `make run` gives two demo apps the same tag, so both
+write the same ids, each in its own app namespace, and each checks it reads back its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from publisher import StateStore, StateType
 from publisher.store import StateStore as _Store
+from statestore.paths import caller_app_name
 
 WORKFLOWS = int(os.environ.get("DEMO_WORKFLOWS", "100"))
 UPDATES = int(os.environ.get("DEMO_UPDATES", "50"))
@@ -33,7 +36,8 @@ CREDENTIALS = int(os.environ.get("DEMO_CREDENTIALS", "100"))
 
 class Demo:
     def __init__(self) -> None:
-        self.tag = uuid.uuid4().hex[:6]
+        self.tag = os.environ.get("DEMO_TAG") or uuid.uuid4().hex[:6]
+        self.app = caller_app_name()
         self.expected: dict[tuple[str, StateType], dict[str, Any]] = {}
         self.delays_ms: list[float] = []
         self.load_done = asyncio.Event()
@@ -43,7 +47,7 @@ class Demo:
         args = {
             "workflow_id": wf_id,
             "workflow_run_id": uuid.uuid4().hex,
-            "application_name": "demo",
+            "application_name": self.app,
             "output_prefix": f"demo/{wf_id}",
             "output_path": f"/data/output/{wf_id}",
         }
@@ -66,7 +70,7 @@ class Demo:
     async def credentials(self) -> None:
         async def save(n: int) -> None:
             cred_id = f"demo-cred-{self.tag}-{n}"
-            config = {"host": f"db{n}.internal", "port": 5432, "username": f"svc{n}", "database": "analytics"}
+            config = {"app": self.app, "host": f"db{n}.internal", "port": 5432, "username": f"svc{n}", "database": "analytics"}
             self.expected[(cred_id, StateType.CREDENTIALS)] = await StateStore.save_state_object(
                 cred_id, config, StateType.CREDENTIALS
             )
@@ -97,7 +101,7 @@ class Demo:
             )
 
     async def run(self) -> bool:
-        print(f"demo {self.tag}: {WORKFLOWS} workflows x {UPDATES} progress steps, {CREDENTIALS} credentials", flush=True)
+        print(f"demo {self.tag} (app {self.app}): {WORKFLOWS} workflows x {UPDATES} progress steps, {CREDENTIALS} credentials", flush=True)
         start = time.perf_counter()
         reporter = asyncio.create_task(self.progress(start))
         prober = asyncio.create_task(self.probe())
@@ -125,7 +129,7 @@ class Demo:
         delays = sorted(self.delays_ms)
         p50 = statistics.median(delays) if delays else float("nan")
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] if delays else float("nan")
-        print("summary:")
+        print(f"summary of app {self.app}:")
         print(f"  events published     {published} in {publish_s:.2f} s")
         print(f"  events applied       {applied}, all visible after {visible_s:.2f} s ({applied / visible_s:.0f} events/s)")
         print(f"  publish-to-visible   p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(delays)} probes")

@@ -15,21 +15,26 @@ __all__ = ["StateQueryClient"]
 
 
 class StateQueryClient:
-    """Reads states from a Dapr state store."""
+    """Reads states from a Dapr state store.
 
-    def __init__(self, sidecar: SidecarClient, store: str) -> None:
+    ``app`` names the caller app whose states it reads (default: this process's own,
+    ``statestore.paths.caller_app_name``).
+    """
+
+    def __init__(self, sidecar: SidecarClient, store: str, app: str | None = None) -> None:
         self._sidecar = sidecar
         self._store = store
+        self._app = app
 
     async def get_document(self, id: str, state_type: StateType) -> StateDocument | None:
         """The stored document (with stamps and producer progress), or None."""
-        key = state_key(id, state_type)
+        key = state_key(id, state_type, self._app)
         item = await self._sidecar.get_state(self._store, key)
         return decode_document(key, item.value) if item else None
 
     async def get_documents(self, ids: list[str], state_type: StateType) -> dict[str, StateDocument]:
         """The stored documents of ``ids`` that exist, in one bulk read."""
-        keys = {state_key(i, state_type): i for i in ids}
+        keys = {state_key(i, state_type, self._app): i for i in ids}
         found = await self._sidecar.get_bulk_state(self._store, keys)
         return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
 

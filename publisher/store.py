@@ -20,9 +20,9 @@ from typing import Any
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.query import StateQueryClient
 from statestore.errors import InvalidValueError, SyncTimeoutError
-from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
 from statestore.hlc import HybridClock
-from statestore.paths import StateType, coerce_state_type, state_key, validate_id
+from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import Settings, get_settings
 from statestore.sidecar import SidecarClient
 
@@ -108,6 +108,7 @@ class StateStore:
     def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
         producer = cls._producer_state()
         return {
+            "app": caller_app_name(),
             "state_id": id,
             "state_type": state_type,
             "producer": producer.id,
@@ -131,7 +132,7 @@ class StateStore:
             raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
         normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
-            field=key, value=normalised, kind="field_updated", schema_version=1, **cls._stamp_fields(id, state_type)
+            field=key, value=normalised, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
 
@@ -147,7 +148,7 @@ class StateStore:
             raise InvalidValueError("state object must be a dict with string keys")
         normalised = _json_roundtrip(value, "state object", id)
         event = ObjectReplaced.model_construct(
-            value=normalised, kind="object_replaced", schema_version=1, **cls._stamp_fields(id, state_type)
+            value=normalised, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
         return json.loads(json.dumps(normalised))

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "StateStoreError",
     "InvalidStateIdError",
+    "InvalidAppNameError",
     "InvalidStateTypeError",
     "InvalidValueError",
     "SidecarUnavailableError",
@@ -20,6 +21,10 @@ class StateStoreError(Exception):
 
 class InvalidStateIdError(StateStoreError, ValueError):
     """A state id is empty, too long, not a string, or has characters outside the safe set."""
+
+
+class InvalidAppNameError(StateStoreError, ValueError):
+    """An application name (STATESTORE_APP_NAME, the Dapr app id) breaks the id rules."""
 
 
 class InvalidStateTypeError(StateStoreError, ValueError):

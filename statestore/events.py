@@ -1,7 +1,9 @@
 """The wire contract between publisher and subscriber. Pure: no I/O, no Dapr.
 
 Each write becomes one event, sent as the data of a CloudEvent whose ``type`` names the
-kind and schema version. Every event carries a stamp, ``(wall_ms, logical, producer,
+kind and schema version. Every event names the caller's application (``app``: its namespace of states, schema
+version 2; version-1 events, from before app names, are read as app ``default``) and
+carries a stamp, ``(wall_ms, logical, producer,
 seq)``: a hybrid logical clock time, the producer's identity and the producer's sequence
 number for that state. Stamps are unique and totally ordered; the subscriber's merge
 (statestore.document) applies events as if in stamp order.
@@ -22,16 +24,31 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from statestore.paths import StateType, format_state_key, validate_id
+from statestore.envelope import write_envelope, write_envelope_fast
+from statestore.paths import (
+    DEFAULT_APP,
+    MAX_ID_LENGTH,
+    SAFE_ID_PATTERN,
+    StateType,
+    format_state_key,
+    validate_app_name,
+    validate_id,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
+    "upcast_v1",
+    "V2_FIELDS",
+    "TRACEPARENT_PATTERN",
     "Stamp",
     "FieldUpdated",
     "ObjectReplaced",
     "Event",
+    "EventBatch",
     "EVENT_TYPES",
     "InvalidEventError",
     "cloudevent_type",
@@ -45,8 +62,9 @@ __all__ = [
     "describe_errors",
 ]
 
-SCHEMA_VERSION = 1
-CLOUDEVENT_SOURCE = "statestore"
+SCHEMA_VERSION = 2
+SCHEMA_VERSIONS = (1, 2)
+"""Versions the subscriber accepts. 2 added ``app``; a version-1 event is upcast."""
 
 Stamp = tuple[int, int, str, int, str]
 """(hlc wall_ms, hlc logical, producer, seq, digest): the total order of events.
@@ -56,20 +74,62 @@ and sequence number with different content (a buggy or malicious producer): the 
 still total, so every replica and every delivery order picks the same winner."""
 
 
+V2_FIELDS = ("app", "traceparent")
+"""Fields version 2 added: a version-1 event has neither."""
+
+
+def upcast_v1(data: Any) -> Any:
+    """A version-1 event (no ``app``) as version 2: it belongs to the app ``default``.
+
+    Version 1 had neither ``app`` nor ``traceparent``, so one that has either is malformed."""
+    if isinstance(data, dict) and data.get("schema_version") == 1:
+        for field in V2_FIELDS:
+            if field in data:
+                raise ValueError(f"schema_version 1 events have no {field!r} field (it came with version 2)")
+        return {**data, "schema_version": 2, "app": DEFAULT_APP}
+    return data
+
+
+TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+# What the id rules (statestore.paths.validate_id) mean in a JSON Schema, for producers
+# in other languages; the validators below enforce them with a clearer message.
+_SAFE_NAME = {"pattern": f"^{SAFE_ID_PATTERN.pattern}$", "maxLength": MAX_ID_LENGTH, "not": {"pattern": "[.][.]"}}
+
+
 class _EventBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    state_id: str
-    state_type: StateType
-    producer: Annotated[str, Field(min_length=1, max_length=64)]
-    seq: Annotated[int, Field(ge=1)]
-    hlc: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]
+    schema_version: Literal[2] = Field(SCHEMA_VERSION, description="The event schema version (1 is still read).")
+    app: str = Field(
+        DEFAULT_APP, description="The caller's application name: its namespace of states.", json_schema_extra=_SAFE_NAME
+    )
+    state_id: str = Field(description="The state's id.", json_schema_extra=_SAFE_NAME)
+    state_type: StateType = Field(description="The kind of state.")
+    producer: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="The producing process's identity, unique per process (and per fork)."
+    )
+    seq: Annotated[int, Field(ge=1)] = Field(
+        description="The producer's sequence number for this state: 1, 2, 3... with no gap."
+    )
+    hlc: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = Field(
+        description="Hybrid logical clock [wall_ms, logical]: rises with every event of the producer."
+    )
+    traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None = Field(
+        None, description="W3C trace context of the write (optional): the apply span links to it."
+    )
+
+    _upcast = model_validator(mode="before")(upcast_v1)
 
     @field_validator("state_id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
         return validate_id(value)
+
+    @field_validator("app")
+    @classmethod
+    def _safe_app(cls, value: str) -> str:
+        return validate_app_name(value)
 
     @cached_property
     def stamp(self) -> Stamp:
@@ -85,15 +145,15 @@ class _EventBase(BaseModel):
     @cached_property
     def key(self) -> str:
         """The state-store key of the state this event changes (fields already validated)."""
-        return format_state_key(self.state_id, StateType(self.state_type))
+        return format_state_key(self.state_id, StateType(self.state_type), self.app)
 
 
 class FieldUpdated(_EventBase):
     """Set one field of a state (``save_state``)."""
 
     kind: Literal["field_updated"] = "field_updated"
-    field: Annotated[str, Field(min_length=1, max_length=1024)]
-    value: JsonValue
+    field: Annotated[str, Field(min_length=1, max_length=1024)] = Field(description="The field to set.")
+    value: JsonValue = Field(description="Its new value: any JSON.")
 
     def _content(self) -> Any:
         return [self.field, self.value]
@@ -103,7 +163,7 @@ class ObjectReplaced(_EventBase):
     """Replace a whole state with ``value`` (``save_state_object``)."""
 
     kind: Literal["object_replaced"] = "object_replaced"
-    value: dict[str, JsonValue]
+    value: dict[str, JsonValue] = Field(description="The whole new state.")
 
     def _content(self) -> Any:
         return self.value
@@ -113,12 +173,14 @@ Event = Annotated[Union[FieldUpdated, ObjectReplaced], Field(discriminator="kind
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
-class _EventBatch(BaseModel):
-    schema_version: Literal[1]
-    events: list[Event]
+class EventBatch(BaseModel):
+    """The data of an ``io.statestore.event_batch.v1`` CloudEvent: several events."""
+
+    schema_version: Literal[1] = Field(description="The batch schema version; each event has its own.")
+    events: list[Event] = Field(description="Each element exactly as the event would travel alone.")
 
 
-_BATCH_ADAPTER: TypeAdapter[_EventBatch] = TypeAdapter(_EventBatch)
+_BATCH_ADAPTER: TypeAdapter[EventBatch] = TypeAdapter(EventBatch)
 
 
 def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
@@ -126,8 +188,10 @@ def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
     return f"io.statestore.{kind}.v{version}"
 
 
-EVENT_TYPES = {cloudevent_type(kind) for kind in ("field_updated", "object_replaced")}
-BATCH_TYPE = cloudevent_type("event_batch")
+EVENT_TYPES = {
+    cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in SCHEMA_VERSIONS
+}
+BATCH_TYPE = cloudevent_type("event_batch", 1)
 
 
 class InvalidEventError(ValueError):
@@ -139,23 +203,18 @@ def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
     return f"{event.producer}:{event.key}:{event.seq}"
 
 
+_UNTRACED = {"traceparent"}
+
+
 def encode_event(event: FieldUpdated | ObjectReplaced) -> bytes:
-    """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``)."""
-    return event.model_dump_json().encode()
-
-
-def _envelope(ce_id: str, ce_type: str, data: bytes) -> bytes:
-    head = json.dumps(
-        {"specversion": "1.0", "id": ce_id, "source": CLOUDEVENT_SOURCE, "type": ce_type,
-         "datacontenttype": "application/json"},
-        separators=(",", ":"),
-    ).encode()  # fmt: skip
-    return head[:-1] + b',"data":' + data + b"}"
+    """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
+    ``traceparent`` only when the write had a trace context."""
+    return event.model_dump_json(exclude=_UNTRACED if event.traceparent is None else None).encode()
 
 
 def encode_cloudevent(event: FieldUpdated | ObjectReplaced, data: bytes | None = None) -> bytes:
     """The structured CloudEvent (JSON) that carries ``event`` alone."""
-    return _envelope(cloudevent_id(event), cloudevent_type(event.kind), data or encode_event(event))
+    return write_envelope_fast(cloudevent_id(event), cloudevent_type(event.kind), data or encode_event(event))
 
 
 def encode_batch_cloudevent(batch_id: str, encoded_events: list[bytes]) -> bytes:
@@ -165,7 +224,7 @@ def encode_batch_cloudevent(batch_id: str, encoded_events: list[bytes]) -> bytes
     only spares the broker and the sidecars a message per event.
     """
     data = b'{"schema_version":1,"events":[' + b",".join(encoded_events) + b"]}"
-    return _envelope(batch_id, BATCH_TYPE, data)
+    return write_envelope(batch_id, BATCH_TYPE, data)
 
 
 def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdated | ObjectReplaced:
@@ -181,7 +240,7 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdat
             event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
-    if cloudevent_type(event.kind) != ce_type:
+    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS):
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
 

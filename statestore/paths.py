@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-from statestore.errors import InvalidStateIdError, InvalidStateTypeError
+from statestore.errors import InvalidAppNameError, InvalidStateIdError, InvalidStateTypeError
 from statestore.settings import get_settings
 
 __all__ = [
+    "DEFAULT_APP",
     "StateType",
     "MAX_ID_LENGTH",
     "SAFE_ID_PATTERN",
     "validate_id",
+    "validate_app_name",
+    "caller_app_name",
     "coerce_state_type",
     "state_key",
     "format_state_key",
@@ -21,6 +24,7 @@ __all__ = [
     "build_state_store_path",
 ]
 
+DEFAULT_APP = "default"
 MAX_ID_LENGTH = 128
 # Letters, digits, '_', '-' and '.', not starting with '.': no separator, no '..',
 # no control or whitespace character, so an id is always one safe path segment.
@@ -57,6 +61,21 @@ def validate_id(id: object) -> str:
     return id
 
 
+def validate_app_name(name: object) -> str:
+    """Return ``name`` if it is a safe application name (the rules of a state id), else
+    raise InvalidAppNameError."""
+    try:
+        return validate_id(name)
+    except InvalidStateIdError as exc:
+        raise InvalidAppNameError(str(exc).replace("state id", "app name", 1)) from None
+
+
+def caller_app_name() -> str:
+    """This process's application name: STATESTORE_APP_NAME, else the Dapr app id that
+    ``dapr run`` gives the app (APP_ID), else ``default``. Validated like an id."""
+    return validate_app_name(get_settings().app_name)
+
+
 def coerce_state_type(state_type: object) -> StateType:
     """Return the StateType for a member or a member's value, else raise."""
     if isinstance(state_type, StateType):
@@ -70,27 +89,46 @@ def coerce_state_type(state_type: object) -> StateType:
     )
 
 
-def state_key(id: str, state_type: StateType | str) -> str:
-    """The key of a state in the Dapr state store: ``{state_type}/{id}``."""
-    return format_state_key(validate_id(id), coerce_state_type(state_type))
+def state_key(id: str, state_type: StateType | str, app: str | None = None) -> str:
+    """The key of a state in the Dapr state store (see ``format_state_key``).
+
+    ``app`` defaults to this process's application name (``caller_app_name``).
+    """
+    app = caller_app_name() if app is None else validate_app_name(app)
+    return format_state_key(validate_id(id), coerce_state_type(state_type), app)
 
 
-def format_state_key(id: str, state_type: StateType) -> str:
-    """``state_key`` for an id and type already checked (the hot path)."""
-    return f"{state_type.value}/{id}"
+def format_state_key(id: str, state_type: StateType, app: str = DEFAULT_APP) -> str:
+    """``state_key`` for an id, type and app already checked (the hot path).
+
+    ``{state_type}/{id}`` for the app ``default`` (the key every state had before app
+    names existed, so stored documents keep working), ``{app}/{state_type}/{id}`` for any
+    other app. Neither an id nor an app name holds a ``/``, so the number of segments
+    tells the two forms apart.
+    """
+    if app == DEFAULT_APP:
+        return f"{state_type.value}/{id}"
+    return f"{app}/{state_type.value}/{id}"
 
 
-def parse_state_key(key: str) -> tuple[str, StateType]:
-    """The id and type a state key names (the inverse of ``state_key``)."""
-    state_type, id = key.split("/", 1)
-    return id, StateType(state_type)
+def parse_state_key(key: str) -> tuple[str, StateType, str]:
+    """The id, type and app a state key names (the inverse of ``state_key``)."""
+    parts = key.split("/")
+    if len(parts) == 2:
+        return parts[1], StateType(parts[0]), DEFAULT_APP
+    app, state_type, id = parts
+    return id, StateType(state_type), app
 
 
-def object_key(id: str, state_type: StateType | str) -> str:
-    """The object-store key of a state's snapshot, relative to the temporary root."""
-    app_name = get_settings().app_name
+def object_key(id: str, state_type: StateType | str, app: str | None = None) -> str:
+    """The object-store key of a state's snapshot, relative to the temporary root.
+
+    ``app`` defaults to this process's application name; the subscriber passes the app
+    the event named, so the file lands where ``build_state_store_path`` told the caller.
+    """
+    app = caller_app_name() if app is None else validate_app_name(app)
     return (
-        f"persistent-artifacts/apps/{app_name}/"
+        f"persistent-artifacts/apps/{app}/"
         f"{coerce_state_type(state_type).value}/{validate_id(id)}/config.json"
     )
 
@@ -99,8 +137,9 @@ def build_state_store_path(id: str, state_type: StateType | str) -> str:
     """The snapshot's file path, as in the reference system.
 
     ``{tmp_root}/persistent-artifacts/apps/{app_name}/{state_type}/{id}/config.json``,
-    with ``tmp_root`` (default ``./local/tmp``) and ``app_name`` (default ``default``)
-    from STATESTORE_TMP_ROOT and STATESTORE_APP_NAME.
+    with ``tmp_root`` (default ``./local/tmp``) from STATESTORE_TMP_ROOT and ``app_name``
+    from ``caller_app_name`` (STATESTORE_APP_NAME, else the Dapr app id, else
+    ``default``).
 
     Raises InvalidStateIdError or InvalidStateTypeError (both ValueError) on bad input.
     """

@@ -7,6 +7,7 @@ test checks that the YAML files use the same names.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field
@@ -20,7 +21,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="STATESTORE_", frozen=True)
 
-    app_name: str = Field("default", description="Application name in object-store paths.")
+    app_name: str = Field(
+        default_factory=lambda: os.environ.get("APP_ID") or "default",
+        description="The caller's application name: its namespace of states and the {app_name} of"
+        " object-store paths. Default: the Dapr app id `dapr run` gives the app (APP_ID), else 'default'.",
+    )
     tmp_root: str = Field("./local/tmp", description="Root of the object-store folder.")
 
     statestore_name: str = "statestore"

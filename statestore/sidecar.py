@@ -17,13 +17,13 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
 from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
 
+from statestore.envelope import CONTENT_TYPE
 from statestore.errors import SidecarUnavailableError
 from statestore.settings import SidecarSettings, get_sidecar_settings
 
 __all__ = ["SidecarClient", "StoredItem", "Upsert", "EtagMismatchError", "JSON_METADATA"]
 
 JSON_METADATA = {"contentType": "application/json"}
-_CLOUDEVENT_CONTENT_TYPE = "application/cloudevents+json"
 
 
 class EtagMismatchError(Exception):
@@ -125,7 +125,7 @@ class SidecarClient:
                 pubsub_pb2.BulkPublishRequestEntry(
                     entry_id=entry[0],
                     event=entry[1],
-                    content_type=_CLOUDEVENT_CONTENT_TYPE,
+                    content_type=CONTENT_TYPE,
                     metadata={"partitionKey": entry[2]} if len(entry) > 2 else None,
                 )
                 for entry in cloudevents

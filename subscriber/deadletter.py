@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 from dataclasses import dataclass
 
 import redis
 
+from statestore.envelope import CONTENT_TYPE, EnvelopeError, read_structured
 from statestore.settings import get_settings
 from statestore.sidecar import SidecarClient
 
@@ -32,17 +32,16 @@ class DeadLetter:
     stream_id: str
     body: bytes
 
-    @property
-    def envelope(self) -> dict:
-        try:
-            value = json.loads(self.body)
-            return value if isinstance(value, dict) else {}
-        except ValueError:
-            return {}
-
     def describe(self) -> str:
-        ce = self.envelope
-        return f"{self.stream_id}  id={ce.get('id', '?')}  type={ce.get('type', '?')}  {len(self.body)} bytes"
+        """One line: stream id, CloudEvent id and type (read by the CloudEvents SDK), the
+        app the event names, and the size. Never a value: they may be secrets."""
+        try:
+            ce_id, ce_type, data = read_structured(self.body)
+        except EnvelopeError as exc:
+            return f"{self.stream_id}  ({exc})  {len(self.body)} bytes"
+        app = data.get("app", "default") if isinstance(data, dict) and "events" not in data else None
+        shown = f"  app={app}" if app else ""
+        return f"{self.stream_id}  id={ce_id}  type={ce_type}{shown}  {len(self.body)} bytes"
 
 
 def connect() -> redis.Redis:
@@ -63,7 +62,7 @@ async def redrive(client: redis.Redis, letters: list[DeadLetter], sidecar: Sidec
     """Publish ``letters`` to the state topic again, then delete them; returns how many."""
     settings = get_settings()
     for letter in letters:
-        await sidecar.publish(settings.pubsub_name, settings.topic, letter.body, "application/cloudevents+json")
+        await sidecar.publish(settings.pubsub_name, settings.topic, letter.body, CONTENT_TYPE)
         client.xdel(settings.deadletter_topic, letter.stream_id)
     return len(letters)
 

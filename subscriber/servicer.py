@@ -6,7 +6,6 @@ statestore.document, storage in subscriber.applier.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -14,6 +13,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
+from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier, TransientError
@@ -35,14 +35,13 @@ def decode_entry(
     """
     if entry.HasField("cloud_event"):
         ce_type, data = entry.cloud_event.type, entry.cloud_event.data
-    else:
+    else:  # a structured CloudEvent Dapr passed through unparsed: the SDK reads it
         try:
-            envelope = json.loads(entry.bytes)
-        except ValueError:
-            raise InvalidEventError("payload is not JSON") from None
-        if not isinstance(envelope, dict) or "type" not in envelope or "data" not in envelope:
-            raise InvalidEventError("payload is not a CloudEvent (no type or data)")
-        ce_type, data = str(envelope["type"]), envelope["data"]
+            _, ce_type, data = read_structured(entry.bytes)
+        except EnvelopeError as exc:
+            raise InvalidEventError(str(exc)) from None
+        if data is None:
+            raise InvalidEventError("the CloudEvent has no data")
     events, reasons = decode_events(ce_type, data)
     horizon = time.time() * 1000 + max_clock_skew_s * 1000
     kept = []

@@ -16,13 +16,13 @@ json_values = st.recursive(
 field_names = st.sampled_from(["a", "b", "c", "d", "status", "progress"])
 
 
-def field_updated(field, value, producer="p1", seq=1, hlc=(1, 0), state_id="s1"):
-    return FieldUpdated(state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq,
+def field_updated(field, value, producer="p1", seq=1, hlc=(1, 0), state_id="s1", app="default"):
+    return FieldUpdated(app=app, state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq,
                         hlc=hlc, field=field, value=value)  # fmt: skip
 
 
-def object_replaced(value, producer="p1", seq=1, hlc=(1, 0), state_id="s1"):
-    return ObjectReplaced(state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq,
+def object_replaced(value, producer="p1", seq=1, hlc=(1, 0), state_id="s1", app="default"):
+    return ObjectReplaced(app=app, state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq,
                           hlc=hlc, value=value)  # fmt: skip
 
 

@@ -38,7 +38,7 @@ def nested(depth):
     return value
 
 
-def cloudevent(data, ce_type="io.statestore.field_updated.v1"):
+def cloudevent(data, ce_type="io.statestore.field_updated.v2"):
     return {"specversion": "1.0", "id": f"poison-{uuid.uuid4().hex}", "source": "test", "type": ce_type,
             "datacontenttype": "application/json", "data": data}  # fmt: skip
 
@@ -50,7 +50,10 @@ RAW_CORPUS = {
     "not a CloudEvent": ("redis", b'{"hello": "world"}'),
     "not a statestore event": ("application/json", b'{"hello": "world"}'),
     "unknown event type": ("application/cloudevents+json", cloudevent(good_data(), "io.statestore.deleted.v1")),
-    "unknown schema version": ("application/cloudevents+json", cloudevent(good_data(), "io.statestore.field_updated.v2")),
+    "unknown schema version": ("application/cloudevents+json", cloudevent(good_data(), "io.statestore.field_updated.v3")),
+    "version 1 naming an app": ("application/cloudevents+json",
+                                cloudevent(good_data(schema_version=1), "io.statestore.field_updated.v1")),
+    "app name with /": ("application/cloudevents+json", cloudevent(good_data(app="a/b"))),
     "missing fields": ("application/cloudevents+json", cloudevent({"state_id": "x", "field": "f"})),
     "wrong types": ("application/cloudevents+json", cloudevent(good_data(seq="seven", hlc="now"))),
     "id with ..": ("application/cloudevents+json", cloudevent(good_data(state_id="../../etc"))),

@@ -97,7 +97,10 @@ def test_dapr_multi_app_run_starts_both_apps_and_stops_cleanly(tmp_path):
     assert status == 0, text
     assert 'Started Dapr with app id "statestore-subscriber"' in text
     assert 'Started Dapr with app id "statestore-demo"' in text
-    assert "final states checked 11/11 as expected" in text  # 5 workflows, 5 credentials, 1 probe
+    assert 'Started Dapr with app id "statestore-demo-orders"' in text
+    # Two caller apps wrote the same ids (one DEMO_TAG), each reads back its own states.
+    assert "summary of app statestore-demo:" in text and "summary of app orders:" in text
+    assert text.count("final states checked 11/11 as expected") == 2  # 5 workflows, 5 credentials, 1 probe
     # Stopped cleanly: no process of the run is left, and nothing still listens.
     assert wait_until(lambda: processes_mentioning(str(tmp_path)) == [], 10), processes_mentioning(str(tmp_path))
     listening = [p for p in (ports.redis, ports.caller.http_port, ports.subscriber.http_port, ports.subscriber.app_port)

@@ -35,9 +35,10 @@ def test_stores_match_the_reference_paths_and_share_keys():
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
-    demo_app = "statestore-demo"
+    demo_apps = {"statestore-demo", "statestore-demo-orders"}
     for name in ("statestore", "pubsub"):
-        assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, demo_app}
+        assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
+    assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
 
 
@@ -51,7 +52,10 @@ def test_run_file_matches_the_stack():
     run = yaml.safe_load((ROOT / "dapr.yaml").read_text())
     assert run["common"]["placementHostAddress"] == "" and run["common"]["schedulerHostAddress"] == ""
     apps = {app["appID"]: app for app in run["apps"]}
-    assert set(apps) == {SUBSCRIBER_APP_ID, "statestore-demo"}
+    assert set(apps) == {SUBSCRIBER_APP_ID, "statestore-demo", "statestore-demo-orders"}
+    assert apps["statestore-demo-orders"]["env"]["STATESTORE_APP_NAME"] == "orders"
+    ports = [p for app in apps.values() for p in (app["daprHTTPPort"], app["daprGRPCPort"], app["metricsPort"])]
+    assert len(ports) == len(set(ports)), "every sidecar needs ports of its own"
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
     assert apps["statestore-demo"]["daprGRPCPort"] == 50001

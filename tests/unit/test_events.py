@@ -22,9 +22,45 @@ def envelope(event):
 def test_cloudevent_envelope_names_kind_and_version():
     event = field_updated("progress", 75)
     ce = envelope(event)
-    assert ce["type"] == "io.statestore.field_updated.v1" and ce["specversion"] == "1.0"
+    assert ce["type"] == "io.statestore.field_updated.v2" and ce["specversion"] == "1.0"
     assert ce["id"] == cloudevent_id(event) == "p1:workflows/s1:1"
-    assert EVENT_TYPES == {cloudevent_type("field_updated"), cloudevent_type("object_replaced")}
+    assert EVENT_TYPES == {
+        cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in (1, 2)
+    }
+
+
+def test_the_app_name_travels_with_the_event_and_namespaces_its_key():
+    event = field_updated("progress", 75, app="orders")
+    ce = envelope(event)
+    assert ce["data"]["app"] == "orders"
+    assert event.key == "orders/workflows/s1" and ce["id"] == "p1:orders/workflows/s1:1"
+    assert decode_event(ce["type"], ce["data"]) == event
+
+
+def version_1(event):
+    """What a publisher from before app names sent for ``event``."""
+    data = {k: v for k, v in envelope(event)["data"].items() if k != "app"}
+    return f"io.statestore.{event.kind}.v1", {**data, "schema_version": 1}
+
+
+@pytest.mark.parametrize("event", [field_updated("progress", 75), object_replaced({"a": [1, {"b": None}]})])
+def test_version_1_events_are_upcast_to_the_default_app(event):
+    ce_type, data = version_1(event)
+    upcast = decode_event(ce_type, json.dumps(data))
+    assert upcast == event and upcast.app == "default" and upcast.key == "workflows/s1"
+    assert upcast.stamp == event.stamp  # the same event: a redelivered old copy is a duplicate
+
+
+def test_a_version_1_event_cannot_name_an_app():
+    ce_type, data = version_1(field_updated("progress", 75))
+    with pytest.raises(InvalidEventError, match="no 'app' field"):
+        decode_event(ce_type, {**data, "app": "orders"})
+
+
+@pytest.mark.parametrize("app", ["", "a/b", "..", "a" * 129, 7])
+def test_unsafe_app_names_are_rejected(app):
+    with pytest.raises(InvalidEventError, match="app"):
+        decode_event("io.statestore.field_updated.v2", {**envelope(field_updated("a", 1))["data"], "app": app})
 
 
 @settings(max_examples=100, deadline=None)
@@ -38,7 +74,7 @@ def test_events_round_trip(history):
 
 @pytest.mark.parametrize(
     ("ce_type", "reason"),
-    [("io.statestore.field_updated.v2", "unknown event type or schema version"),
+    [("io.statestore.field_updated.v3", "unknown event type or schema version"),
      ("io.statestore.renamed.v1", "unknown event type"),
      ("com.example.other", "not a statestore event")],
 )  # fmt: skip
@@ -64,13 +100,13 @@ GOOD = envelope(field_updated("password", "s3cret-value"))["data"]
     "data",
     [b"{not json", b"[]", mutate(GOOD, state_id=KeyError), mutate(GOOD, seq="one"), mutate(GOOD, seq=0),
      mutate(GOOD, state_id="../etc"), mutate(GOOD, state_id="a" * 10_000), mutate(GOOD, state_type="secrets"),
-     mutate(GOOD, schema_version=2), mutate(GOOD, hlc=[1]), mutate(GOOD, extra="x"), mutate(GOOD, kind="object_replaced"),
+     mutate(GOOD, schema_version=3), mutate(GOOD, hlc=[1]), mutate(GOOD, extra="x"), mutate(GOOD, kind="object_replaced"),
      mutate(GOOD, field="")],
 )  # fmt: skip
 def test_malformed_events_are_rejected_with_a_reason_that_leaks_no_value(data):
     raw = data if isinstance(data, bytes) else json.dumps(data)
     with pytest.raises(InvalidEventError) as info:
-        decode_event("io.statestore.field_updated.v1", raw)
+        decode_event("io.statestore.field_updated.v2", raw)
     assert "s3cret-value" not in str(info.value)
     assert str(info.value).startswith(("malformed", "CloudEvent type"))
 
@@ -107,3 +143,22 @@ def test_a_malformed_batch_is_rejected_whole(data):
 
     with pytest.raises(InvalidEventError, match="malformed"):
         decode_events(BATCH_TYPE, data)
+
+
+TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_a_trace_context_travels_with_the_event_but_is_not_its_content():
+    from statestore.events import FieldUpdated, encode_event
+
+    plain = field_updated("progress", 75)
+    traced = FieldUpdated(**{**plain.model_dump(), "traceparent": TRACE})
+    assert b"traceparent" not in encode_event(plain)  # absent, not null, when there is none
+    assert decode_event("io.statestore.field_updated.v2", encode_event(traced)).traceparent == TRACE
+    assert traced.stamp == plain.stamp  # the same write: the trace does not change its order
+
+
+@pytest.mark.parametrize("bad", ["", "00-xyz", TRACE.upper(), TRACE + "-extra"])
+def test_a_malformed_traceparent_is_refused(bad):
+    with pytest.raises(InvalidEventError, match="traceparent"):
+        decode_event("io.statestore.field_updated.v2", {**envelope(field_updated("a", 1))["data"], "traceparent": bad})

@@ -62,4 +62,47 @@ def test_unknown_state_types_are_rejected(bad_type):
 def test_state_keys_parse_back():
     from statestore.paths import parse_state_key
 
-    assert parse_state_key(state_key("wf-1.v2", "credentials")) == ("wf-1.v2", StateType.CREDENTIALS)
+    assert parse_state_key(state_key("wf-1.v2", "credentials")) == ("wf-1.v2", StateType.CREDENTIALS, "default")
+    assert parse_state_key(state_key("wf-1", "workflows", app="orders")) == ("wf-1", StateType.WORKFLOWS, "orders")
+
+
+def test_apps_are_separate_namespaces_and_the_default_app_keeps_the_old_key():
+    assert state_key("wf-1", StateType.WORKFLOWS, app="default") == "workflows/wf-1"
+    assert state_key("wf-1", StateType.WORKFLOWS, app="orders") == "orders/workflows/wf-1"
+    # An app may be named like a state type: the number of segments still tells them apart.
+    assert state_key("wf-1", StateType.WORKFLOWS, app="workflows") == "workflows/workflows/wf-1"
+    assert object_key("wf-1", "workflows", app="orders") == "persistent-artifacts/apps/orders/workflows/wf-1/config.json"
+
+
+@pytest.fixture
+def environment(monkeypatch):
+    from statestore import settings
+
+    for name in ("STATESTORE_APP_NAME", "APP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    settings.get_settings.cache_clear()
+    yield monkeypatch
+    settings.get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, "default"), ({"APP_ID": "orders-app"}, "orders-app"),
+     ({"APP_ID": "orders-app", "STATESTORE_APP_NAME": "orders"}, "orders")],
+)  # fmt: skip
+def test_the_app_name_comes_from_the_setting_then_the_dapr_app_id(environment, env, expected):
+    from statestore.paths import caller_app_name
+
+    for name, value in env.items():
+        environment.setenv(name, value)
+    assert caller_app_name() == expected
+    assert state_key("wf-1", StateType.WORKFLOWS).startswith("workflows/" if expected == "default" else f"{expected}/")
+    assert f"/apps/{expected}/workflows/wf-1/" in build_state_store_path("wf-1", StateType.WORKFLOWS)
+
+
+def test_an_unsafe_app_name_is_a_clear_error(environment):
+    from statestore.errors import InvalidAppNameError
+
+    environment.setenv("STATESTORE_APP_NAME", "../other")
+    with pytest.raises(InvalidAppNameError, match="app name '../other'"):
+        build_state_store_path("wf-1", StateType.WORKFLOWS)

@@ -1,0 +1,3 @@
+module statestore.example/go-publisher
+
+go 1.22
