@@ -30,11 +30,11 @@ chaos: setup
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	$(PY) -m bench
+	$(PY) -m bench --profile $(PROFILE)
 
 bench-full: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	$(PY) -m bench --full
+	$(PY) -m bench --full --profile $(PROFILE)
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit

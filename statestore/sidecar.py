@@ -52,7 +52,8 @@ class Upsert:
 _CONFLICT_MARKERS = ("etag", "no item was updated")
 
 
-def _is_conflict(details: str) -> bool:
+def is_write_conflict(details: str) -> bool:
+    """True when a store's error text says the write lost to another writer."""
     return any(marker in details.lower() for marker in _CONFLICT_MARKERS)
 
 
@@ -96,7 +97,7 @@ class SidecarClient:
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
             )
-        if code == grpc.StatusCode.ABORTED or _is_conflict(exc.details() or ""):
+        if code == grpc.StatusCode.ABORTED or is_write_conflict(exc.details() or ""):
             return EtagMismatchError(exc.details())
         return SidecarUnavailableError(f"{what}: the Dapr sidecar at {self.target} answered {code.name}: {exc.details()}")
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import redis
 
 from devstack import Ports, Stack
 from statestore.settings import Settings, SidecarSettings, get_settings, get_sidecar_settings
@@ -82,6 +83,23 @@ async def eventually(probe, timeout: float = 30.0, interval: float = 0.02):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def dead_letter_bodies(stack: Stack) -> list[bytes]:
+    """Every message on the dead-letter topic, oldest first (Redis stream or Kafka topic)."""
+    topic = get_settings().deadletter_topic
+    if stack.redis is not None:
+        client = redis.Redis(port=stack.ports.redis)
+        return [fields[b"data"] for _, fields in client.xrange(topic, min="-", max="+")] if client.exists(topic) else []
+    out = stack.servers["kafka"].tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer", "--topic", topic, "--from-beginning", "--timeout-ms", "4000"
+    )
+    return [line.encode() for line in out.splitlines() if line.strip()]
+
+
+def subscriber_logs(stack: Stack) -> str:
+    """The logs of every subscriber replica, one after another."""
+    return "".join(app.log_path.read_text() for app, _ in stack.subscriber_pairs())
 
 
 def python_env(stack: Stack) -> dict[str, str]:
