@@ -247,7 +247,7 @@ class Stack:
             self.start_servers()
             self.start_subscriber()
             for pair in self.replicas:
-                self._start_pair(*pair, self.replica_specs[pair[0].name])
+                self.start_replica(pair)
             self.start_caller()
         except BaseException:
             self.down()
@@ -284,8 +284,12 @@ class Stack:
     def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         """Start one more subscriber app with its sidecar (same app id and consumer group)."""
         pair = self._new_replica()
-        self._start_pair(*pair, self.replica_specs[pair[0].name])
+        self.start_replica(pair)
         return pair
+
+    def start_replica(self, pair: tuple[ManagedProcess, ManagedProcess]) -> None:
+        """Start a replica beyond the first (also again after a crash), app then sidecar."""
+        self._start_pair(*pair, self.replica_specs[pair[0].name])
 
     def _new_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         spec = Ports.free().subscriber

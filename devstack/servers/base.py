@@ -61,6 +61,7 @@ class Server(ABC):
 
     @property
     def main_port(self) -> int:
+        """The port clients use (the first one named)."""
         return next(iter(self.ports.values()))
 
     def check_ports(self) -> None:

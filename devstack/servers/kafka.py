@@ -130,11 +130,6 @@ class KafkaServer(Server):
             raise StackError(f"Kafka: `{' '.join(args[:2])}` failed:\n{(result.stdout + result.stderr)[-2000:]}")
         return result.stdout
 
-    def healthy(self) -> bool:
-        from devstack.processes import port_open
-
-        return port_open(self.ports["broker"])
-
     def after_start(self) -> None:
         self._java(str(CREATE_TOPICS), self.bootstrap, str(get_settings().partitions), *topics())
 

@@ -32,7 +32,6 @@ async def test_one_replica_sigkilled_under_load_its_partitions_move(stack):
     """Replica 2 (app and sidecar) dies; the group gives its partitions to the others
     (after the session timeout) and they finish the load without it."""
     app, sidecar = stack.replicas[0]
-    spec = stack.replica_specs[app.name]
     for _ in range(CHAOS_ROUNDS):
 
         async def inject():
@@ -45,7 +44,7 @@ async def test_one_replica_sigkilled_under_load_its_partitions_move(stack):
         try:
             result = await run_across_fault("scale: one of 3 replicas SIGKILLed", inject, nothing, hold_s=0.5, load=Load(states=36))
         finally:
-            await asyncio.to_thread(stack._start_pair, app, sidecar, spec)
+            await asyncio.to_thread(stack.start_replica, (app, sidecar))
     assert_clean(result)
 
 
