@@ -64,9 +64,25 @@ build_cli() {
   echo "dapr CLI $cli_version: built $bin ($(du -h "$bin" | cut -f1))"
 }
 
+build_kustomize() {
+  # Renders deploy/kubernetes for its test. v5.8.1: later releases need a newer Go.
+  local version=v5.8.1 bin=$OUT/bin/kustomize stampfile=$OUT/bin/kustomize.stamp stamp
+  stamp="$version $(go env GOVERSION)"
+  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+    echo "kustomize $version: up to date ($bin)"
+    return
+  fi
+  echo "kustomize $version: building from Go modules..."
+  mkdir -p "$OUT/bin"
+  GOBIN="$OUT/bin" GOFLAGS= go install "sigs.k8s.io/kustomize/kustomize/v5@$version" \
+    || die "building kustomize failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
+  echo "$stamp" > "$stampfile"
+}
+
 case "${1:-all}" in
   daprd) build_daprd ;;
   cli) build_cli ;;
-  all) build_daprd; build_cli ;;
-  *) die "usage: runtime/build.sh [daprd|cli|all]" ;;
+  kustomize) build_kustomize ;;
+  all) build_daprd; build_cli; build_kustomize ;;
+  *) die "usage: runtime/build.sh [daprd|cli|kustomize|all]" ;;
 esac
