@@ -1,7 +1,8 @@
-# statestore: `make run` runs the demo, `make test` runs the tests. Both set up what
-# is missing first (Python venv, Redis, daprd and the Dapr CLI built from Go modules,
-# the scale profile's Kafka, PostgreSQL and S3Proxy).
-# PROFILE=scale (make up, chaos) picks Kafka + PostgreSQL + S3 with 3 subscriber replicas.
+# statestore: `make run` runs Dapr Workflows that use statestore, `make test` runs the
+# tests. Both set up what is missing first (Python venv, Redis, and daprd, the Dapr CLI,
+# placement and scheduler built from Go modules, the scale profile's Kafka, PostgreSQL
+# and S3Proxy).
+# PROFILE=scale (make up, chaos, bench) picks Kafka + PostgreSQL + S3 with 3 subscriber replicas.
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
@@ -20,12 +21,13 @@ test: setup
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	$(PY) -m pytest -ra --profile scale tests/integration $(PYTEST_ARGS)
 
-# The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times.
+# The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
+# outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork.
 chaos: setup
 	@mkdir -p local
-	CHAOS_KILLS=20 CHAOS_ROUNDS=3 RELIABILITY_JSON=local/reliability-$(PROFILE).json \
-		$(PY) -m pytest -ra --profile $(PROFILE) tests/integration/test_faults.py \
-		tests/integration/test_faults_scale.py tests/integration/test_poison.py
+	CHAOS_KILLS=20 CHAOS_ROUNDS=3 OUTAGE_LONG=1 RELIABILITY_JSON=local/reliability-$(PROFILE).json \
+		$(PY) -m pytest -ra --profile $(PROFILE) tests/integration/test_faults.py tests/integration/test_poison.py \
+		tests/integration/test_outages.py tests/integration/test_lifecycle.py tests/integration/test_faults_scale.py
 
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
@@ -49,4 +51,4 @@ status:
 	@$(PY) -m devstack status
 
 clean: down
-	rm -rf local .runtime/build
+	rm -rf local .runtime/build .runtime/build-engine

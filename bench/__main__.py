@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         results = asyncio.run(measure(stack, size))
+        from bench.workflows import measure_workflows  # Dapr Workflows, healthy and locked store
+
+        results["workflows"] = asyncio.run(measure_workflows(stack, mode, say))
     finally:
         stack.down()
     from bench.report import write_report

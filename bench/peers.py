@@ -75,10 +75,14 @@ class PlainDaprPeer:
         return f"plain/{state_id}"
 
     async def save_field(self, state_id, key, value):
+        await self.update(state_id, {key: value})
+
+    async def update(self, state_id: str, fields: dict[str, Any]) -> None:
+        """Read the object, set ``fields``, write it back if nobody wrote in between."""
         while True:
             current = await self._client.get_state(self.STORE, self.key(state_id))
             state = json.loads(current.data) if current.data else {}
-            state[key] = value
+            state.update(fields)
             try:
                 await self._client.save_state(
                     self.STORE, self.key(state_id), json.dumps(state), etag=current.etag or None,

@@ -150,6 +150,10 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.cloudevents_sdk import section
 
         parts += section(r["cloudevents_sdk"])
+    if "workflows" in r:
+        from bench.workflows import report_section
+
+        parts += report_section(r["workflows"])
     (docs / "benchmarks.md").write_text("\n".join(parts))
     _plots(record, docs)
 

@@ -15,6 +15,7 @@ from devstack.multiapp import run_multiapp
 from devstack.processes import StackError
 from devstack.servers import PROFILES, get_profile
 from devstack.stack import PROJECT_ROOT, RUNTIME, Stack
+from devstack.workflow_engine import WorkflowEngine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"Logs in {stack.logs}. `make down` stops it."
             )
         elif args.command == "down":
-            stopped = stack.down()
+            stopped = stack.down() + WorkflowEngine(stack.local).stop()  # the engine of a killed `make run`
             print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         elif args.command == "run":
             return run_multiapp()

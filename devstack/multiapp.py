@@ -1,9 +1,10 @@
-"""`make run`: Redis, then the Dapr multi-app run of dapr.yaml until the demos end.
+"""`make run`: Redis, placement and scheduler, then the Dapr multi-app run of dapr.yaml
+until the caller apps end.
 
-The Dapr CLI keeps running after an app exits, so each demo app writes its exit status to
-a file of its own; once all have, we stop the CLI (which stops every app and sidecar) and
-Redis. The demo apps share one DEMO_TAG, so they write the same state ids, each in its own
-app namespace.
+The Dapr CLI keeps running after an app exits, so each caller app writes its exit status
+to a file of its own; once all have, we stop the CLI (which stops every app and sidecar),
+the workflow engine and Redis. The caller apps share one tag (DEMO_TAG, WORKFLOWS_TAG), so
+they write the same state ids, each in its own app namespace.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from devstack.processes import StackError, free_port, wait_until
 from devstack.stack import CONFIG, PROJECT_ROOT, Ports, SidecarSpec, Stack
+from devstack.workflow_engine import EnginePorts, WorkflowEngine
 
 __all__ = ["run_multiapp", "DAPR_CLI", "RUN_FILE"]
 
@@ -26,9 +28,9 @@ DAPR_CLI = PROJECT_ROOT / ".runtime" / "bin" / "dapr"
 RUN_FILE = PROJECT_ROOT / "dapr.yaml"
 
 
-def render_run_file(stack: Stack, demo_env: dict[str, str]) -> tuple[Path, list[Path]]:
-    """dapr.yaml with this stack's folder, ports, components and Python; and the file each
-    demo app writes its exit status to."""
+def render_run_file(stack: Stack, demo_env: dict[str, str], engine: EnginePorts) -> tuple[Path, list[Path]]:
+    """dapr.yaml with this stack's folder, ports, components, workflow engine and Python;
+    and the file each caller app writes its exit status to."""
     doc = yaml.safe_load(RUN_FILE.read_text())
     common = doc["common"]
     common["resourcesPath"] = str(stack.resources)
@@ -51,6 +53,9 @@ def render_run_file(stack: Stack, demo_env: dict[str, str]) -> tuple[Path, list[
         app["daprInternalGRPCPort"], app["metricsPort"] = spec.internal_grpc_port, spec.metrics_port
         if "appPort" in app:
             app["appPort"] = spec.app_port
+        if app.get("placementHostAddress"):  # a workflow app: this run's engine
+            app["placementHostAddress"] = f"127.0.0.1:{engine.placement}"
+            app["schedulerHostAddress"] = f"127.0.0.1:{engine.scheduler}"
     path = stack.run / "dapr.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path, done_files
@@ -73,17 +78,20 @@ def run_multiapp(
     timeout: float = 900.0,
     output=None,
 ) -> int:
-    """Run dapr.yaml's apps until every demo app finishes; return the worst exit status."""
+    """Run dapr.yaml's apps until every caller app finishes; return the worst exit status."""
     if not DAPR_CLI.exists():
         raise StackError(f"{DAPR_CLI} is missing: run `make setup` to build the Dapr CLI.")
     stack = Stack(base, ports or Ports())
     stack.prepare()
-    run_file, done_files = render_run_file(stack, {"DEMO_TAG": secrets.token_hex(3), **(demo_env or {})})
+    engine = WorkflowEngine(stack.local, EnginePorts() if stack.ports == Ports() else EnginePorts.free())
+    tag = secrets.token_hex(3)
+    run_file, done_files = render_run_file(stack, {"DEMO_TAG": tag, "WORKFLOWS_TAG": tag, **(demo_env or {})}, engine.ports)
     for done_file in done_files:
         done_file.unlink(missing_ok=True)
     stack.start_redis()
     cli = None
     try:
+        engine.start()
         cli = subprocess.Popen(
             [str(DAPR_CLI), "run", "-f", str(run_file)],
             cwd=stack.base,
@@ -107,4 +115,5 @@ def run_multiapp(
             except subprocess.TimeoutExpired:
                 os.killpg(cli.pid, signal.SIGKILL)
                 cli.wait(timeout=10)
+        engine.stop()
         stack.redis.stop()

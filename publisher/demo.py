@@ -34,6 +34,36 @@ UPDATES = int(os.environ.get("DEMO_UPDATES", "50"))
 CREDENTIALS = int(os.environ.get("DEMO_CREDENTIALS", "100"))
 
 
+async def probe_visible_delays(probe_id: str, stop: asyncio.Event, delays_ms: list[float]) -> int:
+    """Publish-to-visible delay while a load runs: write, then poll until the write is
+    readable, until ``stop`` is set. Appends each delay (ms); returns the last value written."""
+    k = 0
+    while not stop.is_set():
+        k += 1
+        start = time.perf_counter()
+        await StateStore.save_state("seq", k, probe_id, StateType.WORKFLOWS)
+        while ((await StateStore.get_state(probe_id, StateType.WORKFLOWS)) or {}).get("seq") != k:
+            await asyncio.sleep(0.002)
+        delays_ms.append((time.perf_counter() - start) * 1000)
+    return k
+
+
+async def applied_events(states: list[tuple[str, StateType]]) -> int:
+    """How many of this process's events the subscriber has applied to ``states``."""
+    producer = _Store.runtime().producer_id
+    query = _Store._runtime().query
+    documents = [await query.get_document(i, t) for i, t in states]
+    return sum(doc.processed_upto(producer) for doc in documents if doc)
+
+
+def p50_p99(samples: list[float]) -> tuple[float, float]:
+    """The median and 99th percentile (nan when there are no samples)."""
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan"), float("nan")
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 class Demo:
     def __init__(self) -> None:
         self.tag = os.environ.get("DEMO_TAG") or uuid.uuid4().hex[:6]
@@ -78,20 +108,12 @@ class Demo:
         await asyncio.gather(*(save(n) for n in range(CREDENTIALS)))
 
     async def probe(self) -> None:
-        """Publish-to-visible delay: write, then poll until the write is readable."""
         probe_id = f"demo-probe-{self.tag}"
-        k = 0
-        while not self.load_done.is_set():
-            k += 1
-            start = time.perf_counter()
-            await StateStore.save_state("seq", k, probe_id, StateType.WORKFLOWS)
-            while ((await StateStore.get_state(probe_id, StateType.WORKFLOWS)) or {}).get("seq") != k:
-                await asyncio.sleep(0.002)
-            self.delays_ms.append((time.perf_counter() - start) * 1000)
+        k = await probe_visible_delays(probe_id, self.load_done, self.delays_ms)
         self.expected[(probe_id, StateType.WORKFLOWS)] = {"seq": k}
 
     async def progress(self, start: float) -> None:
-        pipeline = _Store._runtime().pipeline
+        pipeline = _Store.runtime().pipeline()
         while not self.load_done.is_set():
             await asyncio.sleep(0.5)
             print(
@@ -110,29 +132,24 @@ class Demo:
         await prober
         await reporter
         await StateStore.flush()
-        published = _Store._runtime().pipeline.published
+        published = _Store.runtime().pipeline().published
         publish_s = time.perf_counter() - start
         for state_type in StateType:
             await StateStore.sync_many([i for i, t in self.expected if t is state_type], state_type, timeout=60)
         visible_s = time.perf_counter() - start
 
-        producer = _Store._producer_state().id
-        query = _Store._runtime().query
-        documents = [await query.get_document(i, t) for i, t in self.expected]
-        applied = sum(doc.processed_upto(producer) for doc in documents if doc)
+        applied = await applied_events(list(self.expected))
         wrong = 0
         for (state_id, state_type), expected in self.expected.items():
             actual = await StateStore.get_state(state_id, state_type)
             if actual != expected:
                 wrong += 1
                 print(f"  MISMATCH {state_type.value}/{state_id}: {actual} != {expected}", flush=True)
-        delays = sorted(self.delays_ms)
-        p50 = statistics.median(delays) if delays else float("nan")
-        p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))] if delays else float("nan")
+        p50, p99 = p50_p99(self.delays_ms)
         print(f"summary of app {self.app}:")
         print(f"  events published     {published} in {publish_s:.2f} s")
         print(f"  events applied       {applied}, all visible after {visible_s:.2f} s ({applied / visible_s:.0f} events/s)")
-        print(f"  publish-to-visible   p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(delays)} probes")
+        print(f"  publish-to-visible   p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(self.delays_ms)} probes")
         print(f"  final states checked {len(self.expected) - wrong}/{len(self.expected)} as expected")
         return wrong == 0 and applied == published
 

@@ -5,13 +5,20 @@ Reads skip the event pipeline: they fetch the stored document from the state sto
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from statestore.document import StateDocument, decode_document
+from statestore.errors import SidecarUnavailableError
 from statestore.paths import StateType, state_key
 from statestore.sidecar import SidecarClient
 
 __all__ = ["StateQueryClient"]
+
+T = TypeVar("T")
+# A sidecar that just came back may still be behind the channel's reconnect backoff
+# (at most 1 s): a read waits that long for it once, then fails.
+RECONNECT_WAIT_S = 1.0
 
 
 class StateQueryClient:
@@ -29,14 +36,22 @@ class StateQueryClient:
     async def get_document(self, id: str, state_type: StateType) -> StateDocument | None:
         """The stored document (with stamps and producer progress), or None."""
         key = state_key(id, state_type, self._app)
-        item = await self._sidecar.get_state(self._store, key)
+        item = await self._read(lambda: self._sidecar.get_state(self._store, key))
         return decode_document(key, item.value) if item else None
 
     async def get_documents(self, ids: list[str], state_type: StateType) -> dict[str, StateDocument]:
         """The stored documents of ``ids`` that exist, in one bulk read."""
         keys = {state_key(i, state_type, self._app): i for i in ids}
-        found = await self._sidecar.get_bulk_state(self._store, keys)
+        found = await self._read(lambda: self._sidecar.get_bulk_state(self._store, keys))
         return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except SidecarUnavailableError:
+            if not await self._sidecar.is_ready(RECONNECT_WAIT_S):
+                raise
+            return await call()
 
     async def get_state(self, id: str, state_type: StateType) -> dict[str, Any] | None:
         """The state as a dict, or None when none exists."""

@@ -7,24 +7,16 @@ straight to the state store through the caller's own sidecar.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import logging
-import os
-import socket
-import uuid
-import weakref
-from collections import defaultdict
 from typing import Any
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
-from publisher.query import StateQueryClient
+from publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.errors import InvalidValueError, SyncTimeoutError
 from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
-from statestore.hlc import HybridClock
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
-from statestore.settings import Settings, get_settings
-from statestore.sidecar import SidecarClient
+from statestore.settings import get_settings
 
 __all__ = ["StateStore"]
 
@@ -34,86 +26,43 @@ MAX_FIELD_LENGTH = 1024
 # The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
 # than JSON's), so the API refuses them first.
 MAX_NESTING = 64
-
-
-class _SidecarTransport:
-    def __init__(self, sidecar: SidecarClient, settings: Settings) -> None:
-        self._sidecar = sidecar
-        self._settings = settings
-
-    async def publish_batch(self, cloudevents):
-        return await self._sidecar.bulk_publish(self._settings.pubsub_name, self._settings.topic, cloudevents)
-
-
-class _Producer:
-    """This process's identity, clock and per-state sequence numbers (shared by loops)."""
-
-    def __init__(self) -> None:
-        self.id = f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.clock = HybridClock()
-        self._seq: dict[str, int] = defaultdict(int)
-
-    def next_seq(self, key: str) -> int:
-        self._seq[key] += 1
-        return self._seq[key]
-
-    def last_seq(self, key: str) -> int:
-        return self._seq.get(key, 0)
-
-
-# Every pipeline ever made, so the exit hook finds events whose loop is already gone
-# (a loop that ends right after fire-and-forget writes never runs the publisher task).
-_PIPELINES: list[PublishPipeline] = []
-
-
-class _LoopRuntime:
-    """What belongs to one event loop: the gRPC channel and the publish pipeline."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.sidecar = SidecarClient()
-        self.pipeline = PublishPipeline(_SidecarTransport(self.sidecar, settings), settings)
-        self.query = StateQueryClient(self.sidecar, settings.statestore_name)
-        _PIPELINES.append(self.pipeline)
+# One bulk read per poll of sync_many holds at most this many keys (sqlite takes at most
+# 32,766 at once) and this many bytes of keys.
+SYNC_READ_MAX_KEYS = 500
+SYNC_READ_MAX_KEY_BYTES = 64 << 10
 
 
 class StateStore:
     """Workflow and credential state, written as ordered events and read directly.
 
-    All methods are class methods, as in the reference system. Writes return as soon as
-    the event is queued for publishing; ``flush`` waits until queued events are
-    published and ``sync`` until this process's events for a state are applied.
+    All methods are class methods, as in the reference system: a thin facade over the
+    process's runtime (publisher.runtime). Writes return as soon as the event is queued
+    for publishing; ``flush`` waits until queued events are published and ``sync``
+    until this process's events for a state are applied.
     """
-
-    _producer: _Producer | None = None
-    _runtimes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopRuntime] = weakref.WeakKeyDictionary()
 
     # -- internals -------------------------------------------------------------------
 
     @classmethod
-    def _producer_state(cls) -> _Producer:
-        if cls._producer is None:
-            cls._producer = _Producer()
-        return cls._producer
+    def runtime(cls) -> Runtime:
+        """The process's runtime (producer identity, sequence numbers, pipelines)."""
+        return get_runtime()
 
     @classmethod
-    def _runtime(cls) -> _LoopRuntime:
-        loop = asyncio.get_running_loop()
-        runtime = cls._runtimes.get(loop)
-        if runtime is None:
-            runtime = cls._runtimes[loop] = _LoopRuntime(get_settings())
-            _register_exit_drain()
-        return runtime
+    def _runtime(cls) -> LoopRuntime:
+        """The running loop's channel, query client and pipelines."""
+        return get_runtime().loop_runtime()
 
     @classmethod
     def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
-        producer = cls._producer_state()
+        stamp = get_runtime().stamp(state_key(id, state_type))
         return {
             "app": caller_app_name(),
             "state_id": id,
             "state_type": state_type,
-            "producer": producer.id,
-            "seq": producer.next_seq(state_key(id, state_type)),
-            "hlc": producer.clock.now(),
+            "producer": stamp.producer,
+            "seq": stamp.seq,
+            "hlc": stamp.hlc,
         }
 
     # -- writes ----------------------------------------------------------------------
@@ -125,7 +74,8 @@ class StateStore:
         Fire-and-forget: returns once the event is queued, without waiting for it to be
         applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
         (all ValueError) before anything is queued, and PublishError (after queuing this
-        event) when earlier events of this process could not be published.
+        event) when earlier events of this process could not be published. While the
+        queue is full (an outage), waits until there is room.
         """
         state_type = _check_target(id, type)
         if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
@@ -154,57 +104,94 @@ class StateStore:
         return json.loads(json.dumps(normalised))
 
     @classmethod
+    def _pipeline_for(cls, event: FieldUpdated | ObjectReplaced) -> PublishPipeline:
+        """Where an event is published: the one place that routes events to topics."""
+        return get_runtime().pipeline()
+
+    @classmethod
     async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
-        await cls._runtime().pipeline.submit(QueuedEvent.of(event))
+        await cls._pipeline_for(event).submit(QueuedEvent.of(event))
 
     @classmethod
     async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
         """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
         for event in events:
-            await cls._runtime().pipeline.submit(QueuedEvent.of(event))
+            await cls._submit(event)
 
     @classmethod
     async def flush(cls) -> None:
-        """Wait until every event queued by this process is published.
+        """Wait until every event queued by this loop is published.
 
-        Raises PublishError (with the events) for events that could not be published.
+        Raises PublishError (with the events) for events that could not be published
+        within the outage budget.
         """
-        await cls._runtime().pipeline.flush()
+        await get_runtime().loop_runtime().flush()
+
+    @classmethod
+    def stats(cls) -> dict[str, Any]:
+        """Counters of this process's publishing: published, pending, outages (started,
+        ended, seconds), in_outage, failed_events, backpressure_waits, retries, ..."""
+        return get_runtime().stats()
 
     @classmethod
     async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
         """Wait until every event this process wrote to state ``id`` has been applied.
 
         After it returns, ``get_state`` reflects this process's writes (read-your-writes).
-        Raises SyncTimeoutError after ``timeout`` seconds, PublishError as ``flush``.
+        Raises SyncTimeoutError after ``timeout`` seconds (an outage longer than that
+        included), PublishError for this state's events that could not be published.
         """
         await cls.sync_many([id], type, timeout)
 
     @classmethod
     async def sync_many(cls, ids: list[str], type: StateType, timeout: float = 10.0) -> None:
-        """``sync`` for many states at once (one bulk read per poll)."""
+        """``sync`` for many states at once (bulk reads of at most 500 states per poll)."""
         state_type = coerce_state_type(type)
         for id in ids:
             validate_id(id)
-        producer = cls._producer_state()
-        waiting = {id: producer.last_seq(state_key(id, state_type)) for id in ids}
-        runtime = cls._runtime()
+        runtime = get_runtime()
+        keys = {id: state_key(id, state_type) for id in ids}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        await asyncio.wait_for(runtime.pipeline.flush(), timeout)
+        loop_runtime = runtime.loop_runtime()
+        mine = set(keys.values())
+        try:
+            # Only this call's states' failures are raised here; others stay for their owner.
+            await asyncio.wait_for(loop_runtime.flush(lambda q: q.event.key in mine), timeout)
+        except asyncio.TimeoutError:
+            outage = any(p.in_outage for p in loop_runtime.pipelines.values())
+            raise SyncTimeoutError(
+                f"{loop_runtime.unpublished()} events of this process were still unpublished after {timeout:g} s "
+                f"({'the sidecar or broker is not taking events' if outage else 'publishing is behind'}). "
+                "Is the caller's Dapr sidecar running?"
+            ) from None
+        # Every (producer id, last seq) this process still has to see applied, per state.
+        waiting = {id: runtime.waits(keys[id]) for id in ids}
+        waiting = {id: w for id, w in waiting.items() if w}
+        query = loop_runtime.query
         delay = 0.002
-        while True:
-            documents = await runtime.query.get_documents(list(waiting), state_type)
-            done = {id: (documents[id].processed_upto(producer.id) if id in documents else 0) for id in waiting}
-            waiting = {id: target for id, target in waiting.items() if done[id] < target}
+        while waiting:
+            documents = {}
+            for chunk in _chunks(list(waiting), keys):
+                documents.update(await query.get_documents(chunk, state_type))
+            for id in list(waiting):
+                document = documents.get(id)
+                behind = {p: s for p, s in waiting[id].items() if document is None or document.processed_upto(p) < s}
+                if behind:
+                    waiting[id] = behind
+                else:
+                    del waiting[id]
             if not waiting:
                 return
             if loop.time() + delay > deadline:
-                id, target = next(iter(waiting.items()))
+                id, behind = next(iter(waiting.items()))
+                document = documents.get(id)
+                done = {p: (document.processed_upto(p) if document else 0) for p in behind}
                 raise SyncTimeoutError(
-                    f"state {state_key(id, state_type)!r}: {done[id]} of this process's {target} events applied "
-                    f"after {timeout:g} s ({len(waiting)} states behind). Is the subscriber running "
-                    "(`make up`)? Its log says why events are not applied."
+                    f"state {keys[id]!r}: this process's events not all applied after {timeout:g} s "
+                    f"(applied/written per producer id: {', '.join(f'{done[p]}/{s}' for p, s in behind.items())}; "
+                    f"{len(waiting)} states behind). Is the subscriber running (`make up`)? "
+                    "Its log says why events are not applied."
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
@@ -221,13 +208,28 @@ class StateStore:
         reported as empty state.
         """
         state_type = _check_target(id, type)
-        document = await cls._runtime().query.get_document(id, state_type)
+        runtime = get_runtime()
+        document = await runtime.loop_runtime().query.get_document(id, state_type)
         if document is None:
             return None
         latest = document.latest_stamp()
         if latest is not None:
-            cls._producer_state().clock.observe((latest[0], latest[1]))
+            runtime.clock.observe((latest[0], latest[1]))
         return document.to_state()
+
+
+def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
+    """``ids`` cut into bulk reads of at most SYNC_READ_MAX_KEYS keys and SYNC_READ_MAX_KEY_BYTES."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for id in ids:
+        key_bytes = len(keys[id]) + 16
+        if chunks[-1] and (len(chunks[-1]) >= SYNC_READ_MAX_KEYS or size + key_bytes > SYNC_READ_MAX_KEY_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(id)
+        size += key_bytes
+    return [c for c in chunks if c]
 
 
 def _check_target(id: object, type: object) -> StateType:
@@ -272,35 +274,3 @@ def _depth(value: Any) -> int:
             return depth + 1
         stack.extend((child, depth + 1) for child in item)
     return deepest
-
-
-_exit_drain_registered = False
-
-
-def _register_exit_drain() -> None:
-    global _exit_drain_registered
-    if not _exit_drain_registered:
-        atexit.register(_drain_at_exit)
-        _exit_drain_registered = True
-
-
-def _drain_at_exit() -> None:
-    """Publish events still queued when the interpreter exits (their loop is gone)."""
-    left = [q for pipeline in _PIPELINES for q in pipeline.take_unpublished()]
-    if not left:
-        return
-
-    async def drain() -> None:
-        sidecar = SidecarClient()
-        pipeline = PublishPipeline(_SidecarTransport(sidecar, get_settings()), get_settings())
-        for queued in left:
-            await pipeline.submit(queued)
-        try:
-            await pipeline.flush()
-        finally:
-            await sidecar.close()
-
-    try:
-        asyncio.run(drain())
-    except Exception as exc:  # nothing to raise to at exit: say it loudly
-        log.error("%d state events were not published at exit: %s", len(left), exc)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds daprd (with only our components) and the Dapr CLI from Go modules into
-# .runtime/, where the CLI looks for them (runtimePath). Skips what is already built
-# for the pinned versions. Nothing is downloaded except through the Go module proxy.
+# Builds daprd (with only our components), the Dapr CLI, and the workflow engine's
+# placement and scheduler services from Go modules into .runtime/, where the CLI looks for
+# them (runtimePath), and kustomize (the deploy/kubernetes test) into .runtime/bin. Skips what is already built for the pinned versions. Nothing is downloaded except through the Go module proxy.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,16 +20,16 @@ dapr_version=$(awk '$1 == "github.com/dapr/dapr" {print $2; exit}' "$SRC/go.mod"
 
 build_daprd() {
   local bin=$OUT/.dapr/bin/daprd stampfile=$OUT/.dapr/bin/daprd.stamp stamp
-  stamp="$(cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go" "$0" | sha256sum | cut -c1-16) $(go env GOVERSION)"
+  # The stamp covers this step's own recipe, not the whole script: adding another build
+  # step must not rebuild daprd.
+  stamp="$( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_daprd fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
   if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
     echo "daprd $dapr_version: up to date ($bin)"
     return
   fi
   echo "daprd $dapr_version: building from Go modules (a cold build takes several minutes)..."
   local moddir work=$OUT/build
-  moddir=$(cd "$SRC" && go mod download -json "github.com/dapr/dapr@$dapr_version" \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))') \
-    || die "could not fetch github.com/dapr/dapr@$dapr_version from the Go module proxy ($(go env GOPROXY)). Check the network and GOPROXY."
+  moddir=$(fetch_dapr_module)
   # Upstream's daprd components package panics when built without its component tags;
   # in a private copy of the module that file is emptied, so main.go picks components.
   rm -rf "$work" && mkdir -p "$work" "$OUT/.dapr/bin"
@@ -43,6 +43,45 @@ build_daprd() {
   rm -rf "$work"
   echo "$stamp" > "$stampfile"
   echo "daprd $dapr_version: built $bin ($(du -h "$bin" | cut -f1))"
+}
+
+fetch_dapr_module() {
+  # Prints the module cache folder of github.com/dapr/dapr at daprd's version.
+  (cd "$SRC" && go mod download -json "github.com/dapr/dapr@$dapr_version" \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))') \
+    || die "could not fetch github.com/dapr/dapr@$dapr_version from the Go module proxy ($(go env GOPROXY)). Check the network and GOPROXY."
+}
+
+build_engine() {
+  # Dapr Workflows need placement (actor placement) and scheduler (durable timers and
+  # reminders). Both come from the very dapr module daprd is built from, with that
+  # module's own go.mod, so the three always speak the same protocol version.
+  local stampfile=$OUT/.dapr/bin/engine.stamp stamp name missing=0
+  stamp="$dapr_version $(declare -f build_engine fetch_dapr_module | sha256sum | cut -c1-16) $(go env GOVERSION)"
+  for name in placement scheduler; do [ -x "$OUT/.dapr/bin/$name" ] || missing=1; done
+  if [ "$missing" = 0 ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+    echo "placement, scheduler $dapr_version: up to date ($OUT/.dapr/bin)"
+    return
+  fi
+  echo "placement, scheduler $dapr_version: building from Go modules (about a minute with a warm module cache)..."
+  local moddir work=$OUT/build-engine
+  moddir=$(fetch_dapr_module)
+  # The module cache is read-only and go may touch go.sum: build in a private copy.
+  rm -rf "$work" && mkdir -p "$work" "$OUT/.dapr/bin"
+  cp -r "$moddir" "$work/dapr" && chmod -R u+w "$work/dapr"
+  # Upstream's healthz server binds every interface (both services ignore
+  # --healthz-listen-address): in the private copy it binds 127.0.0.1.
+  local healthz=$work/dapr/pkg/healthz/server/server.go
+  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || die "$healthz changed upstream: check how its listen address is set"
+  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
+  for name in placement scheduler; do
+    (cd "$work/dapr" && go build -trimpath -ldflags "-s -w" -o "$OUT/.dapr/bin/$name.tmp" "./cmd/$name") \
+      || die "building $name failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
+    mv "$OUT/.dapr/bin/$name.tmp" "$OUT/.dapr/bin/$name"
+  done
+  rm -rf "$work"
+  echo "$stamp" > "$stampfile"
+  echo "placement, scheduler $dapr_version: built in $OUT/.dapr/bin ($(du -ch "$OUT/.dapr/bin/placement" "$OUT/.dapr/bin/scheduler" | tail -1 | cut -f1))"
 }
 
 build_cli() {
@@ -82,7 +121,8 @@ build_kustomize() {
 case "${1:-all}" in
   daprd) build_daprd ;;
   cli) build_cli ;;
+  engine) build_engine ;;
   kustomize) build_kustomize ;;
-  all) build_daprd; build_cli; build_kustomize ;;
-  *) die "usage: runtime/build.sh [daprd|cli|kustomize|all]" ;;
+  all) build_daprd; build_cli; build_engine; build_kustomize ;;
+  *) die "usage: runtime/build.sh [daprd|cli|engine|kustomize|all]" ;;
 esac

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up what is missing for `make run` / `make test`: the Python environment (.venv),
-# Redis (Debian's redis-server), daprd + the Dapr CLI built from Go modules, and the
-# scale profile's servers (Java, Maven and PostgreSQL from Debian; Kafka and S3Proxy jars
-# from Maven Central into .runtime/). Each step is skipped when already done.
+# Redis (Debian's redis-server), daprd, the Dapr CLI, placement and scheduler built from
+# Go modules (and kustomize, for the deploy/kubernetes test), and the scale profile's
+# servers (Java, Maven and PostgreSQL from Debian; Kafka and S3Proxy jars from Maven
+# Central into .runtime/). Each step is skipped when already done.
 # Usage: scripts/setup.sh [python|redis|runtime|scale|all]
 set -euo pipefail
 

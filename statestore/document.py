@@ -17,6 +17,12 @@ compare against): delivery order, duplicates and redelivery do not change the ou
 
 ``producers`` records, per producer, which of its sequence numbers were processed, so a
 producer can wait until all its events for this state are applied (read-your-writes).
+The records serve only that wait; the merge above is idempotent without them. A record
+is kept for ``retention_ms`` (default one hour), measured on the document's own newest
+stamp (no wall clock: every replica evicts alike), so any number of producers may write
+one state while the records stay bounded by how many wrote within the retention. A
+process changes its producer id every retention/4, so an id never writes again after its
+record could have been evicted (it would restart at ``upto=0`` and never catch up).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from statestore.events import FieldUpdated, ObjectReplaced, Stamp
 
 __all__ = [
     "DOCUMENT_VERSION",
-    "MAX_TRACKED_PRODUCERS",
+    "PRODUCER_RETENTION_MS",
     "FieldEntry",
     "ProducerProgress",
     "StateDocument",
@@ -42,7 +48,7 @@ __all__ = [
 ]
 
 DOCUMENT_VERSION = 1
-MAX_TRACKED_PRODUCERS = 256
+PRODUCER_RETENTION_MS = 3_600_000
 
 
 # Named tuples, not models: the merge makes one per event, and they are ~20x cheaper to
@@ -101,29 +107,43 @@ class StateDocument(BaseModel):
         return max(stamps, default=None)
 
     def processed_upto(self, producer: str) -> int:
+        """Every sequence number of ``producer`` up to this one was processed (0: none known)."""
         progress = self.producers.get(producer)
         return progress.upto if progress else 0
+
+    def newest_wall_ms(self) -> int:
+        """The document's own clock: the newest wall time of any stamp or record it holds."""
+        latest = self.latest_stamp()
+        walls = [p.last_wall_ms for p in self.producers.values()]
+        return max([latest[0] if latest else 0, *walls])
 
 
 _NEW_PRODUCER = ProducerProgress()
 
 
 def apply_events(
-    document: StateDocument | None, events: Iterable[FieldUpdated | ObjectReplaced]
+    document: StateDocument | None,
+    events: Iterable[FieldUpdated | ObjectReplaced],
+    retention_ms: int = PRODUCER_RETENTION_MS,
 ) -> StateDocument:
     """Merge ``events`` into ``document`` (None: no state yet).
 
     Returns a new document, or ``document`` itself when the events change nothing
-    (all of them were applied before).
+    (all of them were applied before). Producer records whose last event is more than
+    ``retention_ms`` older than the document's newest stamp are dropped.
     """
     replaced = document.replaced if document else None
     fields = dict(document.fields) if document else {}
     producers = dict(document.producers) if document else {}
-    changed = document is None
+    changed = content_changed = document is None
+    # The document's own clock: a record is dated by it, not by its producer's wall
+    # clock, so a producer whose clock is behind is not evicted at once.
+    now = document.newest_wall_ms() if document else 0
 
     for event in events:
+        now = max(now, event.hlc[0])
         progress = producers.get(event.producer) or _NEW_PRODUCER
-        recorded = progress.record(event.seq, event.hlc[0])
+        recorded = progress.record(event.seq, now)
         if recorded is not progress:
             producers[event.producer] = recorded
             changed = True
@@ -136,18 +156,19 @@ def apply_events(
             for name, value in event.value.items():
                 if name not in fields:
                     fields[name] = FieldEntry(value, stamp)
-            changed = True
+            changed = content_changed = True
         else:
             current = fields.get(event.field)
             if current is None or current.stamp < stamp:
                 fields[event.field] = FieldEntry(event.value, stamp)
-                changed = True
+                changed = content_changed = True
 
     if not changed:
         return document
-    if len(producers) > MAX_TRACKED_PRODUCERS:
-        newest = sorted(producers.items(), key=lambda item: item[1].last_wall_ms)
-        producers = dict(newest[-MAX_TRACKED_PRODUCERS:])
+    horizon = now - retention_ms
+    producers = {name: progress for name, progress in producers.items() if progress.last_wall_ms >= horizon}
+    if document is not None and not content_changed and producers == document.producers:
+        return document  # e.g. a redelivered event of a producer whose record was evicted
     return StateDocument.model_construct(version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers)
 
 

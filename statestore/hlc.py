@@ -37,6 +37,11 @@ class HybridClock:
             self._last = (wall, 0) if wall > last_wall else (last_wall, last_logical + 1)
             return self._last
 
+    @property
+    def last(self) -> HlcTime:
+        """The latest time issued or observed (read without the lock: safe after fork)."""
+        return self._last
+
     def observe(self, seen: HlcTime) -> None:
         """Make every later ``now()`` greater than ``seen``."""
         with self._lock:

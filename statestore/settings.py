@@ -48,8 +48,22 @@ class Settings(BaseSettings):
     # Partitions of the event topic (Kafka): a packed message holds one partition's
     # events and is keyed by a state key (statestore.partitioning). 1: pack regardless.
     partitions: int = Field(12, ge=1, le=10_000)
-    publish_attempts: int = Field(5, ge=1, description="Tries per batch before it fails.")
-    publish_backoff_ms: float = Field(200.0, ge=0, description="First retry delay; doubles.")
+    # Outages: a batch that cannot be published is retried (capped exponential backoff
+    # with jitter, probing the sidecar's readiness in between) for outage_budget_s; only
+    # then does PublishError hand its events back.
+    outage_budget_s: float = Field(60.0, ge=0, description="How long publishing rides out an outage.")
+    publish_backoff_ms: float = Field(100.0, ge=0, description="First retry delay; doubles.")
+    publish_backoff_max_ms: float = Field(1000.0, ge=0, description="Longest retry delay.")
+    max_pending_events: int = Field(100_000, ge=1, description="Queue bound: save_state waits beyond it.")
+    # daprd takes 4 MiB per gRPC message by default: a bulk publish request stays well under.
+    bulk_publish_max_bytes: int = Field(3 << 20, ge=1024, description="Bytes per bulk publish request.")
+    shutdown_grace_s: float = Field(5.0, ge=0, description="SIGTERM/SIGINT/exit drain time limit.")
+    handle_signals: bool = Field(True, description="Drain on SIGTERM/SIGINT (chained to earlier handlers).")
+    # A state keeps a producer's record for this long, measured on the document's own
+    # newest stamp; a process changes its producer id every retention/4.
+    # At most 4 h: an id is used for retention/4, and must stop writing before the
+    # subscriber can drop its record (1 h after its last write, statestore.document).
+    producer_retention_s: float = Field(3600.0, ge=60, le=14_400, description="Producer id lifetime x 4.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
 

@@ -57,18 +57,30 @@ def is_write_conflict(details: str) -> bool:
     return any(marker in details.lower() for marker in _CONFLICT_MARKERS)
 
 
-class SidecarClient:
-    """Calls to one Dapr sidecar. Create inside a running event loop; ``close()`` when done."""
+# A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
+# grows to two minutes. (Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the
+# connect timeout, and 100 ms fails connections to a busy sidecar.)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
-    def __init__(self, settings: SidecarSettings | None = None) -> None:
+
+class SidecarClient:
+    """Calls to one Dapr sidecar. Create inside a running event loop; ``close()`` when done.
+
+    ``blocking=True`` uses gRPC's synchronous channel from worker threads instead of
+    ``grpc.aio``: grpc.aio cannot be used again in a process forked while the parent had
+    a grpc.aio channel open (it hangs), the synchronous stack can.
+    """
+
+    def __init__(self, settings: SidecarSettings | None = None, blocking: bool = False) -> None:
         self._settings = settings or get_sidecar_settings()
-        self._channel = grpc.aio.insecure_channel(
-            self._settings.grpc_target,
-            options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20),
-            ],
-        )
+        self._blocking = blocking
+        make_channel = grpc.insecure_channel if blocking else grpc.aio.insecure_channel
+        self._channel = make_channel(self._settings.grpc_target, options=CHANNEL_OPTIONS)
         self._stub = dapr_pb2_grpc.DaprStub(self._channel)
         token = self._settings.dapr_api_token
         self._metadata = (("dapr-api-token", token),) if token else None
@@ -78,19 +90,36 @@ class SidecarClient:
         return self._settings.grpc_target
 
     async def close(self) -> None:
-        await self._channel.close()
+        if self._blocking:
+            self._channel.close()
+        else:
+            await self._channel.close()
 
     async def _call(self, method, request, what: str, timeout: float | None = None):
+        options = {"timeout": timeout or self._settings.call_timeout_s, "metadata": self._metadata}
         try:
-            return await method(
-                request,
-                timeout=timeout or self._settings.call_timeout_s,
-                metadata=self._metadata,
-            )
-        except grpc.aio.AioRpcError as exc:
+            if self._blocking:
+                return await asyncio.to_thread(method, request, **options)
+            return await method(request, **options)
+        except grpc.RpcError as exc:
             raise self._error(exc, what) from None
 
-    def _error(self, exc: grpc.aio.AioRpcError, what: str) -> Exception:
+    async def is_ready(self, timeout: float) -> bool:
+        """True once the sidecar's gRPC port accepts connections, False after ``timeout`` s."""
+        try:
+            if self._blocking:
+                ready = grpc.channel_ready_future(self._channel)
+                try:
+                    await asyncio.to_thread(ready.result, timeout)
+                finally:
+                    ready.cancel()
+            else:
+                await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except (asyncio.TimeoutError, grpc.FutureTimeoutError):
+            return False
+        return True
+
+    def _error(self, exc: grpc.RpcError, what: str) -> Exception:
         code = exc.code()
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return SidecarUnavailableError(
@@ -103,9 +132,7 @@ class SidecarClient:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the sidecar's gRPC port accepts calls, or raise SidecarUnavailableError."""
-        try:
-            await asyncio.wait_for(self._channel.channel_ready(), timeout)
-        except asyncio.TimeoutError:
+        if not await self.is_ready(timeout):
             raise SidecarUnavailableError(
                 f"the Dapr sidecar at {self.target} was not reachable within {timeout:g} s. "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."

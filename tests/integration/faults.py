@@ -89,7 +89,7 @@ class Load:
 
     async def check(self, result: FaultResult) -> None:
         """Compare state store and snapshots with the oracle; count what differs."""
-        producer = _Store._producer_state()
+        runtime = _Store.runtime()
         query = _Store._runtime().query
         for state_id in self.ids:
             document = await query.get_document(state_id, W)
@@ -97,8 +97,8 @@ class Load:
             expected = self.expected.get(state_id)
             result.lost += sum(1 for k, v in (expected or {}).items() if (state or {}).get(k) != v)
             result.lost += sum(1 for k in (state or {}) if k not in (expected or {}))  # stale extras
-            progress = document.producers.get(producer.id) if document else None
-            last = producer.last_seq(f"workflows/{state_id}")
+            progress = document.producers.get(runtime.producer_id) if document else None
+            last = runtime.last_seq(f"workflows/{state_id}")
             # Every sequence number processed exactly once: none missing, none beyond.
             if progress is None or progress.upto != last or progress.ahead:
                 result.double_applied += 1

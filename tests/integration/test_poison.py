@@ -130,11 +130,11 @@ async def test_too_deeply_nested_values_are_dead_lettered_not_fatal(caller_sidec
 async def test_the_api_refuses_bad_input_before_publishing(call, error, message):
     from publisher.store import StateStore as Store
 
-    published = Store._runtime().pipeline.published
-    pending = Store._runtime().pipeline.pending
+    published = Store.runtime().pipeline().published
+    pending = Store.runtime().pipeline().pending
     with pytest.raises(error, match=message):
         await call()
-    assert (Store._runtime().pipeline.published, Store._runtime().pipeline.pending) == (published, pending)
+    assert (Store.runtime().pipeline().published, Store.runtime().pipeline().pending) == (published, pending)
 
 
 async def test_dead_letters_can_be_listed_and_redriven_after_a_fix(caller_sidecar, deadletters):

@@ -85,23 +85,25 @@ def test_a_sidecar_that_fails_names_its_log(tmp_path, monkeypatch):
 
 
 @pytest.mark.profile("local")  # dapr.yaml runs the local profile
-def test_dapr_multi_app_run_starts_both_apps_and_stops_cleanly(tmp_path):
+def test_dapr_multi_app_run_starts_both_workflow_apps_and_stops_cleanly(tmp_path):
     log = tmp_path / "dapr-run.log"
     ports = Ports.free()
     with open(log, "wb") as out:
-        status = run_multiapp(
-            tmp_path, ports, demo_env={"DEMO_WORKFLOWS": "5", "DEMO_UPDATES": "5", "DEMO_CREDENTIALS": "5"},
-            timeout=180, output=out,
-        )  # fmt: skip
+        status = run_multiapp(tmp_path, ports, demo_env={"WORKFLOWS_COUNT": "5", "WORKFLOWS_STEP_MS": "5"},
+                              timeout=300, output=out)  # fmt: skip
     text = log.read_text()
     assert status == 0, text
     assert 'Started Dapr with app id "statestore-subscriber"' in text
-    assert 'Started Dapr with app id "statestore-demo"' in text
-    assert 'Started Dapr with app id "statestore-demo-orders"' in text
-    # Two caller apps wrote the same ids (one DEMO_TAG), each reads back its own states.
-    assert "summary of app statestore-demo:" in text and "summary of app orders:" in text
-    assert text.count("final states checked 11/11 as expected") == 2  # 5 workflows, 5 credentials, 1 probe
+    assert 'Started Dapr with app id "statestore-workflows"' in text
+    assert 'Started Dapr with app id "statestore-workflows-orders"' in text
+    assert "workflows completed 5/5" in text  # the live progress line
+    # Two caller apps ran the same workflow ids (one tag), each reads back its own states.
+    assert "summary of app statestore-workflows:" in text and "summary of app orders:" in text
+    assert text.count("workflows completed  5/5") == 2
+    assert text.count("5/5 read back by guid") == 2
+    assert text.count("final states checked 5/5 as expected") == 2
     # Stopped cleanly: no process of the run is left, and nothing still listens.
+    # (placement and scheduler included: they run in the stack's folder)
     assert wait_until(lambda: processes_mentioning(str(tmp_path)) == [], 10), processes_mentioning(str(tmp_path))
     listening = [p for p in (ports.redis, ports.caller.http_port, ports.subscriber.http_port, ports.subscriber.app_port)
                  if port_open(p)]  # fmt: skip
@@ -115,6 +117,10 @@ def processes_mentioning(text):
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if proc.name.isdigit() and text in cmdline:
+        try:
+            cwd = str((proc / "cwd").resolve())
+        except OSError:
+            cwd = ""
+        if proc.name.isdigit() and (text in cmdline or cwd.startswith(text)):
             found.append(cmdline)
     return found

@@ -5,6 +5,7 @@ from pathlib import Path
 import yaml
 
 from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
 from statestore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +36,22 @@ def test_stores_match_the_reference_paths_and_share_keys():
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
-    demo_apps = {"statestore-demo", "statestore-demo-orders"}
+    demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS}
     for name in ("statestore", "pubsub"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only():
+    found = components()
+    actor_stores = [name for name, doc in found.items()
+                    if doc["kind"] == "Component" and metadata(doc).get("actorStateStore") == "true"]
+    assert actor_stores == ["workflowstate"]
+    meta = metadata(found["workflowstate"])
+    assert found["workflowstate"]["spec"]["type"] == "state.sqlite"
+    assert meta["connectionString"] != metadata(found["statestore"])["connectionString"]
+    assert set(found["workflowstate"]["scopes"]) == set(WORKFLOW_APP_IDS)
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
@@ -52,13 +64,19 @@ def test_run_file_matches_the_stack():
     run = yaml.safe_load((ROOT / "dapr.yaml").read_text())
     assert run["common"]["placementHostAddress"] == "" and run["common"]["schedulerHostAddress"] == ""
     apps = {app["appID"]: app for app in run["apps"]}
-    assert set(apps) == {SUBSCRIBER_APP_ID, "statestore-demo", "statestore-demo-orders"}
-    assert apps["statestore-demo-orders"]["env"]["STATESTORE_APP_NAME"] == "orders"
+    assert set(apps) == {SUBSCRIBER_APP_ID, *WORKFLOW_APP_IDS}
+    assert apps["statestore-workflows-orders"]["env"]["STATESTORE_APP_NAME"] == "orders"
+    engine = EnginePorts()
+    for app_id in WORKFLOW_APP_IDS:  # the engine `make run` starts, at the address dapr.yaml names
+        assert apps[app_id]["placementHostAddress"] == f"127.0.0.1:{engine.placement}"
+        assert apps[app_id]["schedulerHostAddress"] == f"127.0.0.1:{engine.scheduler}"
+        assert apps[app_id]["command"][1:] == ["-m", "examples.workflows"]
+    assert "placementHostAddress" not in apps[SUBSCRIBER_APP_ID]
     ports = [p for app in apps.values() for p in (app["daprHTTPPort"], app["daprGRPCPort"], app["metricsPort"])]
     assert len(ports) == len(set(ports)), "every sidecar needs ports of its own"
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
-    assert apps["statestore-demo"]["daprGRPCPort"] == 50001
+    assert apps["statestore-workflows"]["daprGRPCPort"] == 50001
 
 
 # -- the scale profile (components/scale/ replaces files of components/) --------------

@@ -4,7 +4,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statestore.document import (
-    MAX_TRACKED_PRODUCERS,
     apply_events,
     decode_document,
     encode_document,
@@ -78,11 +77,57 @@ def test_out_of_order_sequence_numbers_are_tracked_until_contiguous():
     assert doc.processed_upto("p1") == 3 and doc.producers["p1"].ahead == ()
 
 
-def test_producer_tracking_is_bounded():
-    events = [field_updated("a", i, producer=f"p{i}", hlc=(i, 0)) for i in range(MAX_TRACKED_PRODUCERS + 10)]
-    doc = apply_events(None, events)
-    assert len(doc.producers) == MAX_TRACKED_PRODUCERS
-    assert f"p{MAX_TRACKED_PRODUCERS + 9}" in doc.producers and "p0" not in doc.producers
+def test_any_number_of_producers_may_write_one_state_and_the_records_stay_bounded():
+    """No cap by count (a 257th producer is tracked like the first); records age out by
+    the document's own clock, so their number is bounded by who wrote within the retention."""
+    retention = 1000
+    doc = None
+    for i in range(3000):  # 3,000 producers, one every 10 ms of document time
+        doc = apply_events(doc, [field_updated(f"f{i % 7}", i, producer=f"p{i}", hlc=(10 * i, 0))], retention_ms=retention)
+        assert doc.processed_upto(f"p{i}") == 1  # the newest writer is always tracked
+        assert len(doc.producers) <= retention // 10 + 1
+    newest = 10 * 2999
+    assert all(p.last_wall_ms >= newest - retention for p in doc.producers.values())
+    assert "p2999" in doc.producers and "p2899" in doc.producers and "p2898" not in doc.producers
+
+
+def test_a_producer_whose_clock_is_behind_is_dated_by_the_document_not_evicted_at_once():
+    doc = apply_events(None, [field_updated("a", 1, producer="fast", hlc=(10_000_000, 0))], retention_ms=1000)
+    doc = apply_events(doc, [field_updated("b", 2, producer="slow", hlc=(5, 0))], retention_ms=1000)
+    assert doc.processed_upto("slow") == 1 and doc.to_state() == {"a": 1, "b": 2}
+
+
+def test_a_redelivered_event_of_an_evicted_producer_changes_nothing_it_need_not():
+    old = field_updated("a", 1, producer="old", hlc=(0, 0))
+    doc = apply_events(None, [old], retention_ms=1000)
+    doc = apply_events(doc, [field_updated("b", 2, producer="new", hlc=(5000, 0))], retention_ms=1000)
+    assert "old" not in doc.producers
+    again = apply_events(doc, [old], retention_ms=1000)
+    assert again.to_state() == {"a": 1, "b": 2}  # the merge stays idempotent without the record
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=event_histories(max_producers=6, max_events=40), data=st.data())
+def test_eviction_never_changes_the_state_and_keeps_every_recent_producer(history, data):
+    """With a retention short enough to evict, fields still equal the oracle in any
+    order, and every producer that wrote within the retention of the newest stamp keeps
+    an exact record (what sync waits on)."""
+    retention = data.draw(st.integers(0, 10))
+    delivered = data.draw(st.permutations(history))
+    cuts = data.draw(st.lists(st.integers(0, len(delivered)), max_size=4))
+    document, start = None, 0
+    for cut in sorted(cuts) + [len(delivered)]:
+        document = apply_events(document, delivered[start:cut], retention_ms=retention)
+        start = cut
+    assert (state_of(document) if history else None) == replay_in_order(history)
+    if not history:
+        return
+    newest = max(e.hlc[0] for e in history)
+    for producer in {e.producer for e in history}:
+        mine = [e for e in history if e.producer == producer]
+        if min(e.hlc[0] for e in mine) >= newest - retention:
+            assert document.processed_upto(producer) == max(e.seq for e in mine)
+    assert all(p.last_wall_ms >= newest - retention for p in document.producers.values())
 
 
 def test_documents_round_trip_through_json():

@@ -10,9 +10,9 @@ from publisher.store import StateStore as Store
 
 @pytest.fixture(autouse=True)
 def no_runtime():
-    before = dict(Store._runtimes)
+    before = Store.runtime().loops()
     yield
-    assert dict(Store._runtimes) == before, "bad input must not reach the publish pipeline"
+    assert Store.runtime().loops() == before, "bad input must not reach the publish pipeline"
 
 
 @pytest.mark.parametrize("bad_id", ["", "../etc", "a/b", "a\x00", "x" * 10_000, None])
@@ -69,9 +69,22 @@ async def test_sixty_four_levels_are_fine_sixty_five_are_not():
 
 async def test_a_refused_write_takes_no_sequence_number():
     """Else sync would wait forever for an event that was never sent."""
-    before = Store._producer_state().last_seq("workflows/wf-seq")
+    before = Store.runtime().last_seq("workflows/wf-seq")
     with pytest.raises(InvalidValueError, match="limit is 1048576"):
         await StateStore.save_state("big", "x" * (2 << 20), "wf-seq", StateType.WORKFLOWS)
     with pytest.raises(InvalidValueError, match="limit is 1048576"):
         await StateStore.save_state_object("wf-seq", {"big": "x" * (2 << 20)}, StateType.WORKFLOWS)
-    assert Store._producer_state().last_seq("workflows/wf-seq") == before
+    assert Store.runtime().last_seq("workflows/wf-seq") == before
+
+
+def test_sync_many_cuts_its_bulk_reads_by_count_and_bytes():
+    from publisher.store import SYNC_READ_MAX_KEY_BYTES, SYNC_READ_MAX_KEYS, _chunks
+
+    ids = [f"id-{n}" for n in range(40_000)]  # more than sqlite's 32,766 keys at once
+    chunks = _chunks(ids, {i: f"workflows/{i}" for i in ids})
+    assert [i for c in chunks for i in c] == ids
+    assert max(len(c) for c in chunks) == SYNC_READ_MAX_KEYS
+    long_ids = [f"{n:04d}" + "x" * 120 for n in range(2000)]
+    chunks = _chunks(long_ids, {i: f"workflows/{i}" for i in long_ids})
+    assert all(sum(len(f"workflows/{i}") + 16 for i in c) <= SYNC_READ_MAX_KEY_BYTES for c in chunks)
+    assert [i for c in chunks for i in c] == long_ids
