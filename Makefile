@@ -3,6 +3,8 @@
 # placement and scheduler built from Go modules, the scale profile's Kafka, PostgreSQL
 # and S3Proxy).
 # PROFILE=scale (make up, chaos, bench) picks Kafka + PostgreSQL + S3 with 3 subscriber replicas.
+# `make run ENGINE=temporal` runs the Temporal example instead (TEMPORAL_WORKFLOWS=50);
+# `make up TEMPORAL=1` adds a Temporal dev server. Both build the Temporal CLI when missing.
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
@@ -14,10 +16,13 @@ setup:
 	@scripts/setup.sh all
 
 run: setup
-	@$(PY) -m devstack run
+	@if [ "$(ENGINE)" = temporal ]; then scripts/setup.sh temporal; fi
+	@$(PY) -m devstack run $(if $(ENGINE),--engine $(ENGINE))
 
+# The Temporal integration test needs the Temporal CLI (built once, then skipped).
 # Every test on the local profile, then the integration suite on the scale profile.
 test: setup
+	@scripts/setup.sh temporal
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	$(PY) -m pytest -ra --profile scale tests/integration $(PYTEST_ARGS)
 
@@ -32,17 +37,22 @@ chaos: setup
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
 	$(PY) -m bench --profile $(PROFILE)
+	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 bench-full: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
 	$(PY) -m bench --full --profile $(PROFILE)
+	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit
 
 up: setup
-	@$(PY) -m devstack up --profile $(PROFILE)
+	@if [ -n "$(TEMPORAL)" ]; then scripts/setup.sh temporal; fi
+	@$(PY) -m devstack up --profile $(PROFILE) $(if $(TEMPORAL),--temporal)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi

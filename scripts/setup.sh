@@ -4,7 +4,8 @@
 # Go modules (and kustomize, for the deploy/kubernetes test), and the scale profile's
 # servers (Java, Maven and PostgreSQL from Debian; Kafka and S3Proxy jars from Maven
 # Central into .runtime/). Each step is skipped when already done.
-# Usage: scripts/setup.sh [python|redis|runtime|scale|all]
+# Usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]
+# `temporal` (the Temporal CLI, for the Temporal example and its test) is not part of `all`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -74,6 +75,7 @@ case "${1:-all}" in
   redis) setup_redis ;;
   runtime) setup_runtime ;;
   scale) setup_python; setup_scale ;;
+  temporal) "$ROOT/runtime/build.sh" temporal ;;
   all) setup_python; setup_redis; setup_runtime; setup_scale ;;
-  *) die "usage: scripts/setup.sh [python|redis|runtime|scale|all]" ;;
+  *) die "usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]" ;;
 esac
