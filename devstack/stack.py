@@ -219,8 +219,7 @@ class Stack:
         shutil.rmtree(self.resources, ignore_errors=True)
         self.resources.mkdir(parents=True)
         values = {name: value for server in self.servers.values() for name, value in server.component_metadata().items()}
-        for name, source in self.profile.component_files().items():
-            doc = yaml.safe_load(source.read_text())
+        for name, doc in self.profile.component_documents().items():
             for item in doc.get("spec", {}).get("metadata", []) or []:
                 if item.get("name") in values:
                     item["value"] = values[item["name"]]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from devstack.servers.base import Server
 from devstack.servers.kafka import KafkaServer
 from devstack.servers.postgres import PostgresServer
@@ -33,12 +35,20 @@ class Profile:
     component_folders: tuple[Path, ...]
     replicas: int = 1
 
-    def component_files(self) -> dict[str, Path]:
-        """File name -> source, a later folder replacing an earlier one's file."""
-        files: dict[str, Path] = {}
+    def component_documents(self) -> dict[str, dict]:
+        """File name -> parsed component, a later folder replacing an earlier one's file.
+
+        A replacement without ``scopes`` keeps the scopes of the file it replaces, so the
+        app ids that may load a component are listed once (components/).
+        """
+        docs: dict[str, dict] = {}
         for folder in self.component_folders:
-            files.update({path.name: path for path in sorted(folder.glob("*.yaml"))})
-        return files
+            for path in sorted(folder.glob("*.yaml")):
+                doc = yaml.safe_load(path.read_text())
+                if "scopes" not in doc and path.name in docs and "scopes" in docs[path.name]:
+                    doc["scopes"] = docs[path.name]["scopes"]
+                docs[path.name] = doc
+        return docs
 
 
 PROFILES = {

@@ -97,8 +97,7 @@ def test_run_file_matches_the_stack():
 def scale_components():
     from devstack.servers import PROFILES
 
-    files = PROFILES["scale"].component_files()
-    return {doc["metadata"]["name"]: doc for doc in (yaml.safe_load(p.read_text()) for p in files.values())}
+    return {doc["metadata"]["name"]: doc for doc in PROFILES["scale"].component_documents().values()}
 
 
 def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
@@ -110,7 +109,9 @@ def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
     assert scale[s.pubsub_name]["spec"]["type"] == "pubsub.kafka"
     assert scale[s.objectstore_name]["spec"]["type"] == "bindings.aws.s3"
     for name in scale:
-        assert scale[name].get("scopes") == local[name].get("scopes"), name
+        assert scale[name].get("scopes") == local[name].get("scopes"), name  # inherited
+    for path in (ROOT / "components" / "scale").glob("*.yaml"):
+        assert "scopes" not in yaml.safe_load(path.read_text()), f"{path.name}: scopes come from components/"
     assert metadata(scale[s.statestore_name])["keyPrefix"] == "name"
 
 
