@@ -313,4 +313,5 @@ class Stack:
             if pid is not None and (proc.popen is not None or pid_alive(pid)):
                 stopped.append(proc.name)
             proc.stop()
+        (self.run / "profile").unlink(missing_ok=True)  # no profile is up any more
         return stopped
