@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
+    # Credentials travel on a topic of their own, through a pub/sub component of their
+    # own (same broker): the Redis component's delivery workers are shared by all its
+    # subscriptions, so a progress backlog would otherwise hold credentials back.
+    credentials_pubsub_name: str = "pubsub-credentials"
+    credentials_topic: str = "statestore-credentials"
     deadletter_topic: str = "statestore-deadletter"
     # Events stamped more than max_clock_skew_s ahead of the subscriber's clock wait here
     # (the subscriber republishes them until they are due), so they never block the topic.
@@ -48,6 +53,9 @@ class Settings(BaseSettings):
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)
     pack_max_bytes: int = Field(1 << 20, ge=1024)
+    # Partitions of the event topic (Kafka): a packed message holds one partition's
+    # events and is keyed by a state key (statestore.partitioning). 1: pack regardless.
+    partitions: int = Field(12, ge=1, le=10_000)
     # Outages: a batch that cannot be published is retried (capped exponential backoff
     # with jitter, probing the sidecar's readiness in between) for outage_budget_s; only
     # then does PublishError hand its events back.
@@ -67,6 +75,9 @@ class Settings(BaseSettings):
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(
         300.0, gt=0, description="Events stamped further ahead of the subscriber's clock are parked until due."
+    )
+    credential_timeout_s: float = Field(
+        30.0, gt=0, description="How long save_secret(s) waits until its credentials are stored."
     )
 
     # Subscriber.

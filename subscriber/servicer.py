@@ -27,6 +27,7 @@ log = logging.getLogger("statestore.subscriber")
 
 Status = pb.TopicEventResponse.TopicEventResponseStatus
 SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
+YIELD_EVERY = 20  # entries (packed messages of up to 100 events) decoded between turns
 
 
 def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
@@ -92,10 +93,12 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         return self._budgets[topic]
 
     async def ListTopicSubscriptions(self, request, context):
+        # The credentials topic has a subscription (and a pub/sub component, with its own
+        # delivery workers) of its own, so a credential never waits behind progress updates.
         s = self._settings
         subscriptions = [
             pb.TopicSubscription(
-                pubsub_name=s.pubsub_name,
+                pubsub_name=pubsub,
                 topic=topic,
                 dead_letter_topic=s.deadletter_topic,
                 bulk_subscribe=pb.BulkSubscribeConfig(
@@ -104,7 +107,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                     max_await_duration_ms=s.subscriber_batch_wait_ms,
                 ),
             )
-            for topic in (s.topic, s.parked_topic)
+            for pubsub, topic in ((s.pubsub_name, s.topic), (s.pubsub_name, s.parked_topic),
+                                  (s.credentials_pubsub_name, s.credentials_topic))  # fmt: skip
         ]
         return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 
@@ -136,7 +140,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
         """Per-entry status: DROP for invalid events and refused states, RETRY for events
         not applied (or not parked) now, SUCCESS for the rest."""
-        if topic not in (self._settings.topic, self._settings.parked_topic):
+        if topic not in (self._settings.topic, self._settings.parked_topic, self._settings.credentials_topic):
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
         async with self._budget(topic):
@@ -148,7 +152,11 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         ready: list[FieldUpdated | ObjectReplaced] = []
         parked: list[FieldUpdated | ObjectReplaced] = []
         now_ms = time.time() * 1000
-        for entry in entries:
+        for n, entry in enumerate(entries, 1):
+            if n % YIELD_EVERY == 0:
+                # A large delivery decodes for a while: let a credential delivery,
+                # waiting on the same loop, take its turn meanwhile.
+                await asyncio.sleep(0)
             # Reasons name fields and types, never values (they may be secrets).
             try:
                 events, reasons = decode_entry(entry)

@@ -26,6 +26,7 @@ def test_component_names_match_the_settings():
     found = components()
     assert found[s.statestore_name]["spec"]["type"] == "state.sqlite"
     assert found[s.pubsub_name]["spec"]["type"] == "pubsub.redis"
+    assert found[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.redis"
     assert found[s.objectstore_name]["spec"]["type"] == "bindings.localstorage"
 
 
@@ -40,7 +41,7 @@ def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
     # Workflow apps and the Temporal example's worker are caller apps with sidecars of their own.
     demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS, WORKER_APP_ID}
-    for name in ("statestore", "pubsub"):
+    for name in ("statestore", "pubsub", "pubsub-credentials"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
@@ -67,11 +68,23 @@ def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only(
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
-    meta = metadata(components()["pubsub"])
     s = Settings()
-    # enough in flight to fill every delivery being applied and the next ones
-    assert int(meta["concurrency"]) >= 2 * s.subscriber_delivery_messages * s.subscriber_deliveries_per_topic
-    assert meta["processingTimeout"] and meta["redeliverInterval"]
+    for name in ("pubsub", "pubsub-credentials"):
+        meta = metadata(components()[name])
+        # enough in flight to fill every delivery being applied and the next ones
+        assert int(meta["concurrency"]) >= 2 * s.subscriber_delivery_messages * s.subscriber_deliveries_per_topic
+        assert meta["processingTimeout"] and meta["redeliverInterval"]
+
+
+def test_credentials_have_a_component_of_their_own_on_the_same_broker():
+    """Same Redis and consumer group, but their own delivery workers (issue 17)."""
+    found = components()
+    events, credentials = metadata(found["pubsub"]), metadata(found["pubsub-credentials"])
+    assert credentials == events
+    assert found["pubsub-credentials"]["scopes"] == found["pubsub"]["scopes"]
+    # A delivery the subscriber could not apply is retried, never acknowledged and lost.
+    targets = found["statestore-resiliency"]["spec"]["targets"]["components"]
+    assert targets["pubsub-credentials"] == targets["pubsub"] == {"inbound": {"retry": "deliverForever"}}
 
 
 def test_a_delivery_of_full_packed_messages_fits_the_apps_receive_limit():
@@ -109,3 +122,58 @@ def test_run_file_matches_the_stack():
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
     assert apps["statestore-workflows"]["daprGRPCPort"] == 50001
+
+
+async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_dead_letters():
+    from subscriber.servicer import SubscriberServicer
+
+    s = Settings()
+    answer = await SubscriberServicer(applier=None, settings=s).ListTopicSubscriptions(None, None)
+    found = {(sub.pubsub_name, sub.topic): sub for sub in answer.subscriptions}
+    assert set(found) == {(s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic)}
+    for sub in found.values():
+        assert sub.dead_letter_topic == s.deadletter_topic and sub.bulk_subscribe.enabled
+
+
+# -- the scale profile (components/scale/ replaces files of components/) --------------
+
+
+def scale_components():
+    from devstack.servers import PROFILES
+
+    return {doc["metadata"]["name"]: doc for doc in PROFILES["scale"].component_documents().values()}
+
+
+def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
+    s = Settings()
+    local, scale = components(), scale_components()
+    assert set(scale) == set(local)  # same names: the code does not know the profile
+    assert scale[s.statestore_name]["spec"]["type"] == "state.postgresql"
+    assert scale[s.statestore_name]["spec"]["version"] == "v2"
+    assert scale[s.pubsub_name]["spec"]["type"] == "pubsub.kafka"
+    assert scale[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.kafka"
+    assert metadata(scale[s.credentials_pubsub_name])["consumerGroup"] != metadata(scale[s.pubsub_name])["consumerGroup"]
+    assert scale[s.objectstore_name]["spec"]["type"] == "bindings.aws.s3"
+    for name in scale:
+        assert scale[name].get("scopes") == local[name].get("scopes"), name  # inherited
+    for path in (ROOT / "components" / "scale").glob("*.yaml"):
+        assert "scopes" not in yaml.safe_load(path.read_text()), f"{path.name}: scopes come from components/"
+    assert metadata(scale[s.statestore_name])["keyPrefix"] == "name"
+
+
+def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages():
+    from devstack.servers.kafka import MAX_MESSAGE_BYTES
+
+    meta = metadata(scale_components()["pubsub"])
+    assert meta["consumerGroup"] == SUBSCRIBER_APP_ID
+    assert meta["initialOffset"] == "oldest"
+    assert meta["version"] == "4.0.0"  # exercised against the Kafka 4.4 broker by the scale suite
+    assert int(meta["maxMessageBytes"]) == MAX_MESSAGE_BYTES > Settings().pack_max_bytes
+
+
+def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
+    from devstack.servers.s3 import BUCKET
+
+    meta = metadata(scale_components()["objectstore"])
+    assert meta["bucket"] == BUCKET
+    assert (meta["forcePathStyle"], meta["disableSSL"]) == ("true", "true")
