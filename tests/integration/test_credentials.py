@@ -260,16 +260,20 @@ async def test_a_bad_configuration_leaves_nothing_queued_and_no_orphans():
 async def test_timeout_names_the_unconfirmed_guids_and_they_are_stored_after_restart(stack):
     configs = [secret_config(uuid.uuid4().hex, n) for n in range(5)]
     await SecretStore.keyring()
-    stack.subscriber_app.stop()
+    apps = [app for app, _ in stack.subscriber_pairs()]  # every replica (three on the scale profile)
+    for app in apps:
+        app.stop()
     try:
         start = time.perf_counter()
         with pytest.raises(CredentialNotStoredError) as info:
             await SecretStore.save_secrets(configs, timeout=3)
         took = time.perf_counter() - start
     finally:
-        stack.subscriber_app.start()
-        await asyncio.to_thread(stack.subscriber_app.wait_healthy,
-                                lambda: port_open(stack.ports.subscriber.app_port), 60)  # fmt: skip
+        for app in apps:
+            app.start()
+        for app in apps:
+            port = int(app.env["STATESTORE_SUBSCRIBER_PORT"])
+            await asyncio.to_thread(app.wait_healthy, lambda port=port: port_open(port), 60)
     error = info.value
     assert len(error.guids) == 5 and all(guid in str(error) for guid in error.guids)
     assert "3 s" in str(error) and "subscriber" in str(error)
