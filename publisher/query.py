@@ -56,4 +56,4 @@ class StateQueryClient:
     async def get_state(self, id: str, state_type: StateType) -> dict[str, Any] | None:
         """The state as a dict, or None when none exists."""
         document = await self.get_document(id, state_type)
-        return document.to_state() if document else None
+        return document.to_state() if document and document.exists() else None

@@ -14,7 +14,7 @@ from typing import Any
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.errors import InvalidValueError, SyncTimeoutError
-from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
+from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
 
@@ -78,8 +78,7 @@ class StateStore:
         queue is full (an outage), waits until there is room.
         """
         state_type = _check_target(id, type)
-        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
-            raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
+        _check_field_name(key)
         normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
             field=key, value=normalised, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
@@ -104,16 +103,44 @@ class StateStore:
         return json.loads(json.dumps(normalised))
 
     @classmethod
-    def _pipeline_for(cls, event: FieldUpdated | ObjectReplaced) -> PublishPipeline:
+    async def delete_state(cls, id: str, type: StateType) -> None:
+        """Delete state ``id``: every field written before this call goes, and
+        ``get_state`` returns None once it is applied (its snapshot is removed too).
+
+        An event like a write, ordered by its stamp: a write stamped after it starts a
+        new state. Fire-and-forget like ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        event = StateDeleted.model_construct(
+            kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    async def delete_field(cls, key: str, id: str, type: StateType) -> None:
+        """Delete field ``key`` of state ``id`` (a later write of it recreates it).
+
+        The state itself stays, even with no field left. Fire-and-forget like
+        ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        _check_field_name(key)
+        event = FieldDeleted.model_construct(
+            field=key, kind="field_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    def _pipeline_for(cls, event: AnyEvent) -> PublishPipeline:
         """Where an event is published: the one place that routes events to topics."""
         return get_runtime().pipeline()
 
     @classmethod
-    async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
+    async def _submit(cls, event: AnyEvent) -> None:
         await cls._pipeline_for(event).submit(QueuedEvent.of(event))
 
     @classmethod
-    async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
+    async def republish(cls, events: list[AnyEvent]) -> None:
         """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
         for event in events:
             await cls._submit(event)
@@ -215,7 +242,7 @@ class StateStore:
         latest = document.latest_stamp()
         if latest is not None:
             runtime.clock.observe((latest[0], latest[1]))
-        return document.to_state()
+        return document.to_state() if document.exists() else None
 
 
 def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
@@ -235,6 +262,11 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
 def _check_target(id: object, type: object) -> StateType:
     validate_id(id)
     return coerce_state_type(type)
+
+
+def _check_field_name(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
+        raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
 
 
 def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:

@@ -47,9 +47,14 @@ __all__ = [
     "Stamp",
     "FieldUpdated",
     "ObjectReplaced",
+    "StateDeleted",
+    "FieldDeleted",
+    "AnyEvent",
+    "WRITE_KINDS",
     "Event",
     "EventBatch",
     "EVENT_TYPES",
+    "KINDS_SINCE",
     "InvalidEventError",
     "cloudevent_type",
     "cloudevent_id",
@@ -86,6 +91,8 @@ def upcast_v1(data: Any) -> Any:
         for field in V2_FIELDS:
             if field in data:
                 raise ValueError(f"schema_version 1 events have no {field!r} field (it came with version 2)")
+        if data.get("kind") in ("state_deleted", "field_deleted"):
+            raise ValueError(f"{data['kind']} events came with schema_version 2; send schema_version 2")
         return {**data, "schema_version": 2, "app": DEFAULT_APP}
     return data
 
@@ -169,7 +176,37 @@ class ObjectReplaced(_EventBase):
         return self.value
 
 
-Event = Annotated[Union[FieldUpdated, ObjectReplaced], Field(discriminator="kind")]
+class StateDeleted(_EventBase):
+    """Delete a whole state (``delete_state``): every field written before it goes.
+
+    New in version 2 (there is no version-1 type). Like a replace with an empty object,
+    except that afterwards the state does not exist until a later write recreates it."""
+
+    kind: Literal["state_deleted"] = "state_deleted"
+
+    def _content(self) -> Any:
+        return None
+
+
+class FieldDeleted(_EventBase):
+    """Delete one field of a state (``delete_field``); a later write of it recreates it.
+
+    New in version 2 (there is no version-1 type)."""
+
+    kind: Literal["field_deleted"] = "field_deleted"
+    field: Annotated[str, Field(min_length=1, max_length=1024)] = Field(description="The field to delete.")
+
+    def _content(self) -> Any:
+        return [self.field]
+
+
+AnyEvent = Union[FieldUpdated, ObjectReplaced, StateDeleted, FieldDeleted]
+"""Every event kind (a plain union, for annotations)."""
+
+WRITE_KINDS = ("field_updated", "object_replaced")
+"""The kinds that write a value (the others delete)."""
+
+Event = Annotated[AnyEvent, Field(discriminator="kind")]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
@@ -188,8 +225,11 @@ def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
     return f"io.statestore.{kind}.v{version}"
 
 
+KINDS_SINCE = {"field_updated": 1, "object_replaced": 1, "state_deleted": 2, "field_deleted": 2}
+"""Each event kind and the first schema version that has it."""
+
 EVENT_TYPES = {
-    cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in SCHEMA_VERSIONS
+    cloudevent_type(kind, version) for kind, first in KINDS_SINCE.items() for version in SCHEMA_VERSIONS if version >= first
 }
 BATCH_TYPE = cloudevent_type("event_batch", 1)
 
@@ -198,7 +238,7 @@ class InvalidEventError(ValueError):
     """A received event is malformed, of an unknown type or of an unknown version."""
 
 
-def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
+def cloudevent_id(event: AnyEvent) -> str:
     """A unique, deterministic CloudEvent id: producer, state key and sequence number."""
     return f"{event.producer}:{event.key}:{event.seq}"
 
@@ -206,13 +246,13 @@ def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
 _UNTRACED = {"traceparent"}
 
 
-def encode_event(event: FieldUpdated | ObjectReplaced) -> bytes:
+def encode_event(event: AnyEvent) -> bytes:
     """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
     ``traceparent`` only when the write had a trace context."""
     return event.model_dump_json(exclude=_UNTRACED if event.traceparent is None else None).encode()
 
 
-def encode_cloudevent(event: FieldUpdated | ObjectReplaced, data: bytes | None = None) -> bytes:
+def encode_cloudevent(event: AnyEvent, data: bytes | None = None) -> bytes:
     """The structured CloudEvent (JSON) that carries ``event`` alone."""
     return write_envelope_fast(cloudevent_id(event), cloudevent_type(event.kind), data or encode_event(event))
 
@@ -227,7 +267,7 @@ def encode_batch_cloudevent(batch_id: str, encoded_events: list[bytes]) -> bytes
     return write_envelope(batch_id, BATCH_TYPE, data)
 
 
-def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdated | ObjectReplaced:
+def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> AnyEvent:
     """Validate a received CloudEvent's type and data; raise InvalidEventError with a reason."""
     if ce_type not in EVENT_TYPES:
         if ce_type.startswith("io.statestore."):
@@ -240,14 +280,14 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdat
             event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
-    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS):
+    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS if version >= KINDS_SINCE[event.kind]):
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
 
 
 def decode_events(
     ce_type: str, data: bytes | str | dict[str, Any]
-) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+) -> tuple[list[AnyEvent], list[str]]:
     """The events a CloudEvent carries (one, or a batch's), and a reason per bad one.
 
     Raises InvalidEventError when the CloudEvent as a whole is not a statestore event.

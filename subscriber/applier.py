@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from statestore.document import apply_events, decode_document, encode_document
-from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.events import AnyEvent
 from subscriber.outbox import SLOTS, mark_dirty, slot_key
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
@@ -33,7 +33,7 @@ __all__ = ["EventApplier", "TransientError", "BatchResult"]
 
 log = logging.getLogger("statestore.subscriber")
 
-Event = FieldUpdated | ObjectReplaced
+Event = AnyEvent
 
 
 class TransientError(Exception):

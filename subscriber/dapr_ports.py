@@ -39,6 +39,19 @@ class DaprObjectStore:
         try:
             return await self._sidecar.invoke_binding(self._binding, "get", b"", {"fileName": key, "key": key})
         except SidecarUnavailableError as exc:
-            if "no such file" in str(exc).lower() or "not found" in str(exc).lower():
+            if _absent(exc):
                 return None
             raise
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": key, "key": key})
+        except SidecarUnavailableError as exc:
+            if not _absent(exc):  # already gone (a redelivered delete): done
+                raise
+
+
+def _absent(exc: Exception) -> bool:
+    """Whether a binding error says the object does not exist (localstorage, S3)."""
+    text = str(exc).lower()
+    return "no such file" in text or "not found" in text or "nosuchkey" in text

@@ -7,6 +7,8 @@ time holds the lease) reads the slots, writes the snapshots of the marked states
 unmarks a state only if its mark is unchanged (no batch changed it since), with an
 ETag write. A crash anywhere leaves the marks, and the next flusher writes the files.
 
+A state that no longer exists (deleted) has its snapshot removed instead of written.
+
 Snapshots therefore trail the state store by one flush round (tens of milliseconds), and
 the batch path costs one extra key in its transaction instead of one object-store write
 per state.
@@ -23,7 +25,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from statestore.document import decode_document
+from statestore.document import StateDocument, decode_document
 from statestore.paths import object_key, parse_state_key
 from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
 
@@ -70,7 +72,11 @@ def mark_dirty(slot: str, item: StoredItem | None, keys: Iterable[str]) -> Upser
 
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
     """The object-store file: the state as plain JSON, as the reference system stores it."""
-    return json.dumps(decode_document(key, item.value).to_state(), indent=2).encode()
+    return _snapshot(decode_document(key, item.value))
+
+
+def _snapshot(document: StateDocument) -> bytes:
+    return json.dumps(document.to_state(), indent=2).encode()
 
 
 class SnapshotFlusher:
@@ -131,8 +137,12 @@ class SnapshotFlusher:
     async def _write(self, key: str, item: StoredItem | None) -> None:
         if item is None:
             return  # marked but absent: nothing to snapshot
+        document = decode_document(key, item.value)
         async with self._writes:
-            await self._objects.put(object_key(*parse_state_key(key)), snapshot_bytes(key, item))
+            if document.exists():
+                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document))
+            else:  # deleted (or expired): its snapshot goes too
+                await self._objects.delete(object_key(*parse_state_key(key)))
 
     async def _unmark(self, written: dict[str, str]) -> None:
         """Remove each written key from its slot if its mark is unchanged (ETag writes)."""

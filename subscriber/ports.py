@@ -43,6 +43,9 @@ class ObjectStore(Protocol):
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None."""
 
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key``; nothing happens when there is none."""
+
 
 class InMemoryStateRepository:
     """A StateRepository in a dict, with the same ETag rules as the sqlite store."""
@@ -74,3 +77,6 @@ class InMemoryObjectStore:
 
     async def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)

@@ -14,7 +14,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
 from statestore.envelope import EnvelopeError, read_structured
-from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
+from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier, TransientError
 
@@ -28,7 +28,7 @@ SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
 
 def decode_entry(
     entry: pb.TopicEventBulkRequestEntry, max_clock_skew_s: float
-) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+) -> tuple[list[AnyEvent], list[str]]:
     """The events in one delivered entry, and a reason per event refused.
 
     Raises InvalidEventError (with a reason) when the entry carries no statestore event.
@@ -106,7 +106,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
         """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
         statuses: dict[str, int] = {}
-        decoded: list[tuple[str, list[FieldUpdated | ObjectReplaced], bool]] = []
+        decoded: list[tuple[str, list[AnyEvent], bool]] = []
         if topic != self._settings.topic:
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
