@@ -1,6 +1,8 @@
 # statestore: `make run` runs Dapr Workflows that use statestore, `make test` runs the
 # tests. Both set up what is missing first (Python venv, Redis, and daprd, the Dapr CLI,
 # placement and scheduler built from Go modules).
+# `make run ENGINE=temporal` runs the Temporal example instead (TEMPORAL_WORKFLOWS=50);
+# `make up TEMPORAL=1` adds a Temporal dev server. Both build the Temporal CLI when missing.
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
@@ -11,9 +13,12 @@ setup:
 	@scripts/setup.sh all
 
 run: setup
-	@$(PY) -m devstack run
+	@if [ "$(ENGINE)" = temporal ]; then scripts/setup.sh temporal; fi
+	@$(PY) -m devstack run $(if $(ENGINE),--engine $(ENGINE))
 
+# The Temporal integration test needs the Temporal CLI (built once, then skipped).
 test: setup
+	@scripts/setup.sh temporal
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 
 # The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
@@ -27,17 +32,22 @@ chaos: setup
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	@scripts/setup.sh temporal
 	$(PY) -m bench
+	$(PY) -m bench.temporal
 
 bench-full: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	@scripts/setup.sh temporal
 	$(PY) -m bench --full
+	$(PY) -m bench.temporal
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit
 
 up: setup
-	@$(PY) -m devstack up
+	@if [ -n "$(TEMPORAL)" ]; then scripts/setup.sh temporal; fi
+	@$(PY) -m devstack up $(if $(TEMPORAL),--temporal)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi

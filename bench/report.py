@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "replace_section", "keep_sections"]
 
 PEERS = ["statestore", "plain-dapr", "reference"]
 BASELINE = "plain-dapr"
@@ -26,6 +26,39 @@ def _table(headers: list[str], rows: list[list]) -> str:
 def _kept_up(rows: list[dict]) -> int:
     ok = [s["offered_per_s"] for s in rows if s["achieved_per_s"] >= 0.95 * s["offered_per_s"] and s["drain_s"] < 1]
     return max(ok, default=0)
+
+
+SECTIONS = ["temporal"]  # written by other bench modules, kept by write_report
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _section(text: str, name: str) -> str | None:
+    begin, end = _markers(name)
+    if begin not in text or end not in text:
+        return None
+    return text[text.index(begin) + len(begin) : text.index(end)].strip("\n")
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the section ``name`` (between its markers) set to ``body``; appended
+    at the end when the text has no such section yet."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{body}\n{end}"
+    if _section(text, name) is None:
+        return text.rstrip("\n") + "\n\n" + block + "\n"
+    return text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+
+
+def keep_sections(text: str, old: str) -> str:
+    """``text`` with the sections other benchmarks wrote into ``old`` (bench/temporal.py)."""
+    for name in SECTIONS:
+        body = _section(old, name)
+        if body is not None:
+            text = replace_section(text, name, body)
+    return text
 
 
 def write_report(record: dict, docs: Path) -> None:
@@ -154,7 +187,8 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.workflows import report_section
 
         parts += report_section(r["workflows"])
-    (docs / "benchmarks.md").write_text("\n".join(parts))
+    old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
+    (docs / "benchmarks.md").write_text(keep_sections("\n".join(parts), old))
     _plots(record, docs)
 
 

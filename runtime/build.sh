@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds daprd (with only our components), the Dapr CLI, and the workflow engine's
 # placement and scheduler services from Go modules into .runtime/, where the CLI looks for
-# them (runtimePath). Skips what is already built for the pinned versions. Nothing is downloaded except through the Go module proxy.
+# them (runtimePath), and on request the Temporal CLI (its dev server) into
+# .runtime/temporal/. Skips what is already built for the pinned versions. Nothing is
+# downloaded except through the Go module proxy.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -103,10 +105,36 @@ build_cli() {
   echo "dapr CLI $cli_version: built $bin ($(du -h "$bin" | cut -f1))"
 }
 
+build_temporal() {
+  # The Temporal CLI embeds a dev server on sqlite (`temporal server start-dev`). Only
+  # `make run ENGINE=temporal`, `make up TEMPORAL=1` and the Temporal tests need it, so
+  # `all` leaves it out. v1.5.1 is pinned: later releases replace a module with a folder
+  # that their module zip lacks, so `go install` cannot build them from the proxy.
+  local version bin=$OUT/temporal/temporal stampfile=$OUT/temporal/temporal.stamp stamp
+  version=$(tr -d '[:space:]' < "$ROOT/runtime/temporal/VERSION")
+  [ -n "$version" ] || die "runtime/temporal/VERSION is empty: put a Temporal CLI version in it (e.g. v1.5.1)."
+  # The stamp covers this step's own recipe, so another step's change does not rebuild it.
+  stamp="$version $(declare -f build_temporal | sha256sum | cut -c1-16) $(go env GOVERSION)"
+  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+    echo "temporal CLI $version: up to date ($bin)"
+    return
+  fi
+  echo "temporal CLI $version: building from Go modules (a cold build takes a few minutes)..."
+  mkdir -p "$OUT/temporal"
+  GOBIN="$OUT/temporal/.gobin" go install -trimpath -ldflags "-s -w" \
+    "github.com/temporalio/cli/cmd/temporal@$version" \
+    || die "building the Temporal CLI $version failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
+  mv "$OUT/temporal/.gobin/temporal" "$bin"
+  rmdir "$OUT/temporal/.gobin"
+  echo "$stamp" > "$stampfile"
+  echo "temporal CLI $version: built $bin ($(du -h "$bin" | cut -f1))"
+}
+
 case "${1:-all}" in
   daprd) build_daprd ;;
   cli) build_cli ;;
   engine) build_engine ;;
+  temporal) build_temporal ;;
   all) build_daprd; build_cli; build_engine ;;
-  *) die "usage: runtime/build.sh [daprd|cli|engine|all]" ;;
+  *) die "usage: runtime/build.sh [daprd|cli|engine|temporal|all]" ;;
 esac

@@ -2,7 +2,8 @@
 # Sets up what is missing for `make run` / `make test`: the Python environment (.venv),
 # Redis (Debian's redis-server), and daprd, the Dapr CLI, placement and scheduler built
 # from Go modules.
-# Each step is skipped when already done. Usage: scripts/setup.sh [python|redis|runtime|all]
+# Each step is skipped when already done. Usage: scripts/setup.sh [python|redis|runtime|temporal|all]
+# `temporal` (the Temporal CLI, for the Temporal example and its test) is not part of `all`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +52,7 @@ case "${1:-all}" in
   python) setup_python ;;
   redis) setup_redis ;;
   runtime) setup_runtime ;;
+  temporal) "$ROOT/runtime/build.sh" temporal ;;
   all) setup_python; setup_redis; setup_runtime ;;
-  *) die "usage: scripts/setup.sh [python|redis|runtime|all]" ;;
+  *) die "usage: scripts/setup.sh [python|redis|runtime|temporal|all]" ;;
 esac

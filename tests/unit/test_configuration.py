@@ -1,10 +1,12 @@
 """The component files, the run file and the settings name the same things."""
 
+import dataclasses
 from pathlib import Path
 
 import yaml
 
 from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from devstack.temporal import WORKER_APP_ID, TemporalPorts
 from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
 from statestore.settings import Settings
 
@@ -36,11 +38,21 @@ def test_stores_match_the_reference_paths_and_share_keys():
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
-    demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS}
+    # Workflow apps and the Temporal example's worker are caller apps with sidecars of their own.
+    demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS, WORKER_APP_ID}
     for name in ("statestore", "pubsub"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_temporal_ports_do_not_collide_with_the_stack_or_the_run_file():
+    stack, run = Ports(), yaml.safe_load((ROOT / "dapr.yaml").read_text())
+    taken = [stack.redis, *stack.subscriber.ports().values(), *stack.caller.ports().values()]
+    taken += [app[k] for app in run["apps"] for k in ("daprHTTPPort", "daprGRPCPort", "metricsPort", "daprInternalGRPCPort")]
+    taken += list(dataclasses.asdict(EnginePorts()).values())
+    temporal = list(TemporalPorts().named().values())
+    assert len(temporal) == len(set(temporal)) and not set(temporal) & set(taken)
 
 
 def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only():

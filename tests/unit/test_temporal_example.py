@@ -1,0 +1,83 @@
+"""The Temporal example's pure parts: the state a run must leave, the checks of a run's
+report, the workflow's imports, and the benchmark report's sections."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from bench.report import keep_sections, replace_section
+from examples.temporal.run import RunReport
+from examples.temporal.shared import (
+    FinishResult,
+    StepResult,
+    WorkflowResult,
+    credential_fingerprint,
+    expected_state,
+    step_record,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_expected_state_holds_every_step_and_the_final_status():
+    state = expected_state("wf-1", 3)
+    assert state == {
+        "step_1": step_record("wf-1", 1), "step_2": step_record("wf-1", 2), "step_3": step_record("wf-1", 3),
+        "progress": 100, "current_step": "step-3", "status": "completed",
+    }  # fmt: skip
+
+
+def test_a_step_record_depends_on_its_inputs_only():
+    assert step_record("wf-1", 2) == step_record("wf-1", 2) != step_record("wf-2", 2)
+
+
+def report_of(final_state: dict | None, fingerprint: str, attempts=(1, 1)) -> RunReport:
+    creds = {"username": "svc", "password": "p"}
+    steps = [StepResult(n, a, 2.0, 3, fingerprint) for n, a in enumerate(attempts, 1)]
+    report = RunReport("statestore", len(attempts), ["wf-1"], {"wf-1": credential_fingerprint(creds)})
+    report.results["wf-1"] = WorkflowResult("wf-1", steps, FinishResult(5.0, 1.0, 1))
+    report.completion_s["wf-1"] = 0.1
+    report.final_states["wf-1"] = final_state
+    return report
+
+
+def test_the_report_finds_a_wrong_state_and_a_wrong_credential():
+    good = credential_fingerprint({"username": "svc", "password": "p"})
+    ok = report_of(expected_state("wf-1", 2), good)
+    assert ok.states_as_written() == [] and ok.credentials_read_back() == []
+    assert report_of({**expected_state("wf-1", 2), "progress": 50}, good).states_as_written() == ["wf-1"]
+    assert report_of(None, good).states_as_written() == ["wf-1"]
+    assert report_of(expected_state("wf-1", 2), "0" * 16).credentials_read_back() == ["wf-1"]
+
+
+def test_the_summary_counts_events_re_sent_by_retried_attempts():
+    good = credential_fingerprint({"username": "svc", "password": "p"})
+    summary = report_of(expected_state("wf-1", 2), good, attempts=(1, 3)).summary()
+    # 2 steps x 3 events + 1 final, and attempts 1 and 2 of step 2 sent 3 each before failing.
+    assert summary["progress_events_resent_by_retries"] == 6
+    assert summary["progress_events_published"] == 2 * 3 + 1 + 6
+    assert summary["step_records_applied"] == summary["step_records_expected"] == 2
+    assert summary["final_states_as_written"] == summary["credentials_read_back"] == 1
+
+
+def test_the_workflow_code_imports_no_statestore_dapr_or_activity_code():
+    tree = ast.parse((ROOT / "examples" / "temporal" / "workflow.py").read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    forbidden = ("publisher", "statestore", "dapr", "examples.temporal.activities")
+    assert not [m for m in modules if m and m.startswith(forbidden)], modules
+
+
+def test_a_report_section_is_added_once_and_then_replaced():
+    text = replace_section("# Benchmarks\n\nbody\n", "temporal", "first")
+    assert text.count("<!-- temporal:begin -->") == 1 and "first" in text
+    again = replace_section(text, "temporal", "second")
+    assert "first" not in again and "second" in again and again.startswith("# Benchmarks\n\nbody\n")
+
+
+def test_a_rewritten_benchmark_report_keeps_the_temporal_section():
+    old = replace_section("# Benchmarks\n\nold figures\n", "temporal", "temporal figures")
+    new = keep_sections("# Benchmarks\n\nnew figures\n", old)
+    assert "new figures" in new and "old figures" not in new and "temporal figures" in new
+    assert keep_sections("# Benchmarks\n", "# Benchmarks\n") == "# Benchmarks\n"
