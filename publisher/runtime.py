@@ -166,6 +166,9 @@ class Runtime:
         self._identity = _Identity(_new_producer_id(), time.monotonic())
         # state key -> producer id -> (last seq issued, when that id was taken)
         self._issued: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+        # key -> producer id -> the last seq a sync saw applied (an expired state loses
+        # its records: a later sync then waits only for the seqs after this one).
+        self._confirmed: dict[str, dict[str, int]] = defaultdict(dict)
         self._loops: dict[asyncio.AbstractEventLoop, LoopRuntime] = {}
 
     # -- identity and sequence numbers -------------------------------------------------
@@ -202,6 +205,18 @@ class Runtime:
             for producer in [p for p, (_, started) in issued.items() if started < horizon]:
                 del issued[producer]
             return {producer: seq for producer, (seq, _) in issued.items()}
+
+    def confirmed(self, key: str) -> dict[str, int]:
+        """Per producer id, the last seq of ``key`` that a sync saw applied."""
+        with self._lock:
+            return dict(self._confirmed.get(key, {}))
+
+    def confirm(self, key: str, seqs: dict[str, int]) -> None:
+        """A sync saw ``seqs`` (producer id -> seq) of ``key`` applied."""
+        with self._lock:
+            mine = self._confirmed[key]
+            for producer, seq in seqs.items():
+                mine[producer] = max(mine.get(producer, 0), seq)
 
     def last_seq(self, key: str) -> int:
         """The last sequence number the current producer id used for ``key`` (0: none)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
+from statestore.document import StateDocument
 from statestore.errors import InvalidValueError, SyncTimeoutError
 from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
@@ -68,8 +69,14 @@ class StateStore:
     # -- writes ----------------------------------------------------------------------
 
     @classmethod
-    async def save_state(cls, key: str, value: Any, id: str, type: StateType) -> None:
+    async def save_state(
+        cls, key: str, value: Any, id: str, type: StateType, *, ttl_seconds: int | None = None
+    ) -> None:
         """Set field ``key`` of state ``id`` to ``value`` (any JSON-serialisable value).
+
+        ``ttl_seconds``: the whole state expires that long after this write is applied,
+        unless a later write says otherwise (default: the type's retention setting,
+        STATESTORE_TTL_WORKFLOWS_S for workflows; none for credentials).
 
         Fire-and-forget: returns once the event is queued, without waiting for it to be
         applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
@@ -79,25 +86,29 @@ class StateStore:
         """
         state_type = _check_target(id, type)
         _check_field_name(key)
+        ttl = _ttl(ttl_seconds, state_type)
         normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
-            field=key, value=normalised, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+            field=key, value=normalised, ttl_seconds=ttl, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
 
     @classmethod
-    async def save_state_object(cls, id: str, value: dict[str, Any], type: StateType) -> dict[str, Any]:
+    async def save_state_object(
+        cls, id: str, value: dict[str, Any], type: StateType, *, ttl_seconds: int | None = None
+    ) -> dict[str, Any]:
         """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
 
         Returns the dict that will be stored. Fire-and-forget like ``save_state``, with
-        the same errors.
+        the same errors and the same ``ttl_seconds``.
         """
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
+        ttl = _ttl(ttl_seconds, state_type)
         normalised = _json_roundtrip(value, "state object", id)
         event = ObjectReplaced.model_construct(
-            value=normalised, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+            value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
         return json.loads(json.dumps(normalised))
@@ -195,6 +206,8 @@ class StateStore:
         # Every (producer id, last seq) this process still has to see applied, per state.
         waiting = {id: runtime.waits(keys[id]) for id in ids}
         waiting = {id: w for id, w in waiting.items() if w}
+        floors = {id: runtime.confirmed(keys[id]) for id in waiting}
+        wanted = {id: dict(w) for id, w in waiting.items()}
         query = loop_runtime.query
         delay = 0.002
         while waiting:
@@ -203,11 +216,12 @@ class StateStore:
                 documents.update(await query.get_documents(chunk, state_type))
             for id in list(waiting):
                 document = documents.get(id)
-                behind = {p: s for p, s in waiting[id].items() if document is None or document.processed_upto(p) < s}
+                behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
                 if behind:
                     waiting[id] = behind
                 else:
                     del waiting[id]
+                    runtime.confirm(keys[id], wanted[id])
             if not waiting:
                 return
             if loop.time() + delay > deadline:
@@ -245,6 +259,20 @@ class StateStore:
         return document.to_state() if document.exists() else None
 
 
+def _applied(document: StateDocument | None, producer: str, floor: int, seq: int) -> bool:
+    """Whether ``producer``'s seqs up to ``seq`` are applied: all of them, or, when the
+    state expired since a sync saw ``floor`` applied (its records went with it), every
+    seq after ``floor``."""
+    if document is None:
+        return False
+    if document.processed_upto(producer) >= seq:
+        return True
+    progress = document.producers.get(producer)
+    if progress is None or floor <= 0:
+        return False
+    return all(progress.processed(n) for n in range(floor + 1, seq + 1))
+
+
 def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
     """``ids`` cut into bulk reads of at most SYNC_READ_MAX_KEYS keys and SYNC_READ_MAX_KEY_BYTES."""
     chunks: list[list[str]] = [[]]
@@ -262,6 +290,15 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
 def _check_target(id: object, type: object) -> StateType:
     validate_id(id)
     return coerce_state_type(type)
+
+
+def _ttl(ttl_seconds: object, state_type: StateType) -> int | None:
+    """The write's expiry: ``ttl_seconds``, else the type's default retention."""
+    if ttl_seconds is None:
+        return get_settings().ttl_workflows_s if state_type is StateType.WORKFLOWS else None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+        raise InvalidValueError(f"ttl_seconds must be a whole number of seconds >= 1 (or None), not {ttl_seconds!r}")
+    return ttl_seconds
 
 
 def _check_field_name(key: object) -> None:

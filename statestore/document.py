@@ -116,6 +116,7 @@ class StateDocument(BaseModel):
     producers: dict[str, ProducerProgress] = Field(default_factory=dict)
     deleted: dict[str, Stamp] = Field(default_factory=dict)  # field tombstones
     written: Stamp | None = None  # the greatest stamp of any write
+    ttl_s: int | None = None  # the ttl_seconds of that write: the store entry expires after it
 
     @model_validator(mode="after")
     def _written_of_older_documents(self) -> StateDocument:
@@ -173,6 +174,7 @@ def apply_events(
     producers = dict(document.producers) if document else {}
     deleted = dict(document.deleted) if document else {}
     written = document.written if document else None
+    ttl_s = document.ttl_s if document else None
     changed = content_changed = document is None
     # The document's own clock: a record is dated by it, not by its producer's wall
     # clock, so a producer whose clock is behind is not evicted at once.
@@ -188,6 +190,7 @@ def apply_events(
         stamp = event.stamp
         if isinstance(event, (FieldUpdated, ObjectReplaced)) and (written is None or stamp > written):
             written = stamp  # whether or not a later delete supersedes it: exists() compares
+            ttl_s = event.ttl_seconds  # the newest write decides the expiry
             changed = content_changed = True
         if replaced is not None and stamp <= replaced:
             continue  # a later replace or delete already superseded this event
@@ -220,7 +223,8 @@ def apply_events(
     if document is not None and not content_changed and producers == document.producers:
         return document  # e.g. a redelivered event of a producer whose record was evicted
     return StateDocument.model_construct(
-        version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers, deleted=deleted, written=written
+        version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers, deleted=deleted, written=written,
+        ttl_s=ttl_s,
     )
 
 

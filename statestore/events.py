@@ -79,8 +79,9 @@ and sequence number with different content (a buggy or malicious producer): the 
 still total, so every replica and every delivery order picks the same winner."""
 
 
-V2_FIELDS = ("app", "traceparent")
-"""Fields version 2 added: a version-1 event has neither."""
+V2_FIELDS = ("app", "traceparent", "ttl_seconds")
+"""Fields version 2 added: a version-1 event has none of them. (``ttl_seconds`` was added
+to version 2 before version 2 shipped, so it is optional and not a new version.)"""
 
 
 def upcast_v1(data: Any) -> Any:
@@ -155,10 +156,19 @@ class _EventBase(BaseModel):
         return format_state_key(self.state_id, StateType(self.state_type), self.app)
 
 
+_TTL = Field(
+    None,
+    ge=1,
+    description="Optional: the state expires this many seconds after the subscriber applies this write"
+    " (unless a later write says otherwise). Absent: no expiry.",
+)
+
+
 class FieldUpdated(_EventBase):
     """Set one field of a state (``save_state``)."""
 
     kind: Literal["field_updated"] = "field_updated"
+    ttl_seconds: int | None = _TTL
     field: Annotated[str, Field(min_length=1, max_length=1024)] = Field(description="The field to set.")
     value: JsonValue = Field(description="Its new value: any JSON.")
 
@@ -170,6 +180,7 @@ class ObjectReplaced(_EventBase):
     """Replace a whole state with ``value`` (``save_state_object``)."""
 
     kind: Literal["object_replaced"] = "object_replaced"
+    ttl_seconds: int | None = _TTL
     value: dict[str, JsonValue] = Field(description="The whole new state.")
 
     def _content(self) -> Any:
@@ -243,13 +254,14 @@ def cloudevent_id(event: AnyEvent) -> str:
     return f"{event.producer}:{event.key}:{event.seq}"
 
 
-_UNTRACED = {"traceparent"}
+_OPTIONAL = ("traceparent", "ttl_seconds")
 
 
 def encode_event(event: AnyEvent) -> bytes:
     """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
-    ``traceparent`` only when the write had a trace context."""
-    return event.model_dump_json(exclude=_UNTRACED if event.traceparent is None else None).encode()
+    ``traceparent`` and ``ttl_seconds`` only when set."""
+    absent = {name for name in _OPTIONAL if getattr(event, name, None) is None}
+    return event.model_dump_json(exclude=absent or None).encode()
 
 
 def encode_cloudevent(event: AnyEvent, data: bytes | None = None) -> bytes:

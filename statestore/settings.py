@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     producer_retention_s: float = Field(3600.0, ge=60, le=14_400, description="Producer id lifetime x 4.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+    # Retention: a workflow state written without ttl_seconds expires after this many
+    # seconds (None: never). Credentials have no default retention: they never expire
+    # unless a write asks for it.
+    ttl_workflows_s: int | None = Field(None, ge=1, description="Default expiry of workflow states.")
 
     # Subscriber.
     subscriber_port: int = Field(

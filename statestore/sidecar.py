@@ -45,6 +45,7 @@ class Upsert:
     key: str
     value: bytes
     etag: str | None
+    ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
 
 
 # A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
@@ -176,7 +177,8 @@ class SidecarClient:
         """Write all ``upserts`` atomically; EtagMismatchError if any key moved on."""
         operations = []
         for upsert in upserts:
-            item = common_pb2.StateItem(key=upsert.key, value=upsert.value, metadata=JSON_METADATA)
+            metadata = JSON_METADATA if upsert.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(upsert.ttl_s)}
+            item = common_pb2.StateItem(key=upsert.key, value=upsert.value, metadata=metadata)
             if upsert.etag is None:
                 item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
             else:

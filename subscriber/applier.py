@@ -90,7 +90,7 @@ class EventApplier:
                     current = decode_document(key, item.value) if item else None
                     merged = apply_events(current, key_events)
                     if merged is not current:
-                        upserts.append(Upsert(key, encode_document(merged), item.etag if item else None))
+                        upserts.append(Upsert(key, encode_document(merged), item.etag if item else None, merged.ttl_s))
                 if not upserts:
                     return 0  # all duplicates: already applied (and marked) before
                 changed = len(upserts)

@@ -108,3 +108,33 @@ async def test_deletes_racing_writes_from_eight_producers_give_the_oracles_answe
     expected = replay_in_order(events)
     assert await StateStore.get_state(wf, W) == expected
     await snapshot_is(wf, expected)
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+
+async def test_a_state_written_with_ttl_expires_from_get_state_and_the_store_and_a_later_write_recreates(caller_sidecar):
+    wf = new_id("ttl")
+    await StateStore.save_state_object(wf, {"status": "done"}, W, ttl_seconds=2)
+    await StateStore.sync(wf, W)
+    assert await StateStore.get_state(wf, W) == {"status": "done"}
+    query = StateQueryClient(caller_sidecar, "statestore")
+
+    async def expired():
+        return await StateStore.get_state(wf, W) is None and await query.get_document(wf, W) is None
+
+    await eventually(expired, timeout=15)  # the store's own TTL: the entry is gone, not emptied
+    await StateStore.save_state("status", "again", wf, W)
+    await StateStore.sync(wf, W, timeout=20)
+    assert await StateStore.get_state(wf, W) == {"status": "again"}
+
+
+async def test_a_later_write_without_ttl_makes_the_state_permanent_again(caller_sidecar):
+    wf = new_id("ttl")
+    await StateStore.save_state("a", 1, wf, W, ttl_seconds=1)
+    await StateStore.save_state("b", 2, wf, W)
+    await StateStore.sync(wf, W)
+    item = await caller_sidecar.get_state("statestore", f"workflows/{wf}")
+    assert item is not None
+    document = await StateQueryClient(caller_sidecar, "statestore").get_document(wf, W)
+    assert document.ttl_s is None

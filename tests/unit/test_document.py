@@ -207,3 +207,16 @@ def test_deletes_in_any_delivery_order_give_the_oracles_answer_and_existence(his
     assert (state_of(document) if history else None) == replay_in_order(history)
     if history:
         assert decode_document("k", encode_document(document)) == document
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+def test_the_newest_write_decides_the_ttl_in_any_order():
+    from statestore.events import encode_event
+
+    short = field_updated("a", 1, seq=1, hlc=(1, 0)).model_copy(update={"ttl_seconds": 60})
+    permanent = field_updated("b", 2, producer="p2", seq=1, hlc=(2, 0))
+    assert apply_events(None, [short, permanent]).ttl_s is None
+    assert apply_events(None, [permanent, short]).ttl_s is None
+    assert apply_events(None, [short]).ttl_s == 60
+    assert b"ttl_seconds" not in encode_event(permanent) and b'"ttl_seconds":60' in encode_event(short)
