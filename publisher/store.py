@@ -7,9 +7,10 @@ straight to the state store through the caller's own sidecar.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
@@ -19,7 +20,29 @@ from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdat
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
+
+MAX_PAGE_SIZE = 10_000
+
+
+class StatePage(NamedTuple):
+    """One page of ``list_states``: ids, and the token of the next page (None: last page)."""
+
+    ids: list[str]
+    next_page_token: str | None
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_token(token: object) -> str:
+    try:
+        return validate_id(base64.urlsafe_b64decode(str(token).encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValueError(
+            f"page_token {token!r} is not one list_states returned; start again with page_token=None"
+        ) from None
 
 log = logging.getLogger("statestore.publisher")
 
@@ -238,6 +261,34 @@ class StateStore:
             delay = min(delay * 2, 0.02)
 
     # -- reads -----------------------------------------------------------------------
+
+    @classmethod
+    async def list_states(
+        cls, type: StateType, prefix: str = "", page_size: int = 1000, page_token: str | None = None
+    ) -> StatePage:
+        """The ids of this app's states of ``type`` that start with ``prefix``, sorted, a
+        page at a time: pass ``page.next_page_token`` back for the next page (None: done).
+
+        Reads the id index (statestore.index: 64 shard documents per app and type, one
+        bulk read) and keeps the ids whose state exists now (one bulk read per 500). A
+        state appears once its first write is applied and goes once its delete is
+        applied or it expires. A page may hold fewer than ``page_size`` ids when some
+        expired since they were indexed.
+        """
+        state_type = coerce_state_type(type)
+        if not isinstance(prefix, str):
+            raise InvalidValueError("prefix must be a string")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
+        query = get_runtime().loop_runtime().query
+        after = "" if page_token is None else _decode_token(page_token)
+        ids, more = await query.index_page(state_type, prefix, after, page_size)
+        keys = {id: state_key(id, state_type) for id in ids}
+        documents: dict[str, StateDocument] = {}
+        for chunk in _chunks(ids, keys):
+            documents.update(await query.get_documents(chunk, state_type))
+        live = [id for id in ids if id in documents and documents[id].exists()]
+        return StatePage(live, _encode_token(ids[-1]) if more and ids else None)
 
     @classmethod
     async def get_state(cls, id: str, type: StateType) -> dict[str, Any] | None:

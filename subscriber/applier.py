@@ -7,7 +7,8 @@ For one batch:
    read);
 2. merge each state's events into its document (statestore.document.apply_events);
 3. write every changed document, and the outbox slot marking them dirty, in one
-   transaction with the ETags read in step 1 (first-write for new states); on an ETag
+   transaction with the ETags read in step 1, with the id index shards of states that
+   began or ceased to exist (statestore.index) (first-write for new states); on an ETag
    conflict (another replica wrote in between) start again from 1, so no update is lost.
 
 The object-store snapshots follow from the outbox (subscriber.outbox.SnapshotFlusher).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 from statestore.document import apply_events, decode_document, encode_document
 from statestore.events import AnyEvent
+from statestore.index import IndexShard, shard_key
 from subscriber.outbox import SLOTS, mark_dirty, slot_key
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
@@ -85,16 +87,23 @@ class EventApplier:
             try:
                 stored = await self._repository.load([*by_key, slot])
                 upserts = []
+                appeared: list[Event] = []  # states that start or stop existing: the index changes
+                vanished: list[Event] = []
                 for key, key_events in by_key.items():
                     item = stored.get(key)
                     current = decode_document(key, item.value) if item else None
                     merged = apply_events(current, key_events)
                     if merged is not current:
                         upserts.append(Upsert(key, encode_document(merged), item.etag if item else None, merged.ttl_s))
+                        existed = current is not None and current.exists()
+                        if merged.exists() != existed:
+                            (appeared if merged.exists() else vanished).append(key_events[0])
                 if not upserts:
                     return 0  # all duplicates: already applied (and marked) before
                 changed = len(upserts)
-                upserts.append(mark_dirty(slot, stored.get(slot), [u.key for u in upserts]))
+                if appeared or vanished:
+                    upserts.extend(await self._index_changes(appeared, vanished))
+                upserts.append(mark_dirty(slot, stored.get(slot), [u.key for u in upserts[:changed]]))
                 await self._repository.commit(upserts)
                 return changed
             except EtagMismatchError:
@@ -103,3 +112,19 @@ class EventApplier:
             except Exception as exc:  # store busy, sidecar restarting: let Dapr redeliver
                 raise TransientError(f"state store write failed: {exc}") from exc
         raise TransientError(f"gave up after {self._max_conflict_retries} ETag conflicts in a row")
+
+    async def _index_changes(self, appeared: list[Event], vanished: list[Event]) -> list[Upsert]:
+        """The index shard writes (statestore.index) for states that began or ceased to exist."""
+        changes = [(shard_key(e.app, e.state_type, e.state_id), e.state_id, True) for e in appeared]
+        changes += [(shard_key(e.app, e.state_type, e.state_id), e.state_id, False) for e in vanished]
+        stored = await self._repository.load({key for key, _, _ in changes})
+        shards = {key: IndexShard.model_validate_json(item.value) for key, item in stored.items()}
+        touched = set()
+        for key, id, add in changes:
+            shard = shards.setdefault(key, IndexShard())
+            if shard.add(id) if add else shard.remove(id):
+                touched.add(key)
+        return [
+            Upsert(key, shards[key].model_dump_json().encode(), stored[key].etag if key in stored else None)
+            for key in sorted(touched)
+        ]

@@ -138,3 +138,42 @@ async def test_a_later_write_without_ttl_makes_the_state_permanent_again(caller_
     assert item is not None
     document = await StateQueryClient(caller_sidecar, "statestore").get_document(wf, W)
     assert document.ttl_s is None
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+async def test_listing_ten_thousand_ids_paged():
+    run = uuid.uuid4().hex[:6]
+    ids = [f"list-{run}-{n:05d}" for n in range(10_000)]
+    for id in ids:
+        await StateStore.save_state("n", 1, id, W)
+    await StateStore.save_state("n", 1, f"other-{run}", W)  # another prefix: not listed
+    await StateStore.sync_many(ids, W, timeout=120)
+    await StateStore.delete_state(ids[7], W)  # deleted: not listed
+    await StateStore.sync(ids[7], W)
+
+    listed, token, pages = [], None, 0
+    while True:
+        page = await StateStore.list_states(W, prefix=f"list-{run}-", page_size=1000, page_token=token)
+        listed.extend(page.ids)
+        pages += 1
+        token = page.next_page_token
+        if token is None:
+            break
+    assert listed == [id for id in ids if id != ids[7]]  # sorted, each once
+    assert pages == 10
+
+
+async def test_a_listing_drops_deleted_states_and_a_recreated_state_is_listed_again():
+    run = uuid.uuid4().hex[:6]
+    wf = f"relist-{run}"
+    await StateStore.save_state("a", 1, wf, W)
+    await StateStore.sync(wf, W)
+    assert (await StateStore.list_states(W, prefix="relist-" + run)).ids == [wf]
+    await StateStore.delete_state(wf, W)
+    await StateStore.sync(wf, W)
+    assert (await StateStore.list_states(W, prefix="relist-" + run)).ids == []
+    await StateStore.save_state("a", 2, wf, W)
+    await StateStore.sync(wf, W)
+    assert await StateStore.list_states(W, prefix="relist-" + run) == ([wf], None)
