@@ -97,7 +97,7 @@ class LoopRuntime:
     def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._runtime = runtime
-        self.sidecar = SidecarClient(blocking=runtime.forked)
+        self.sidecar = runtime.sidecar_factory() if runtime.sidecar_factory else SidecarClient(blocking=runtime.forked)
         self.query = StateQueryClient(self.sidecar, runtime.settings.statestore_name)
         self.pipelines: dict[tuple[str, str], PublishPipeline] = {}  # (pubsub, topic) -> pipeline
         self._closer = self._close_at_loop_shutdown()
@@ -155,8 +155,16 @@ class LoopRuntime:
 class Runtime:
     """The process's publisher runtime (see the module docstring)."""
 
-    def __init__(self, settings: Settings | None = None, forked: bool = False, clock: HybridClock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        forked: bool = False,
+        clock: HybridClock | None = None,
+        sidecar_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
+        # What each loop talks to instead of a SidecarClient (publisher.testing: memory).
+        self.sidecar_factory = sidecar_factory
         self.forked = forked
         self.clock = clock or HybridClock()
         # Reentrant: the signal handler's drain runs in the main thread, possibly while
