@@ -98,6 +98,9 @@ async def measure(stack: Stack, size: dict) -> dict:
         say(f"statestore: scaling, {ids} ids")
         results["statestore"]["scaling"]["ids"].append(await m.throughput(statestore, ids, 2, 16, probe=True))
 
+    from bench import credentials
+
+    results["credentials"] = await credentials.measure(stack, say)
     results["memory"] = {
         "subscriber_peak_rss_mb": subscriber.peak_rss_mb(),
         "producer_peak_rss_mb": m.ProcessMeter(os.getpid()).peak_rss_mb(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.credentials import report_section as credentials_section
+
 __all__ = ["write_report", "replace_section", "keep_sections"]
 
 PEERS = ["statestore", "plain-dapr", "reference"]
@@ -145,6 +147,7 @@ def write_report(record: dict, docs: Path) -> None:
                [[s["ids"], s["updates"], s["applied_per_s"], s.get("staleness", {}).get("p50_ms"),
                  s.get("staleness", {}).get("p99_ms")] for s in r["statestore"]["scaling"]["ids"]]),
         "",
+        *credentials_section(r.get("credentials")),
         "## Memory",
         "",
         f"Peak RSS: subscriber {r['memory']['subscriber_peak_rss_mb']} MiB, "

@@ -14,7 +14,7 @@ from publisher.crypto import (
     WrongKeyError,
 )
 from publisher.query import StateQueryClient
-from publisher.secrets import SecretStore, replace_credentials_with_guid
+from publisher.secrets import CredentialNotStoredError, SecretStore, replace_credentials_with_guid
 from publisher.store import StatePage, StateStore
 from statestore.errors import (
     InvalidStateIdError,
@@ -37,6 +37,7 @@ __all__ = [
     "SecretStore",
     "replace_credentials_with_guid",
     "CredentialError",
+    "CredentialNotStoredError",
     "UnknownCredentialError",
     "WrongKeyError",
     "TamperedCredentialError",

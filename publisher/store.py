@@ -166,8 +166,20 @@ class StateStore:
 
     @classmethod
     def _pipeline_for(cls, event: AnyEvent) -> PublishPipeline:
-        """Where an event is published: the one place that routes events to topics."""
-        return get_runtime().pipeline()
+        """Where an event is published."""
+        return cls._pipeline_of(event.state_type)
+
+    @classmethod
+    def _pipeline_of(cls, state_type: StateType) -> PublishPipeline:
+        """The one place that routes events to topics, by state type.
+
+        Credentials have a topic and pub/sub component of their own: a credential save
+        waits until it is stored, and must not queue behind this process's progress
+        backlog, nor behind other apps' progress in the broker and the subscriber."""
+        runtime = get_runtime()
+        if state_type is StateType.CREDENTIALS:
+            return runtime.pipeline(runtime.settings.credentials_topic, runtime.settings.credentials_pubsub_name)
+        return runtime.pipeline()
 
     @classmethod
     async def _submit(cls, event: AnyEvent) -> None:
@@ -218,13 +230,16 @@ class StateStore:
         mine = set(keys.values())
         try:
             # Only this call's states' failures are raised here; others stay for their owner.
-            await asyncio.wait_for(loop_runtime.flush(lambda q: q.event.key in mine), timeout)
+            # Its events are all in the one pipeline of their state type: wait for that one
+            # only (a credential save must not wait for the progress backlog).
+            await asyncio.wait_for(cls._pipeline_of(state_type).flush(lambda q: q.event.key in mine), timeout)
         except asyncio.TimeoutError:
             outage = any(p.in_outage for p in loop_runtime.pipelines.values())
             raise SyncTimeoutError(
                 f"{loop_runtime.unpublished()} events of this process were still unpublished after {timeout:g} s "
                 f"({'the sidecar or broker is not taking events' if outage else 'publishing is behind'}). "
-                "Is the caller's Dapr sidecar running?"
+                "Is the caller's Dapr sidecar running?",
+                list(keys),
             ) from None
         # Every (producer id, last seq) this process still has to see applied, per state.
         waiting = {id: runtime.waits(keys[id]) for id in ids}
@@ -255,7 +270,8 @@ class StateStore:
                     f"state {keys[id]!r}: this process's events not all applied after {timeout:g} s "
                     f"(applied/written per producer id: {', '.join(f'{done[p]}/{s}' for p, s in behind.items())}; "
                     f"{len(waiting)} states behind). Is the subscriber running (`make up`)? "
-                    "Its log says why events are not applied."
+                    "Its log says why events are not applied.",
+                    list(waiting),
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)

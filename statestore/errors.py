@@ -56,4 +56,11 @@ class PublishError(StateStoreError):
 
 
 class SyncTimeoutError(StateStoreError, TimeoutError):
-    """Events published by this process were not all applied within the timeout."""
+    """Events published by this process were not all applied within the timeout.
+
+    ``pending`` holds the ids of the states still behind.
+    """
+
+    def __init__(self, message: str, pending: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.pending = list(pending or [])

@@ -21,6 +21,8 @@ __all__ = [
     "format_state_key",
     "parse_state_key",
     "object_key",
+    "object_prefix",
+    "state_id_of_object_key",
     "build_state_store_path",
 ]
 
@@ -126,11 +128,23 @@ def object_key(id: str, state_type: StateType | str, app: str | None = None) -> 
     ``app`` defaults to this process's application name; the subscriber passes the app
     the event named, so the file lands where ``build_state_store_path`` told the caller.
     """
+    return f"{object_prefix(state_type, app)}{validate_id(id)}/config.json"
+
+
+def object_prefix(state_type: StateType | str, app: str | None = None) -> str:
+    """The object-store folder holding every snapshot of one state type of one app
+    (ends with '/'); ``app`` defaults to this process's application name."""
     app = caller_app_name() if app is None else validate_app_name(app)
-    return (
-        f"persistent-artifacts/apps/{app}/"
-        f"{coerce_state_type(state_type).value}/{validate_id(id)}/config.json"
-    )
+    return f"persistent-artifacts/apps/{app}/{coerce_state_type(state_type).value}/"
+
+
+def state_id_of_object_key(key: str, state_type: StateType | str, app: str | None = None) -> str | None:
+    """The state id whose snapshot ``key`` is (the inverse of ``object_key``), or None."""
+    prefix = object_prefix(state_type, app)
+    if not key.startswith(prefix) or not key.endswith("/config.json"):
+        return None
+    id = key[len(prefix) : -len("/config.json")]
+    return id if SAFE_ID_PATTERN.fullmatch(id) and ".." not in id else None
 
 
 def build_state_store_path(id: str, state_type: StateType | str) -> str:

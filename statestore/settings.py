@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
     pubsub_name: str = "pubsub"
     topic: str = "statestore-events"
+    # Credentials travel on a topic of their own, through a pub/sub component of their
+    # own (same broker): the Redis component's delivery workers are shared by all its
+    # subscriptions, so a progress backlog would otherwise hold credentials back.
+    credentials_pubsub_name: str = "pubsub-credentials"
+    credentials_topic: str = "statestore-credentials"
     deadletter_topic: str = "statestore-deadletter"
 
     # Publishing: pending events go out in one bulk publish when this many are
@@ -63,6 +68,9 @@ class Settings(BaseSettings):
     producer_retention_s: float = Field(3600.0, ge=60, le=14_400, description="Producer id lifetime x 4.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
     max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+    credential_timeout_s: float = Field(
+        30.0, gt=0, description="How long save_secret(s) waits until its credentials are stored."
+    )
     # Retention: a workflow state written without ttl_seconds expires after this many
     # seconds (None: never). Credentials have no default retention: they never expire
     # unless a write asks for it.

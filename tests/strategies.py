@@ -61,3 +61,17 @@ def event_histories(draw, max_producers=4, max_events=25, deletes=True):
         else:
             events.append(field_updated(draw(field_names), draw(json_values), **stamp))
     return events
+
+
+# Credential configurations: any text but surrogates and NUL, integers, booleans, None,
+# nested dicts.
+credential_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+credential_configs = st.dictionaries(
+    credential_text,
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | credential_text,
+        lambda children: st.dictionaries(credential_text, children, max_size=4),
+        max_leaves=10,
+    ),
+    max_size=6,
+)

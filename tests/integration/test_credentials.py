@@ -1,8 +1,13 @@
-"""Issue 6: credentials sealed by the caller, nowhere in plaintext, rotation, access."""
+"""Issue 6: credentials sealed by the caller, nowhere in plaintext, rotation, access.
+Issue 17: a returned guid is readable at once, from any process, whatever the backlog."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -10,8 +15,11 @@ import pytest
 import redis
 
 from devstack import Ports
-from devstack.stack import SidecarSpec
+from devstack.processes import port_open
+from devstack.stack import PROJECT_ROOT, SidecarSpec
 from publisher import (
+    CredentialNotStoredError,
+    InvalidValueError,
     SecretStore,
     SidecarUnavailableError,
     StateStore,
@@ -23,10 +31,11 @@ from publisher import (
 )
 from publisher.crypto import Keyring, new_key, seal
 from publisher.keys import rotate_keyring
-from publisher.secrets import INDEX_ID
+from publisher.objectlist import list_state_ids
 from statestore.settings import SidecarSettings
 from statestore.sidecar import SidecarClient
-from tests.integration.conftest import sidecar_settings
+from tests.integration.conftest import eventually, python_env, sidecar_settings
+from tests.strategies import credential_configs
 
 C = StateType.CREDENTIALS
 RATES: dict[str, float] = {}
@@ -99,7 +108,7 @@ async def test_workflow_arguments_keep_a_guid_instead_of_credentials():
     assert await SecretStore.get_credentials(stored["credential_guid"]) == {"password": "z"}
 
 
-async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves_all(stack):
+async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves_all(stack, subscriber_sidecar):
     old = await SecretStore.save_secret({"password": "before rotation"})
     await StateStore.sync(old, C)
     old_key = (await StateStore.get_state(old, C))["key_id"]
@@ -114,13 +123,29 @@ async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves
     assert (await StateStore.get_state(new, C))["key_id"] == new_key_id != old_key
     assert await SecretStore.get_credentials(old) == {"password": "before rotation"}
 
-    moved, failed = await SecretStore.reencrypt_all()
-    assert moved >= 1 and old not in failed
-    assert all("altered" in reason for reason in failed.values())  # the tampered one above, if it ran
+    # The operator's tool, as the README runs it: the caller's sidecar for keys and state,
+    # the subscriber's for listing the object store (no shared index document).
+    from tests.integration.test_statestore import assert_snapshot_matches
+
+    await assert_snapshot_matches(old, C)  # reencrypt lists what has a snapshot
+    env = {**python_env(stack), "STATESTORE_OBJECTSTORE_GRPC_PORT": str(stack.ports.subscriber.grpc_port)}
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "publisher.keys", "reencrypt"],
+                                   cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "re-encrypted" in done.stdout, done.stdout + done.stderr
+    moved = int(done.stdout.split("re-encrypted ")[1].split()[0])
+    # Credentials other tests sealed with a foreign key or tampered with are reported, not moved.
+    failed = [line for line in done.stderr.splitlines() if line.startswith("not re-encrypted")]
+    assert all("altered" in line or "does not hold" in line for line in failed), done.stderr
+    assert done.returncode == (1 if failed else 0) and moved >= 1
     assert (await StateStore.get_state(old, C))["key_id"] == new_key_id
+    assert (await StateStore.get_state(new, C))["key_id"] == new_key_id
     assert await SecretStore.get_credentials(old) == {"password": "before rotation"}
-    index = await StateStore.get_state(INDEX_ID, C)
-    assert {key_id for guid, key_id in index.items() if guid not in failed} == {new_key_id}
+    # Every credential that can be opened is now sealed with the new key.
+    guids = await list_state_ids(subscriber_sidecar, "objectstore", C)
+    assert old in guids and new in guids
+    bad = {line.split("credential ")[1].split()[0].strip("'") for line in failed}
+    states = await asyncio.gather(*(StateStore.get_state(g, C) for g in guids))
+    assert {s["key_id"] for g, s in zip(guids, states) if g not in bad} == {new_key_id}
 
 
 async def test_the_subscriber_and_other_app_ids_cannot_read_keys_or_publish(stack, subscriber_sidecar):
@@ -136,6 +161,8 @@ async def test_the_subscriber_and_other_app_ids_cannot_read_keys_or_publish(stac
             await client.get_secret("secretstore", "statestore-keyring")
         with pytest.raises(SidecarUnavailableError, match="pubsub"):
             await client.publish("pubsub", "statestore-events", b"{}", "application/json")
+        with pytest.raises(SidecarUnavailableError, match="pubsub-credentials"):
+            await client.publish("pubsub-credentials", "statestore-credentials", b"{}", "application/json")
         with pytest.raises(SidecarUnavailableError, match="statestore"):
             await client.get_state("statestore", "workflows/anything")
     finally:
@@ -162,3 +189,107 @@ async def test_api_tokens_keep_out_callers_and_apps_without_them(stack):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.OnBulkTopicEvent(appcallback_pb2.TopicEventBulkRequest(topic="statestore-events"), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- issue 17: durable on return ---------------------------------------------------------
+
+
+async def test_save_secret_then_get_credentials_at_once_in_the_same_process():
+    for n in range(20):
+        config = secret_config(uuid.uuid4().hex, n)
+        guid = await SecretStore.save_secret(config)
+        assert await SecretStore.get_credentials(guid) == config  # no sync, no retry
+    args = await replace_credentials_with_guid({"workflow_id": "wf-now", "credentials": {"password": "now"}})
+    assert await SecretStore.get_credentials(args["credential_guid"]) == {"password": "now"}
+
+
+@pytest.mark.parametrize("ahead", ["queued in the caller", "published to the broker"])
+async def test_another_process_reads_200_guids_right_after_save_secrets_with_30000_updates_queued_ahead(stack, ahead):
+    reader = subprocess.Popen([sys.executable, "-m", "tests.integration.credential_reader"], cwd=PROJECT_ROOT,
+                              env=python_env(stack), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert await asyncio.to_thread(reader.stdout.readline) == "ready\n"
+        progress = [f"backlog-{uuid.uuid4().hex[:8]}-{n}" for n in range(300)]
+        for n in range(30_000):  # other workflows' progress, queued ahead of the credentials
+            await StateStore.save_state("progress", n, progress[n % 300], StateType.WORKFLOWS)
+        if ahead == "published to the broker":
+            await StateStore.flush()  # all 30,000 wait in Redis and the subscriber, not here
+        configs = [secret_config(uuid.uuid4().hex, n) for n in range(200)]
+        guids = await SecretStore.save_secrets(configs)
+        behind = StateStore._pipeline_of(StateType.WORKFLOWS).pending
+        reader.stdin.write(json.dumps(guids) + "\n")
+        reader.stdin.flush()
+        result = json.loads(await asyncio.to_thread(reader.stdout.readline))
+    finally:
+        reader.kill()
+        reader.wait()
+    print(f"{ahead}: progress events still queued in the caller when save_secrets returned: {behind}")
+    assert result["unreadable"] == [] and result["errors"] == [] and result["readable"] == 200
+    assert result["configs"] == configs
+    await StateStore.sync_many(progress, StateType.WORKFLOWS, timeout=120)
+
+
+async def test_generated_credentials_round_trip_through_the_stack():
+    from hypothesis import HealthCheck, given, settings
+
+    examples: list[dict] = []
+
+    @settings(max_examples=12, database=None, suppress_health_check=list(HealthCheck))
+    @given(credential_configs)
+    def collect(config):
+        examples.append(config)
+
+    collect()
+    guids = await SecretStore.save_secrets(examples)
+    assert [await SecretStore.get_credentials(g) for g in guids] == examples
+
+
+async def test_a_bad_configuration_leaves_nothing_queued_and_no_orphans():
+    issued = dict(StateStore.runtime()._issued)  # every state this process stamped an event for
+    credentials = StateStore._pipeline_of(C)
+    for bad in ({"password": object()}, {"password": float("nan")}, ["not", "a", "dict"], {"blob": "x" * (2 << 20)}):
+        with pytest.raises(InvalidValueError, match="#2.*") as info:
+            await SecretStore.save_secrets([{"password": "a"}, {"password": "b"}, bad, {"password": "d"}])
+        assert "nothing was saved" in str(info.value).lower()
+    assert dict(StateStore.runtime()._issued) == issued  # not one event was stamped, so none was queued
+    assert credentials.pending == 0
+
+
+async def test_timeout_names_the_unconfirmed_guids_and_they_are_stored_after_restart(stack):
+    configs = [secret_config(uuid.uuid4().hex, n) for n in range(5)]
+    await SecretStore.keyring()
+    stack.subscriber_app.stop()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(CredentialNotStoredError) as info:
+            await SecretStore.save_secrets(configs, timeout=3)
+        took = time.perf_counter() - start
+    finally:
+        stack.subscriber_app.start()
+        await asyncio.to_thread(stack.subscriber_app.wait_healthy,
+                                lambda: port_open(stack.ports.subscriber.app_port), 60)  # fmt: skip
+    error = info.value
+    assert len(error.guids) == 5 and all(guid in str(error) for guid in error.guids)
+    assert "3 s" in str(error) and "subscriber" in str(error)
+    assert took < 3 + 1.5, took
+    for guid in error.guids:
+        with pytest.raises(UnknownCredentialError):
+            await SecretStore.get_credentials(guid)  # not stored yet: no half state either
+
+    async def all_readable():
+        try:
+            return [await SecretStore.get_credentials(g) for g in error.guids]
+        except UnknownCredentialError:
+            return None
+
+    assert sorted(await eventually(all_readable, timeout=60), key=json.dumps) == sorted(configs, key=json.dumps)
+
+
+async def test_readme_credentials_example_runs_as_written(stack):
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## Credentials", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", example], cwd=PROJECT_ROOT,
+                                   env=python_env(stack), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "credential_guid" in done.stdout

@@ -26,6 +26,7 @@ def test_component_names_match_the_settings():
     found = components()
     assert found[s.statestore_name]["spec"]["type"] == "state.sqlite"
     assert found[s.pubsub_name]["spec"]["type"] == "pubsub.redis"
+    assert found[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.redis"
     assert found[s.objectstore_name]["spec"]["type"] == "bindings.localstorage"
 
 
@@ -40,7 +41,7 @@ def test_scopes_admit_exactly_the_apps_that_need_each_component():
     found = components()
     # Workflow apps and the Temporal example's worker are caller apps with sidecars of their own.
     demo_apps = {"statestore-demo", "statestore-demo-orders", *WORKFLOW_APP_IDS, WORKER_APP_ID}
-    for name in ("statestore", "pubsub"):
+    for name in ("statestore", "pubsub", "pubsub-credentials"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
     assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
@@ -67,9 +68,21 @@ def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only(
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
-    meta = metadata(components()["pubsub"])
-    assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
-    assert meta["processingTimeout"] and meta["redeliverInterval"]
+    for name in ("pubsub", "pubsub-credentials"):
+        meta = metadata(components()[name])
+        assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
+        assert meta["processingTimeout"] and meta["redeliverInterval"]
+
+
+def test_credentials_have_a_component_of_their_own_on_the_same_broker():
+    """Same Redis and consumer group, but their own delivery workers (issue 17)."""
+    found = components()
+    events, credentials = metadata(found["pubsub"]), metadata(found["pubsub-credentials"])
+    assert credentials == events
+    assert found["pubsub-credentials"]["scopes"] == found["pubsub"]["scopes"]
+    # A delivery the subscriber could not apply is retried, never acknowledged and lost.
+    targets = found["statestore-resiliency"]["spec"]["targets"]["components"]
+    assert targets["pubsub-credentials"] == targets["pubsub"] == {"inbound": {"retry": "deliverForever"}}
 
 
 def test_run_file_matches_the_stack():
@@ -89,3 +102,14 @@ def test_run_file_matches_the_stack():
     sub = Ports().subscriber
     assert (apps[SUBSCRIBER_APP_ID]["appPort"], apps[SUBSCRIBER_APP_ID]["appProtocol"]) == (sub.app_port, "grpc")
     assert apps["statestore-workflows"]["daprGRPCPort"] == 50001
+
+
+async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_dead_letters():
+    from subscriber.servicer import SubscriberServicer
+
+    s = Settings()
+    answer = await SubscriberServicer(applier=None, settings=s).ListTopicSubscriptions(None, None)
+    found = {(sub.pubsub_name, sub.topic): sub for sub in answer.subscriptions}
+    assert set(found) == {(s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic)}
+    for sub in found.values():
+        assert sub.dead_letter_topic == s.deadletter_topic and sub.bulk_subscribe.enabled

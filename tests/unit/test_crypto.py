@@ -77,3 +77,15 @@ def test_a_ciphertext_moved_to_another_guid_does_not_open():
 def test_malformed_keyrings_are_refused(secret):
     with pytest.raises(KeyringError):
         Keyring.from_secret(secret)
+
+
+from hypothesis import given, settings as hsettings
+
+from tests.strategies import credential_configs
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(credential_configs)
+def test_any_credential_configuration_round_trips(config):
+    ring = keyring()
+    assert open_sealed(ring, "guid-p", seal(ring, "guid-p", config)) == config

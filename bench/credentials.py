@@ -1,0 +1,144 @@
+"""Credential saves (issue 17): time until `save_secrets` returns, and so until readable.
+
+statestore's `save_secrets` of 1 to 1,000 credentials beside the reference's synchronous
+way, one read-modify-write per credential through a plain Dapr client
+(bench.peers.PlainDaprPeer), in three situations:
+
+- ``idle``: nothing else queued;
+- ``caller``: 100,000 progress updates queued (fire-and-forget) in the same process just
+  before the save;
+- ``broker``: 100,000 progress updates just published (flushed) to the broker, the
+  subscriber catching up with them.
+
+After each statestore save every guid is read back once (bulk) to count any that is not
+readable. Each backlog is drained before the next row.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+__all__ = ["COUNTS", "BACKLOG", "measure", "report_section"]
+
+COUNTS = [1, 100, 200, 1000]
+BROKER_COUNTS = [200, 1000]
+BACKLOG = 100_000
+BACKLOG_IDS = 1000
+SCENARIOS = {
+    "idle": "none",
+    "caller": f"{BACKLOG:,} updates queued in the caller",
+    "broker": f"{BACKLOG:,} updates just published, subscriber catching up",
+}
+
+
+def _configs(n: int) -> list[dict]:
+    return [{"host": f"db{k}.internal", "username": f"svc-{k}", "password": uuid.uuid4().hex} for k in range(n)]
+
+
+async def _queue_backlog(size: int) -> list[str]:
+    """Queue ``size`` progress updates (fire-and-forget) on BACKLOG_IDS workflows."""
+    from publisher import StateStore, StateType
+
+    ids = [f"cred-backlog-{uuid.uuid4().hex[:6]}-{n}" for n in range(BACKLOG_IDS)]
+    for k in range(size):
+        await StateStore.save_state("progress", k, ids[k % BACKLOG_IDS], StateType.WORKFLOWS)
+    return ids
+
+
+async def _drain(ids: list[str]) -> None:
+    from publisher import StateStore, StateType
+
+    if ids:
+        await StateStore.sync_many(ids, StateType.WORKFLOWS, timeout=600)
+
+
+async def _backlog(scenario: str) -> list[str]:
+    """Set up the scenario's backlog; returns the ids to drain afterwards."""
+    from publisher import StateStore
+
+    if scenario == "idle":
+        return []
+    if scenario == "caller":
+        return await _queue_backlog(BACKLOG)
+    ids = await _queue_backlog(BACKLOG)
+    await StateStore.flush()  # published: the backlog is in Redis and the subscriber, not here
+    return ids
+
+
+async def _statestore_row(n: int, scenario: str) -> dict:
+    from publisher import SecretStore, StateStore, StateType
+
+    ids = await _backlog(scenario)
+    progress = StateStore._pipeline_of(StateType.WORKFLOWS)
+    queued = progress.pending
+    start = time.perf_counter()
+    guids = await SecretStore.save_secrets(_configs(n), timeout=120)
+    took = time.perf_counter() - start
+    found = await StateStore._runtime().query.get_documents(guids, StateType.CREDENTIALS)
+    still_queued = progress.pending
+    await _drain(ids)
+    return {"peer": "statestore", "credentials": n, "scenario": scenario, "seconds": round(took, 4),
+            "unreadable": n - len(found), "backlog_queued_at_start": queued,
+            "backlog_queued_at_return": still_queued}  # fmt: skip
+
+
+async def _reference_row(peer, n: int, scenario: str) -> dict:
+    from publisher import SecretStore
+    from publisher.crypto import seal
+
+    keyring = await SecretStore.keyring()
+    ids = await _backlog(scenario)
+    start = time.perf_counter()
+    for config in _configs(n):  # the reference: seal, then one synchronous RMW per credential
+        guid = str(uuid.uuid4())
+        await peer.save_field(f"cred-{guid}", "credential", seal(keyring, guid, config))
+    took = time.perf_counter() - start
+    await _drain(ids)
+    return {"peer": "reference (plain RMW)", "credentials": n, "scenario": scenario, "seconds": round(took, 4)}
+
+
+async def measure(stack, say=print) -> list[dict]:
+    """Every row: statestore and the reference, each count, idle and with the backlog."""
+    from bench.peers import PlainDaprPeer
+
+    peer = PlainDaprPeer(stack.ports.caller.http_port, stack.ports.caller.grpc_port, stack.tokens.get("DAPR_API_TOKEN"))
+    rows = []
+    try:
+        await _statestore_row(1, "idle")  # warm up: keyring, channels
+        for scenario, counts in (("idle", COUNTS), ("caller", COUNTS), ("broker", BROKER_COUNTS)):
+            for n in counts:
+                say(f"credentials: save of {n}, backlog: {SCENARIOS[scenario]}")
+                rows.append(await _statestore_row(n, scenario))
+                rows.append(await _reference_row(peer, n, scenario))
+    finally:
+        await peer.close()
+    return rows
+
+
+def report_section(rows: list[dict] | None) -> list[str]:
+    """The docs/benchmarks.md section (markdown lines); none when not measured."""
+    if not rows:
+        return []
+    ours = {(r["credentials"], r["scenario"]): r for r in rows if r["peer"] == "statestore"}
+    lines = [
+        "## Credential saves: time until stored and readable",
+        "",
+        "`SecretStore.save_secrets` returns once every credential of the call is applied and",
+        "readable from any process; the reference's way is one synchronous read-modify-write per",
+        "credential through a plain Dapr client, in the same run and situation. The backlog ahead",
+        "is progress updates of 1,000 workflows, queued in the same process just before the save",
+        "or just published to the broker (the subscriber catching up); it is drained before the",
+        "next row (`bench/credentials.py`).",
+        "",
+        "| credentials | backlog ahead | statestore s | unreadable after return | plain RMW s | vs plain RMW | backlog still queued in the caller at return |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["peer"] == "statestore":
+            continue
+        o = ours[(r["credentials"], r["scenario"])]
+        ratio = f"{r['seconds'] / o['seconds']:.1f}x" if o["seconds"] else "n/a"
+        lines.append(f"| {r['credentials']} | {SCENARIOS[r['scenario']]} | {o['seconds']} | {o['unreadable']} | {r['seconds']} "
+                     f"| {ratio} | {o.get('backlog_queued_at_return', '')} |")  # fmt: skip
+    return lines + [""]
