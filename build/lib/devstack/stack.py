@@ -1,0 +1,270 @@
+"""The local stack: Redis, the subscriber app with its sidecar, and a caller sidecar.
+
+``make up`` / ``make down`` run it in ./local with Dapr's default caller ports
+(3500/50001), so a plain Python process using the SDK defaults works; the integration
+tests run their own copy in a temporary folder on free ports.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from devstack.processes import (
+    ManagedProcess,
+    StackError,
+    ensure_port_free,
+    free_port,
+    http_ok,
+    pid_alive,
+    port_open,
+)
+from publisher.keys import ensure_keyring
+
+__all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DAPRD = PROJECT_ROOT / ".runtime" / ".dapr" / "bin" / "daprd"
+COMPONENTS = PROJECT_ROOT / "components"
+CONFIG = PROJECT_ROOT / "config" / "dapr-config.yaml"
+
+SUBSCRIBER_APP_ID = "statestore-subscriber"
+CALLER_APP_ID = "statestore-caller"
+HEALTH_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """The ports of one daprd."""
+
+    app_id: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    internal_grpc_port: int
+    app_port: int | None = None
+
+    def ports(self) -> dict[str, int]:
+        named = {
+            f"{self.app_id} sidecar HTTP": self.http_port,
+            f"{self.app_id} sidecar gRPC": self.grpc_port,
+            f"{self.app_id} sidecar metrics": self.metrics_port,
+            f"{self.app_id} sidecar internal gRPC": self.internal_grpc_port,
+        }
+        if self.app_port is not None:
+            named[f"{self.app_id} app"] = self.app_port
+        return named
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port the stack listens on (all on 127.0.0.1)."""
+
+    redis: int = 6379
+    subscriber: SidecarSpec = SidecarSpec(SUBSCRIBER_APP_ID, 3501, 50002, 9091, 50012, 50051)
+    caller: SidecarSpec = SidecarSpec(CALLER_APP_ID, 3500, 50001, 9090, 50011)
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Ports that are free now: for a stack beside another one (tests)."""
+        return cls(
+            redis=free_port(),
+            subscriber=SidecarSpec(
+                SUBSCRIBER_APP_ID, free_port(), free_port(), free_port(), free_port(), free_port()
+            ),
+            caller=SidecarSpec(CALLER_APP_ID, free_port(), free_port(), free_port(), free_port()),
+        )
+
+
+@dataclass
+class Stack:
+    """The processes of one local stack, rooted at ``base`` (daprd's working folder).
+
+    ``base/local/`` holds the sqlite files, the object store (``local/tmp``), Redis's
+    append-only files, logs (``local/logs``) and pid files (``local/run``).
+    """
+
+    base: Path
+    ports: Ports = field(default_factory=Ports)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    api_tokens: bool = False  # DAPR_API_TOKEN on every sidecar, APP_API_TOKEN for the subscriber
+
+    def __post_init__(self) -> None:
+        self.base = Path(self.base).resolve()
+        self.tokens = (
+            {"DAPR_API_TOKEN": secrets.token_hex(16), "APP_API_TOKEN": secrets.token_hex(16)}
+            if self.api_tokens
+            else {}
+        )
+        self.local = self.base / "local"
+        self.logs = self.local / "logs"
+        self.run = self.local / "run"
+        self.resources = self.run / "components"
+        self.keys_file = self.local / "secrets" / "statestore-keys.json"
+        self.redis = self._process("redis", self._redis_argv())
+        self.subscriber_app, self.subscriber_sidecar = self._subscriber_pair("subscriber", self.ports.subscriber)
+        self.caller_sidecar = self._process("caller-daprd", self._daprd_argv(self.ports.caller))
+        self.replicas: list[tuple[ManagedProcess, ManagedProcess]] = []
+
+    # -- layout ----------------------------------------------------------------------
+
+    def _process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        return ManagedProcess(
+            name,
+            argv,
+            log_path=self.logs / f"{name}.log",
+            pid_path=self.run / f"{name}.pid",
+            cwd=self.base,
+            env={"DAPR_HOST_IP": "127.0.0.1", **self.tokens, **self.extra_env, **(env or {})},
+        )
+
+    def _subscriber_pair(self, name: str, spec: SidecarSpec) -> tuple[ManagedProcess, ManagedProcess]:
+        env = {
+            "STATESTORE_SUBSCRIBER_PORT": str(spec.app_port),
+            "DAPR_GRPC_PORT": str(spec.grpc_port),
+            "DAPR_HTTP_PORT": str(spec.http_port),
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+        app = self._process(name, [sys.executable, "-m", "subscriber"], env=env)
+        return app, self._process(f"{name}-daprd", self._daprd_argv(spec))
+
+    def processes(self) -> list[ManagedProcess]:
+        """In start order."""
+        extra = [proc for pair in self.replicas for proc in pair]
+        return [self.redis, self.subscriber_app, self.subscriber_sidecar, *extra, self.caller_sidecar]
+
+    def caller_env(self) -> dict[str, str]:
+        """Environment for a process that uses the caller sidecar."""
+        env = {
+            "DAPR_GRPC_PORT": str(self.ports.caller.grpc_port),
+            "DAPR_HTTP_PORT": str(self.ports.caller.http_port),
+            "STATESTORE_TMP_ROOT": str(self.local / "tmp"),
+        }
+        if self.tokens:
+            env["DAPR_API_TOKEN"] = self.tokens["DAPR_API_TOKEN"]
+        return env
+
+    def _redis_argv(self) -> list[str]:
+        return [
+            shutil.which("redis-server") or "redis-server",
+            "--bind", "127.0.0.1",
+            "--port", str(self.ports.redis),
+            "--dir", str(self.local / "redis"),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+            "--daemonize", "no",
+        ]  # fmt: skip
+
+    def _daprd_argv(self, spec: SidecarSpec) -> list[str]:
+        argv = [
+            str(DAPRD),
+            "--app-id", spec.app_id,
+            "--dapr-http-port", str(spec.http_port),
+            "--dapr-grpc-port", str(spec.grpc_port),
+            "--dapr-internal-grpc-port", str(spec.internal_grpc_port),
+            "--dapr-internal-grpc-listen-address", "127.0.0.1",
+            "--dapr-listen-addresses", "127.0.0.1",
+            "--metrics-port", str(spec.metrics_port),
+            "--metrics-listen-address", "127.0.0.1",
+            "--resources-path", str(self.resources),
+            "--config", str(CONFIG),
+            "--log-level", "info",
+        ]  # fmt: skip
+        if spec.app_port is not None:
+            argv += ["--app-port", str(spec.app_port), "--app-protocol", "grpc",
+                     "--app-channel-address", "127.0.0.1"]  # fmt: skip
+        return argv
+
+    def render_components(self) -> None:
+        """Copy components/ into the run folder, pointing the pub/sub at this Redis."""
+        shutil.rmtree(self.resources, ignore_errors=True)
+        self.resources.mkdir(parents=True)
+        for source in sorted(COMPONENTS.glob("*.yaml")):
+            doc = yaml.safe_load(source.read_text())
+            for item in doc.get("spec", {}).get("metadata", []) or []:
+                if item.get("name") == "redisHost":
+                    item["value"] = f"127.0.0.1:{self.ports.redis}"
+            (self.resources / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def running(self) -> list[ManagedProcess]:
+        return [p for p in self.processes() if p.alive()]
+
+    def up(self) -> None:
+        """Start everything and return once all are healthy; refuse to start twice."""
+        if not DAPRD.exists():
+            raise StackError(f"{DAPRD} is missing: run `make setup` to build daprd.")
+        running = self.running()
+        if running:
+            names = ", ".join(p.name for p in running)
+            raise StackError(f"the stack in {self.local} is already running ({names}); `make down` stops it.")
+        for proc in self.processes():
+            proc.pid_path.unlink(missing_ok=True)
+        self.prepare()
+        try:
+            self.start_redis()
+            self.start_subscriber()
+            self.start_caller()
+        except BaseException:
+            self.down()
+            raise
+
+    def prepare(self) -> None:
+        """Check every port is free, create the folders, render the components."""
+        ensure_port_free(self.ports.redis, "Redis")
+        for spec in (self.ports.subscriber, self.ports.caller):
+            for what, port in spec.ports().items():
+                ensure_port_free(port, what)
+        for folder in ("dapr", "tmp", "redis", "logs", "run"):
+            (self.local / folder).mkdir(parents=True, exist_ok=True)
+        ensure_keyring(self.keys_file)
+        self.render_components()
+
+    def start_redis(self) -> None:
+        if not shutil.which("redis-server"):
+            raise StackError("redis-server is not installed: run `make setup` (installs Debian's redis-server).")
+        self.redis.start()
+        self.redis.wait_healthy(lambda: port_open(self.ports.redis), HEALTH_TIMEOUT_S)
+
+    def start_subscriber(self) -> None:
+        """The subscriber app, then its sidecar (daprd waits for the app's port)."""
+        self._start_pair(self.subscriber_app, self.subscriber_sidecar, self.ports.subscriber)
+
+    def _start_pair(self, app: ManagedProcess, sidecar: ManagedProcess, spec: SidecarSpec) -> None:
+        app.start()
+        app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
+        self.start_sidecar(sidecar, spec)
+
+    def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
+        """Start one more subscriber app with its sidecar (same app id and consumer group)."""
+        spec = Ports.free().subscriber
+        pair = self._subscriber_pair(f"subscriber-{len(self.replicas) + 2}", spec)
+        self.replicas.append(pair)
+        self._start_pair(*pair, spec)
+        return pair
+
+    def start_caller(self) -> None:
+        self.start_sidecar(self.caller_sidecar, self.ports.caller)
+
+    def start_sidecar(self, proc: ManagedProcess, spec: SidecarSpec) -> None:
+        proc.start()
+        url = f"http://127.0.0.1:{spec.http_port}/v1.0/healthz"
+        proc.wait_healthy(lambda: http_ok(url), HEALTH_TIMEOUT_S)
+
+    def down(self) -> list[str]:
+        """Stop every process of this stack (also ones started by another `make up`)."""
+        stopped = []
+        for proc in reversed(self.processes()):
+            pid = proc.pid
+            if pid is not None and (proc.popen is not None or pid_alive(pid)):
+                stopped.append(proc.name)
+            proc.stop()
+        return stopped

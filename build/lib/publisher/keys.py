@@ -1,0 +1,107 @@
+"""Credential keys: create the local keyring, rotate it, re-encrypt old credentials.
+
+    python -m publisher.keys init        # create ./local/secrets/statestore-keys.json if missing
+    python -m publisher.keys rotate      # add a new key and make it the active one
+    python -m publisher.keys reencrypt   # re-seal every credential with the active key
+
+`reencrypt` uses two sidecars: the caller's (DAPR_GRPC_PORT: the keyring, reads and
+writes) and one that has the object-store binding, to list the stored credentials
+(the subscriber's: --objectstore-grpc-port, default STATESTORE_OBJECTSTORE_GRPC_PORT or
+50002, as `make up` starts it).
+
+The file is what the `secretstore` component (secretstores.local.file) serves; the
+local.file store reads it when the sidecar starts, so restart the callers' sidecars
+after `rotate` (`make down && make up`). Old keys stay in the keyring, so credentials
+sealed with them still decrypt until `reencrypt` has moved them to the new key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from publisher.crypto import new_key
+
+__all__ = ["KEYS_FILE", "ensure_keyring", "rotate_keyring", "main"]
+
+KEYS_FILE = Path(os.environ.get("STATESTORE_KEYS_FILE", "./local/secrets/statestore-keys.json"))
+SECRET_NAME = "statestore-keyring"
+
+
+def _write(path: Path, keyring: dict[str, str]) -> None:
+    """Write the keyring atomically; the file is 0600 from its creation (never readable
+    by others, not even for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a crash: O_EXCL below must create it anew
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps({SECRET_NAME: keyring}, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def ensure_keyring(path: Path = KEYS_FILE) -> bool:
+    """Create the keyring file with one key if it does not exist; True if created."""
+    if path.exists():
+        return False
+    _write(path, {"active": "k1", "k1": new_key()})
+    return True
+
+
+def rotate_keyring(path: Path = KEYS_FILE) -> str:
+    """Add a key, make it active, keep the old ones; returns the new key id."""
+    keyring = json.loads(path.read_text())[SECRET_NAME]
+    numbers = [int(kid[1:]) for kid in keyring if kid.startswith("k") and kid[1:].isdigit()]
+    new_id = f"k{max(numbers, default=0) + 1}"
+    keyring[new_id] = new_key()
+    keyring["active"] = new_id
+    _write(path, keyring)
+    return new_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m publisher.keys", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("command", choices=["init", "rotate", "reencrypt"])
+    parser.add_argument("--objectstore-grpc-port", type=int,
+                        default=int(os.environ.get("STATESTORE_OBJECTSTORE_GRPC_PORT", "50002")),
+                        help="gRPC port of a sidecar with the object-store binding (reencrypt)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.command == "init":
+        print(f"created {KEYS_FILE}" if ensure_keyring() else f"{KEYS_FILE} exists; left as it is")
+    elif args.command == "rotate":
+        if not KEYS_FILE.exists():
+            print(f"error: {KEYS_FILE} does not exist; run `python -m publisher.keys init`", file=sys.stderr)
+            return 1
+        print(f"active key is now {rotate_keyring()}; restart the callers' sidecars, then run reencrypt")
+    else:
+        moved, failed = asyncio.run(_reencrypt(args.objectstore_grpc_port))
+        print(f"re-encrypted {moved} credentials with the active key")
+        for guid, reason in failed.items():
+            print(f"not re-encrypted: {reason}", file=sys.stderr)
+        return 1 if failed else 0
+    return 0
+
+
+async def _reencrypt(objectstore_port: int) -> tuple[int, dict[str, str]]:
+    from publisher.secrets import SecretStore
+    from statestore.settings import SidecarSettings, get_sidecar_settings
+    from statestore.sidecar import SidecarClient
+
+    caller = get_sidecar_settings()
+    objectstore = SidecarClient(SidecarSettings(dapr_grpc_port=objectstore_port, dapr_api_token=caller.dapr_api_token,
+                                                DAPR_RUNTIME_HOST=caller.sidecar_host))  # fmt: skip
+    try:
+        return await SecretStore.reencrypt_all(objectstore)
+    finally:
+        await objectstore.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The publish pipeline: batches events, publishes them in bulk, rides out outages, never drops.
+
+``submit`` only queues (fire-and-forget). A background task sends what is queued as one
+bulk publish when ``batch_max_events`` are waiting or when the oldest has waited
+``batch_window_ms``; a bulk request is cut at ``bulk_publish_max_bytes``.
+
+Outages: a batch that cannot be published is retried with capped exponential backoff and
+jitter, probing the sidecar's readiness in between (so publishing resumes as soon as the
+sidecar answers), for ``outage_budget_s``. Meanwhile ``submit`` keeps queuing up to
+``max_pending_events`` and then waits (backpressure). Past the budget, what is still
+unpublished is kept and raised as PublishError (with the events) on the next ``submit``
+or ``flush``. One log line when an outage starts, one when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from statestore.errors import PublishError
+from statestore.events import (
+    AnyEvent,
+    cloudevent_id,
+    encode_batch_cloudevent,
+    encode_cloudevent,
+    encode_event,
+)
+from statestore.settings import Settings
+
+__all__ = ["PublishPipeline", "PipelineStats", "Transport", "QueuedEvent", "pack", "cut_by_bytes"]
+
+log = logging.getLogger("statestore.publisher")
+
+
+class Transport(Protocol):
+    """Sends CloudEvents; returns the ids that failed, with the reason."""
+
+    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes]]) -> dict[str, str]: ...
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once the sidecar accepts calls, False after ``timeout`` seconds."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    event: AnyEvent
+    data: bytes  # the encoded event
+
+    @property
+    def id(self) -> str:
+        return cloudevent_id(self.event)
+
+    @classmethod
+    def of(cls, event: AnyEvent) -> QueuedEvent:
+        return cls(event, encode_event(event))
+
+
+@dataclass
+class PipelineStats:
+    """Counters a caller can read (``StateStore.stats()``)."""
+
+    published: int = 0
+    outages: int = 0  # outages that started
+    outages_ended: int = 0
+    outage_seconds: float = 0.0  # total length of ended outages
+    last_outage_s: float = 0.0
+    in_outage_since: float | None = None  # time.monotonic() when the current outage began
+    failed_events: int = 0  # events handed back by PublishError
+    backpressure_waits: int = 0  # times a save_state call waited on a full queue
+    retries: int = 0
+
+
+def pack(batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int]) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
+    """Messages for ``batch``: message id -> (CloudEvent body, the events it carries).
+
+    With ``max_events`` 1 each event is its own CloudEvent (type per kind); otherwise
+    events travel in io.statestore.event_batch.v1 CloudEvents of at most ``max_events``
+    events and about ``max_bytes`` (an event larger than that travels alone).
+    """
+    if max_events == 1:
+        return {q.id: (encode_cloudevent(q.event, q.data), [q]) for q in batch}
+    messages: dict[str, tuple[bytes, list[QueuedEvent]]] = {}
+    group: list[QueuedEvent] = []
+    size = 0
+
+    def close() -> None:
+        if group:
+            batch_id = f"{group[0].event.producer}:batch:{next(ids)}"
+            messages[batch_id] = (encode_batch_cloudevent(batch_id, [q.data for q in group]), list(group))
+            group.clear()
+
+    for queued in batch:
+        if len(group) >= max_events or (group and size + len(queued.data) > max_bytes):
+            close()
+            size = 0
+        group.append(queued)
+        size += len(queued.data)
+    close()
+    return messages
+
+
+def cut_by_bytes(entries: list[tuple[str, bytes]], max_bytes: int) -> list[list[tuple[str, bytes]]]:
+    """``entries`` in consecutive requests of at most ``max_bytes`` of bodies (a larger one alone)."""
+    requests: list[list[tuple[str, bytes]]] = []
+    size = 0
+    for entry in entries:
+        if not requests or (requests[-1] and size + len(entry[1]) > max_bytes):
+            requests.append([])
+            size = 0
+        requests[-1].append(entry)
+        size += len(entry[1])
+    return requests
+
+
+class PublishPipeline:
+    """One event loop's queue of events to publish to one topic."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        settings: Settings,
+        max_pending: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._transport = transport
+        self._settings = settings
+        self._max_pending = max_pending or settings.max_pending_events
+        self._clock = clock
+        self._pending: list[QueuedEvent] = []
+        self._current: list[QueuedEvent] = []  # the batch being published
+        self._failed: list[QueuedEvent] = []
+        self._failure_reason = ""
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._room = asyncio.Event()  # set while the queue has room
+        self._room.set()
+        self._task: asyncio.Task | None = None
+        self._message_ids = itertools.count(1)
+        self._backpressure_logged_at = -math.inf
+        self.stats = PipelineStats()
+
+    @property
+    def published(self) -> int:
+        return self.stats.published
+
+    @property
+    def pending(self) -> int:
+        """Events queued or being published."""
+        return len(self._pending) + len(self._current)
+
+    @property
+    def in_outage(self) -> bool:
+        return self.stats.in_outage_since is not None
+
+    def take_unpublished(self) -> list[QueuedEvent]:
+        """Remove and return every event not yet known published (for a last-chance drain).
+
+        That includes events that failed and were not yet reported, and a batch whose
+        publish was cut off: it may have reached the broker, and sending it again is
+        harmless (the merge is idempotent).
+        """
+        failed, current, pending = self._failed, self._current, self._pending
+        self._failed, self._current, self._pending = [], [], []
+        return failed + current + pending
+
+    def raise_failures(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
+        """Raise PublishError for events that failed since the last call (then forget them).
+
+        With ``belongs``, only the failed events it selects are raised; the others stay
+        for a later call (they belong to someone else, who must hear of them).
+        """
+        if not self._failed:
+            return
+        if belongs is None:
+            failed, self._failed = self._failed, []
+        else:
+            failed = [q for q in self._failed if belongs(q)]
+            if not failed:
+                return
+            self._failed = [q for q in self._failed if not belongs(q)]
+        raise PublishError(
+            f"{len(failed)} state events could not be published ({self._failure_reason}). "
+            "They were not applied; the error's .events holds them, "
+            "StateStore.republish(error.events) sends them again.",
+            [queued.event for queued in failed],
+        )
+
+    async def submit(self, queued: QueuedEvent) -> None:
+        """Queue one event; wait only while ``max_pending`` events are already queued.
+
+        Raises PublishError for earlier events that failed, after queuing this one (so
+        the error never costs the caller the write it was making).
+        """
+        while len(self._pending) >= self._max_pending:
+            if self._clock() - self._backpressure_logged_at > 60:  # say it once, not per call
+                log.warning(
+                    "statestore publish queue is full (%d events, STATESTORE_MAX_PENDING_EVENTS): "
+                    "save_state waits until the sidecar takes events again (%d waits so far)",
+                    len(self._pending), self.stats.backpressure_waits,
+                )  # fmt: skip
+                self._backpressure_logged_at = self._clock()
+            self.stats.backpressure_waits += 1
+            self._room.clear()
+            self._ensure_task()
+            self._wakeup.set()
+            await self._room.wait()
+        self._pending.append(queued)
+        self._idle.clear()
+        self._ensure_task()
+        self._wakeup.set()
+        self.raise_failures()
+
+    async def flush(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
+        """Wait until everything submitted so far is published, then raise failures
+        (only those ``belongs`` selects, when given)."""
+        if self._pending or self._current:
+            self._ensure_task()
+            self._wakeup.set()
+            await self._idle.wait()
+        self.raise_failures(belongs)
+
+    async def aclose(self) -> None:
+        """Stop the background task, publishing what is left first (loop shutdown)."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        left = self.take_unpublished()
+        if left:
+            await self._publish(left, budget_s=self._settings.shutdown_grace_s)
+            self._report_lost_at_shutdown()
+
+    async def publish_all(self, events: list[QueuedEvent]) -> int:
+        """Publish ``events`` now, without the queue (a last-chance drain); returns how many failed."""
+        await self._publish(events)
+        lost, self._failed = len(self._failed), []
+        return lost
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="statestore-publisher")
+
+    def _room_check(self) -> None:
+        if len(self._pending) < self._max_pending:
+            self._room.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                if len(self._pending) < self._settings.batch_max_events:
+                    await asyncio.sleep(self._settings.batch_window_ms / 1000)
+                while self._pending:
+                    self._current = self._pending[: self._settings.batch_max_events]
+                    del self._pending[: len(self._current)]
+                    self._room_check()
+                    try:
+                        await self._publish(self._current)
+                    except Exception as exc:  # a bug, not an outage: hand the batch back, never drop it
+                        log.exception("statestore publisher failed on a batch of %d events", len(self._current))
+                        self._failed.extend(self._current)
+                        self.stats.failed_events += len(self._current)
+                        self._failure_reason = f"{type(exc).__name__}: {exc}"
+                    self._current = []
+                self._idle.set()
+        except asyncio.CancelledError:
+            # The loop is shutting down (asyncio.run ends): publish what is left, within
+            # the shutdown grace period.
+            left = self.take_unpublished()
+            if left:
+                await self._publish(left, budget_s=self._settings.shutdown_grace_s)
+            self._idle.set()
+            self._room.set()
+            self._report_lost_at_shutdown()
+            raise
+
+    def _report_lost_at_shutdown(self) -> None:
+        if self._failed:
+            log.error(
+                "%d state events were not published before shutdown (%s); event ids: %s",
+                len(self._failed), self._failure_reason, [q.id for q in self._failed][:20],
+            )  # fmt: skip
+
+    async def _publish(self, batch: list[QueuedEvent], budget_s: float | None = None) -> None:
+        """Publish ``batch``; retry through an outage of up to the budget, then keep what failed."""
+        s = self._settings
+        budget = s.outage_budget_s if budget_s is None else budget_s
+        remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids)
+        delay = s.publish_backoff_ms / 1000
+        started = self._clock()
+        reason = ""
+        while True:
+            failed: dict[str, str] = {}
+            entries = [(mid, body) for mid, (body, _) in remaining.items()]
+            for request in cut_by_bytes(entries, s.bulk_publish_max_bytes):
+                try:
+                    failed.update(await self._transport.publish_batch(request))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # whatever it is, the batch is kept and retried
+                    reason = f"{type(exc).__name__}: {exc}"
+                    failed.update({mid: reason for mid, _ in request})
+            if failed and not reason:
+                reason = next(iter(failed.values()))
+            self.stats.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)
+            if len(failed) < len(remaining):
+                self._outage_ended()
+            remaining = {mid: remaining[mid] for mid in failed if mid in remaining}
+            if not remaining:
+                return
+            self._outage_started(reason, sum(len(events) for _, events in remaining.values()))
+            # The budget counts from the outage's start (a shutdown drain: from its own).
+            since = started if budget_s is not None else min(started, self.stats.in_outage_since or started)
+            outage_for = self._clock() - since
+            left = budget - outage_for
+            if left <= 0:
+                held = [q for _, events in remaining.values() for q in events]
+                self._failed.extend(held)
+                self.stats.failed_events += len(held)
+                self._failure_reason = f"{reason}; gave up after {outage_for:.1f} s"
+                return
+            self.stats.retries += 1
+            # Capped exponential backoff with jitter; a sidecar that answers ends the wait.
+            wait = min(delay, s.publish_backoff_max_ms / 1000, left) * random.uniform(0.5, 1.0)
+            delay *= 2
+            pause = self._clock()
+            if await self._transport.wait_ready(wait) and self._clock() - pause < 0.005:
+                # The sidecar answers but refused the batch (its broker is down): back off
+                # the full delay. One that came back during the wait is retried at once.
+                await asyncio.sleep(wait)
+
+    def _outage_started(self, reason: str, events: int) -> None:
+        if self.stats.in_outage_since is None:
+            self.stats.in_outage_since = self._clock()
+            self.stats.outages += 1
+            log.warning(
+                "statestore: publishing failed (%s); retrying for up to %g s (STATESTORE_OUTAGE_BUDGET_S), "
+                "%d events held", reason, self._settings.outage_budget_s, events + len(self._pending),
+            )  # fmt: skip
+
+    def _outage_ended(self) -> None:
+        since = self.stats.in_outage_since
+        if since is not None:
+            lasted = self._clock() - since
+            self.stats.in_outage_since = None
+            self.stats.outages_ended += 1
+            self.stats.outage_seconds += lasted
+            self.stats.last_outage_s = lasted
+            log.warning(
+                "statestore: publishing resumed after %.1f s of outage; %d events were held",
+                lasted, len(self._pending) + len(self._current),
+            )  # fmt: skip

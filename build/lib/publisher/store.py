@@ -1,0 +1,412 @@
+"""StateStore: the caller-facing API, with the reference system's names and meaning.
+
+Writes become events handed to the publish pipeline (fire-and-forget); reads go
+straight to the state store through the caller's own sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from typing import Any, NamedTuple
+
+from publisher.pipeline import PublishPipeline, QueuedEvent
+from publisher.runtime import LoopRuntime, Runtime, get_runtime
+from statestore.document import StateDocument
+from statestore.errors import InvalidValueError, SyncTimeoutError
+from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
+from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
+from statestore.settings import get_settings
+
+__all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
+
+MAX_PAGE_SIZE = 10_000
+
+
+class StatePage(NamedTuple):
+    """One page of ``list_states``: ids, and the token of the next page (None: last page)."""
+
+    ids: list[str]
+    next_page_token: str | None
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_token(token: object) -> str:
+    try:
+        return validate_id(base64.urlsafe_b64decode(str(token).encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValueError(
+            f"page_token {token!r} is not one list_states returned; start again with page_token=None"
+        ) from None
+
+log = logging.getLogger("statestore.publisher")
+
+MAX_FIELD_LENGTH = 1024
+# The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
+# than JSON's), so the API refuses them first.
+MAX_NESTING = 64
+# One bulk read per poll of sync_many holds at most this many keys (sqlite takes at most
+# 32,766 at once) and this many bytes of keys.
+SYNC_READ_MAX_KEYS = 500
+SYNC_READ_MAX_KEY_BYTES = 64 << 10
+
+
+class StateStore:
+    """Workflow and credential state, written as ordered events and read directly.
+
+    All methods are class methods, as in the reference system: a thin facade over the
+    process's runtime (publisher.runtime). Writes return as soon as the event is queued
+    for publishing; ``flush`` waits until queued events are published and ``sync``
+    until this process's events for a state are applied.
+    """
+
+    # -- internals -------------------------------------------------------------------
+
+    @classmethod
+    def runtime(cls) -> Runtime:
+        """The process's runtime (producer identity, sequence numbers, pipelines)."""
+        return get_runtime()
+
+    @classmethod
+    def _runtime(cls) -> LoopRuntime:
+        """The running loop's channel, query client and pipelines."""
+        return get_runtime().loop_runtime()
+
+    @classmethod
+    def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
+        stamp = get_runtime().stamp(state_key(id, state_type))
+        return {
+            "app": caller_app_name(),
+            "state_id": id,
+            "state_type": state_type,
+            "producer": stamp.producer,
+            "seq": stamp.seq,
+            "hlc": stamp.hlc,
+        }
+
+    # -- writes ----------------------------------------------------------------------
+
+    @classmethod
+    async def save_state(
+        cls, key: str, value: Any, id: str, type: StateType, *, ttl_seconds: int | None = None
+    ) -> None:
+        """Set field ``key`` of state ``id`` to ``value`` (any JSON-serialisable value).
+
+        ``ttl_seconds``: the whole state expires that long after this write is applied,
+        unless a later write says otherwise (default: the type's retention setting,
+        STATESTORE_TTL_WORKFLOWS_S for workflows; none for credentials).
+
+        Fire-and-forget: returns once the event is queued, without waiting for it to be
+        applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
+        (all ValueError) before anything is queued, and PublishError (after queuing this
+        event) when earlier events of this process could not be published. While the
+        queue is full (an outage), waits until there is room.
+        """
+        state_type = _check_target(id, type)
+        _check_field_name(key)
+        ttl = _ttl(ttl_seconds, state_type)
+        normalised = _json_roundtrip(value, f"value of field {key!r}", id)
+        event = FieldUpdated.model_construct(
+            field=key, value=normalised, ttl_seconds=ttl, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    async def save_state_object(
+        cls, id: str, value: dict[str, Any], type: StateType, *, ttl_seconds: int | None = None
+    ) -> dict[str, Any]:
+        """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
+
+        Returns the dict that will be stored. Fire-and-forget like ``save_state``, with
+        the same errors and the same ``ttl_seconds``.
+        """
+        state_type = _check_target(id, type)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise InvalidValueError("state object must be a dict with string keys")
+        ttl = _ttl(ttl_seconds, state_type)
+        normalised = _json_roundtrip(value, "state object", id)
+        event = ObjectReplaced.model_construct(
+            value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+        return json.loads(json.dumps(normalised))
+
+    @classmethod
+    async def delete_state(cls, id: str, type: StateType) -> None:
+        """Delete state ``id``: every field written before this call goes, and
+        ``get_state`` returns None once it is applied (its snapshot is removed too).
+
+        An event like a write, ordered by its stamp: a write stamped after it starts a
+        new state. Fire-and-forget like ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        event = StateDeleted.model_construct(
+            kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    async def delete_field(cls, key: str, id: str, type: StateType) -> None:
+        """Delete field ``key`` of state ``id`` (a later write of it recreates it).
+
+        The state itself stays, even with no field left. Fire-and-forget like
+        ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        _check_field_name(key)
+        event = FieldDeleted.model_construct(
+            field=key, kind="field_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    def _pipeline_for(cls, event: AnyEvent) -> PublishPipeline:
+        """Where an event is published."""
+        return cls._pipeline_of(event.state_type)
+
+    @classmethod
+    def _pipeline_of(cls, state_type: StateType) -> PublishPipeline:
+        """The one place that routes events to topics, by state type.
+
+        Credentials have a topic and pub/sub component of their own: a credential save
+        waits until it is stored, and must not queue behind this process's progress
+        backlog, nor behind other apps' progress in the broker and the subscriber."""
+        runtime = get_runtime()
+        if state_type is StateType.CREDENTIALS:
+            return runtime.pipeline(runtime.settings.credentials_topic, runtime.settings.credentials_pubsub_name)
+        return runtime.pipeline()
+
+    @classmethod
+    async def _submit(cls, event: AnyEvent) -> None:
+        await cls._pipeline_for(event).submit(QueuedEvent.of(event))
+
+    @classmethod
+    async def republish(cls, events: list[AnyEvent]) -> None:
+        """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
+        for event in events:
+            await cls._submit(event)
+
+    @classmethod
+    async def flush(cls) -> None:
+        """Wait until every event queued by this loop is published.
+
+        Raises PublishError (with the events) for events that could not be published
+        within the outage budget.
+        """
+        await get_runtime().loop_runtime().flush()
+
+    @classmethod
+    def stats(cls) -> dict[str, Any]:
+        """Counters of this process's publishing: published, pending, outages (started,
+        ended, seconds), in_outage, failed_events, backpressure_waits, retries, ..."""
+        return get_runtime().stats()
+
+    @classmethod
+    async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
+        """Wait until every event this process wrote to state ``id`` has been applied.
+
+        After it returns, ``get_state`` reflects this process's writes (read-your-writes).
+        Raises SyncTimeoutError after ``timeout`` seconds (an outage longer than that
+        included), PublishError for this state's events that could not be published.
+        """
+        await cls.sync_many([id], type, timeout)
+
+    @classmethod
+    async def sync_many(cls, ids: list[str], type: StateType, timeout: float = 10.0) -> None:
+        """``sync`` for many states at once (bulk reads of at most 500 states per poll)."""
+        state_type = coerce_state_type(type)
+        for id in ids:
+            validate_id(id)
+        runtime = get_runtime()
+        keys = {id: state_key(id, state_type) for id in ids}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        loop_runtime = runtime.loop_runtime()
+        mine = set(keys.values())
+        try:
+            # Only this call's states' failures are raised here; others stay for their owner.
+            # Its events are all in the one pipeline of their state type: wait for that one
+            # only (a credential save must not wait for the progress backlog).
+            await asyncio.wait_for(cls._pipeline_of(state_type).flush(lambda q: q.event.key in mine), timeout)
+        except asyncio.TimeoutError:
+            outage = any(p.in_outage for p in loop_runtime.pipelines.values())
+            raise SyncTimeoutError(
+                f"{loop_runtime.unpublished()} events of this process were still unpublished after {timeout:g} s "
+                f"({'the sidecar or broker is not taking events' if outage else 'publishing is behind'}). "
+                "Is the caller's Dapr sidecar running?",
+                list(keys),
+            ) from None
+        # Every (producer id, last seq) this process still has to see applied, per state.
+        waiting = {id: runtime.waits(keys[id]) for id in ids}
+        waiting = {id: w for id, w in waiting.items() if w}
+        floors = {id: runtime.confirmed(keys[id]) for id in waiting}
+        wanted = {id: dict(w) for id, w in waiting.items()}
+        query = loop_runtime.query
+        delay = 0.002
+        while waiting:
+            documents = {}
+            for chunk in _chunks(list(waiting), keys):
+                documents.update(await query.get_documents(chunk, state_type))
+            for id in list(waiting):
+                document = documents.get(id)
+                behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
+                if behind:
+                    waiting[id] = behind
+                else:
+                    del waiting[id]
+                    runtime.confirm(keys[id], wanted[id])
+            if not waiting:
+                return
+            if loop.time() + delay > deadline:
+                id, behind = next(iter(waiting.items()))
+                document = documents.get(id)
+                done = {p: (document.processed_upto(p) if document else 0) for p in behind}
+                raise SyncTimeoutError(
+                    f"state {keys[id]!r}: this process's events not all applied after {timeout:g} s "
+                    f"(applied/written per producer id: {', '.join(f'{done[p]}/{s}' for p, s in behind.items())}; "
+                    f"{len(waiting)} states behind). Is the subscriber running (`make up`)? "
+                    "Its log says why events are not applied.",
+                    list(waiting),
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+
+    # -- reads -----------------------------------------------------------------------
+
+    @classmethod
+    async def list_states(
+        cls, type: StateType, prefix: str = "", page_size: int = 1000, page_token: str | None = None
+    ) -> StatePage:
+        """The ids of this app's states of ``type`` that start with ``prefix``, sorted, a
+        page at a time: pass ``page.next_page_token`` back for the next page (None: done).
+
+        Reads the id index (statestore.index: 64 shard documents per app and type, one
+        bulk read) and keeps the ids whose state exists now (one bulk read per 500). A
+        state appears once its first write is applied and goes once its delete is
+        applied or it expires. A page may hold fewer than ``page_size`` ids when some
+        expired since they were indexed.
+        """
+        state_type = coerce_state_type(type)
+        if not isinstance(prefix, str):
+            raise InvalidValueError("prefix must be a string")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
+        query = get_runtime().loop_runtime().query
+        after = "" if page_token is None else _decode_token(page_token)
+        ids, more = await query.index_page(state_type, prefix, after, page_size)
+        keys = {id: state_key(id, state_type) for id in ids}
+        documents: dict[str, StateDocument] = {}
+        for chunk in _chunks(ids, keys):
+            documents.update(await query.get_documents(chunk, state_type))
+        live = [id for id in ids if id in documents and documents[id].exists()]
+        return StatePage(live, _encode_token(ids[-1]) if more and ids else None)
+
+    @classmethod
+    async def get_state(cls, id: str, type: StateType) -> dict[str, Any] | None:
+        """The state ``id`` as a dict, or None when no state exists.
+
+        Reads the state store directly through the caller's sidecar. Raises
+        StateDecodeError when the stored value cannot be decoded and
+        SidecarUnavailableError when the sidecar cannot be reached: neither is ever
+        reported as empty state.
+        """
+        state_type = _check_target(id, type)
+        runtime = get_runtime()
+        document = await runtime.loop_runtime().query.get_document(id, state_type)
+        if document is None:
+            return None
+        latest = document.latest_stamp()
+        if latest is not None:
+            runtime.clock.observe((latest[0], latest[1]))
+        return document.to_state() if document.exists() else None
+
+
+def _applied(document: StateDocument | None, producer: str, floor: int, seq: int) -> bool:
+    """Whether ``producer``'s seqs up to ``seq`` are applied: all of them, or, when the
+    state expired since a sync saw ``floor`` applied (its records went with it), every
+    seq after ``floor``."""
+    if document is None:
+        return False
+    if document.processed_upto(producer) >= seq:
+        return True
+    progress = document.producers.get(producer)
+    if progress is None or floor <= 0:
+        return False
+    return all(progress.processed(n) for n in range(floor + 1, seq + 1))
+
+
+def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
+    """``ids`` cut into bulk reads of at most SYNC_READ_MAX_KEYS keys and SYNC_READ_MAX_KEY_BYTES."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for id in ids:
+        key_bytes = len(keys[id]) + 16
+        if chunks[-1] and (len(chunks[-1]) >= SYNC_READ_MAX_KEYS or size + key_bytes > SYNC_READ_MAX_KEY_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(id)
+        size += key_bytes
+    return [c for c in chunks if c]
+
+
+def _check_target(id: object, type: object) -> StateType:
+    validate_id(id)
+    return coerce_state_type(type)
+
+
+def _ttl(ttl_seconds: object, state_type: StateType) -> int | None:
+    """The write's expiry: ``ttl_seconds``, else the type's default retention."""
+    if ttl_seconds is None:
+        return get_settings().ttl_workflows_s if state_type is StateType.WORKFLOWS else None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+        raise InvalidValueError(f"ttl_seconds must be a whole number of seconds >= 1 (or None), not {ttl_seconds!r}")
+    return ttl_seconds
+
+
+def _check_field_name(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
+        raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
+
+
+def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:
+    """``value`` as it will read back from JSON; InvalidValueError if it is not JSON,
+    nests too deeply or is too large. Checked before the event takes a sequence number,
+    so a refused write leaves no gap that ``sync`` would wait for."""
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+        normalised = json.loads(encoded)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        normalised = None
+    if normalised is None and value is not None or _depth(normalised) > MAX_NESTING:
+        raise InvalidValueError(f"{what} is nested too deeply: the limit is {MAX_NESTING} levels")
+    limit = get_settings().max_value_bytes
+    if len(encoded) > limit:
+        raise InvalidValueError(
+            f"{what} of state {state_id!r} is {len(encoded)} bytes as JSON; the limit is {limit} "
+            "(STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
+        )
+    return normalised
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 > MAX_NESTING:
+            return depth + 1
+        stack.extend((child, depth + 1) for child in item)
+    return deepest

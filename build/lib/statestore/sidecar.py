@@ -1,0 +1,204 @@
+"""A thin async adapter over one Dapr sidecar's gRPC API.
+
+The only module that speaks to Dapr for publishing and reading state. It uses the
+generated stubs from the Dapr SDK over ``grpc.aio`` directly: no health wait at
+construction (the SDK's DaprClient blocks up to 60 s), a deadline on every call, and
+gRPC failures turned into statestore errors that say what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import dapr_pb2_grpc
+from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
+
+from statestore.envelope import CONTENT_TYPE
+from statestore.errors import SidecarUnavailableError
+from statestore.settings import SidecarSettings, get_sidecar_settings
+
+__all__ = ["SidecarClient", "StoredItem", "Upsert", "EtagMismatchError", "JSON_METADATA"]
+
+JSON_METADATA = {"contentType": "application/json"}
+
+
+class EtagMismatchError(Exception):
+    """A state write lost a race: the key changed (or appeared) since it was read."""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """A state-store value with its ETag."""
+
+    value: bytes
+    etag: str
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """One write of a transaction. ``etag=None`` creates the key, failing if it exists."""
+
+    key: str
+    value: bytes
+    etag: str | None
+    ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
+
+
+# A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
+# grows to two minutes. (Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the
+# connect timeout, and 100 ms fails connections to a busy sidecar.)
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class SidecarClient:
+    """Calls to one Dapr sidecar. Create inside a running event loop; ``close()`` when done.
+
+    ``blocking=True`` uses gRPC's synchronous channel from worker threads instead of
+    ``grpc.aio``: grpc.aio cannot be used again in a process forked while the parent had
+    a grpc.aio channel open (it hangs), the synchronous stack can.
+    """
+
+    def __init__(self, settings: SidecarSettings | None = None, blocking: bool = False) -> None:
+        self._settings = settings or get_sidecar_settings()
+        self._blocking = blocking
+        make_channel = grpc.insecure_channel if blocking else grpc.aio.insecure_channel
+        self._channel = make_channel(self._settings.grpc_target, options=CHANNEL_OPTIONS)
+        self._stub = dapr_pb2_grpc.DaprStub(self._channel)
+        token = self._settings.dapr_api_token
+        self._metadata = (("dapr-api-token", token),) if token else None
+
+    @property
+    def target(self) -> str:
+        return self._settings.grpc_target
+
+    async def close(self) -> None:
+        if self._blocking:
+            self._channel.close()
+        else:
+            await self._channel.close()
+
+    async def _call(self, method, request, what: str, timeout: float | None = None):
+        options = {"timeout": timeout or self._settings.call_timeout_s, "metadata": self._metadata}
+        try:
+            if self._blocking:
+                return await asyncio.to_thread(method, request, **options)
+            return await method(request, **options)
+        except grpc.RpcError as exc:
+            raise self._error(exc, what) from None
+
+    async def is_ready(self, timeout: float) -> bool:
+        """True once the sidecar's gRPC port accepts connections, False after ``timeout`` s."""
+        try:
+            if self._blocking:
+                ready = grpc.channel_ready_future(self._channel)
+                try:
+                    await asyncio.to_thread(ready.result, timeout)
+                finally:
+                    ready.cancel()
+            else:
+                await asyncio.wait_for(self._channel.channel_ready(), timeout)
+        except (asyncio.TimeoutError, grpc.FutureTimeoutError):
+            return False
+        return True
+
+    def _error(self, exc: grpc.RpcError, what: str) -> Exception:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return SidecarUnavailableError(
+                f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
+                "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
+            )
+        if code == grpc.StatusCode.ABORTED or "etag" in (exc.details() or "").lower():
+            return EtagMismatchError(exc.details())
+        return SidecarUnavailableError(f"{what}: the Dapr sidecar at {self.target} answered {code.name}: {exc.details()}")
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until the sidecar's gRPC port accepts calls, or raise SidecarUnavailableError."""
+        if not await self.is_ready(timeout):
+            raise SidecarUnavailableError(
+                f"the Dapr sidecar at {self.target} was not reachable within {timeout:g} s. "
+                "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
+            ) from None
+
+    async def bulk_publish(
+        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes]]
+    ) -> dict[str, str]:
+        """Publish structured CloudEvents ``(entry_id, body)``; returns failed ids -> error."""
+        request = pubsub_pb2.BulkPublishRequest(
+            pubsub_name=pubsub,
+            topic=topic,
+            entries=[
+                pubsub_pb2.BulkPublishRequestEntry(
+                    entry_id=entry_id, event=body, content_type=CONTENT_TYPE
+                )
+                for entry_id, body in cloudevents
+            ],
+        )
+        response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish")
+        return {entry.entry_id: entry.error for entry in response.failedEntries}
+
+    async def publish(self, pubsub: str, topic: str, data: bytes, content_type: str) -> None:
+        """Publish one message as is (used for raw and dead-letter tooling)."""
+        request = pubsub_pb2.PublishEventRequest(
+            pubsub_name=pubsub, topic=topic, data=data, data_content_type=content_type
+        )
+        await self._call(self._stub.PublishEvent, request, "publish")
+
+    async def get_state(self, store: str, key: str) -> StoredItem | None:
+        """The value and ETag stored under ``key``, or None."""
+        request = state_pb2.GetStateRequest(store_name=store, key=key)
+        response = await self._call(self._stub.GetState, request, f"read state {key!r}")
+        if not response.etag and not response.data:
+            return None
+        return StoredItem(response.data, response.etag)
+
+    async def get_bulk_state(self, store: str, keys: Iterable[str]) -> dict[str, StoredItem]:
+        """Values and ETags of the keys that exist, in one call."""
+        request = state_pb2.GetBulkStateRequest(store_name=store, keys=list(keys), parallelism=1)
+        response = await self._call(self._stub.GetBulkState, request, "read states")
+        found: dict[str, StoredItem] = {}
+        for item in response.items:
+            if item.error:
+                raise SidecarUnavailableError(f"reading state {item.key!r} failed: {item.error}")
+            if item.etag or item.data:
+                found[item.key] = StoredItem(item.data, item.etag)
+        return found
+
+    async def transact(self, store: str, upserts: Sequence[Upsert]) -> None:
+        """Write all ``upserts`` atomically; EtagMismatchError if any key moved on."""
+        operations = []
+        for upsert in upserts:
+            metadata = JSON_METADATA if upsert.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(upsert.ttl_s)}
+            item = common_pb2.StateItem(key=upsert.key, value=upsert.value, metadata=metadata)
+            if upsert.etag is None:
+                item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
+            else:
+                item.etag.value = upsert.etag
+            operations.append(state_pb2.TransactionalStateOperation(operationType="upsert", request=item))
+        request = state_pb2.ExecuteStateTransactionRequest(storeName=store, operations=operations)
+        await self._call(self._stub.ExecuteStateTransaction, request, "state transaction")
+
+    async def invoke_binding(
+        self, name: str, operation: str, data: bytes = b"", metadata: dict[str, str] | None = None
+    ) -> bytes:
+        """Invoke an output binding; returns the binding's response data."""
+        request = binding_pb2.InvokeBindingRequest(
+            name=name, operation=operation, data=data, metadata=metadata or {}
+        )
+        response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}")
+        return response.data
+
+    async def get_secret(self, store: str, name: str) -> dict[str, str]:
+        """A secret (all its values) from a Dapr secret store."""
+        request = secret_pb2.GetSecretRequest(store_name=store, key=name)
+        response = await self._call(self._stub.GetSecret, request, f"secret {store}/{name}")
+        return dict(response.data)

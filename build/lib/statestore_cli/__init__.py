@@ -1,0 +1,1 @@
+"""The `statestore` command: read, inspect and watch states, and operate the pipeline."""

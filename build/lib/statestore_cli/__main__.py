@@ -1,0 +1,3 @@
+from statestore_cli.main import run
+
+run()

@@ -1,0 +1,3 @@
+from subscriber.app import main
+
+main()

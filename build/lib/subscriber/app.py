@@ -1,0 +1,108 @@
+"""The subscriber Dapr app: a gRPC server for the sidecar's callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import grpc
+from dapr.proto.runtime.v1 import appcallback_pb2 as pb
+from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
+
+from statestore.settings import get_settings
+from statestore.sidecar import SidecarClient
+from subscriber.applier import EventApplier
+from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
+from subscriber.outbox import SnapshotFlusher
+from subscriber.servicer import SubscriberServicer
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("statestore.subscriber")
+
+
+class _RequireAppToken(grpc.aio.ServerInterceptor):
+    """With APP_API_TOKEN set, only a sidecar that sends that token delivers events.
+
+    daprd asks for the subscription list (and health) without the token, so those
+    read-only calls stay open; every call that carries data needs it.
+    """
+
+    OPEN = ("/ListTopicSubscriptions", "/ListInputBindings", "/HealthCheck")
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_service(self, continuation, details):
+        token = dict(details.invocation_metadata or ()).get("dapr-api-token")
+        if token == self._token or details.method.endswith(self.OPEN):
+            return await continuation(details)
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
+
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class _Health(pb_grpc.AppCallbackHealthCheckServicer):
+    async def HealthCheck(self, request, context):
+        return pb.HealthCheckResponse()
+
+
+async def serve(stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, then finish in-flight batches and exit."""
+    settings = get_settings()
+    sidecar = SidecarClient()
+    repository = DaprStateRepository(sidecar, settings.statestore_name)
+    servicer = SubscriberServicer(EventApplier(repository), settings)
+    flusher = SnapshotFlusher(repository, DaprObjectStore(sidecar, settings.objectstore_name))
+    token = os.environ.get("APP_API_TOKEN")
+    server = grpc.aio.server(
+        interceptors=[_RequireAppToken(token)] if token else None,
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+        ]
+    )
+    pb_grpc.add_AppCallbackServicer_to_server(servicer, server)
+    pb_grpc.add_AppCallbackAlphaServicer_to_server(servicer, server)
+    pb_grpc.add_AppCallbackHealthCheckServicer_to_server(_Health(), server)
+    address = f"127.0.0.1:{settings.subscriber_port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError:
+        raise SystemExit(
+            f"subscriber: cannot listen on {address}: the port is in use. "
+            "Stop the other process or set STATESTORE_SUBSCRIBER_PORT."
+        ) from None
+    await server.start()
+    log.info(
+        "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
+        address, settings.topic, settings.deadletter_topic, sidecar.target,
+    )  # fmt: skip
+    stop_flushing = asyncio.Event()
+    flushing = asyncio.create_task(flusher.run(stop_flushing))
+    await stop.wait()
+    await server.stop(grace=10)  # finish in-flight batches, then their snapshots
+    stop_flushing.set()
+    await flushing
+    await sidecar.close()
+    log.info(
+        "subscriber stopped: %d events applied, %d rejected, %d snapshots written",
+        servicer.applied_events, servicer.rejected_events, flusher.written,
+    )  # fmt: skip
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(run())
