@@ -1,11 +1,14 @@
 # statestore: `make run` runs Dapr Workflows that use statestore, `make test` runs the
 # tests. Both set up what is missing first (Python venv, Redis, and daprd, the Dapr CLI,
-# placement and scheduler built from Go modules).
+# placement and scheduler built from Go modules, the scale profile's Kafka, PostgreSQL
+# and S3Proxy).
+# PROFILE=scale (make up, chaos, bench) picks Kafka + PostgreSQL + S3 with 3 subscriber replicas.
 # `make run ENGINE=temporal` runs the Temporal example instead (TEMPORAL_WORKFLOWS=50);
 # `make up TEMPORAL=1` adds a Temporal dev server. Both build the Temporal CLI when missing.
 SHELL := /bin/bash
 PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
+PROFILE ?= local
 
 .PHONY: setup run test test-unit chaos bench bench-full up down status clean
 
@@ -17,37 +20,39 @@ run: setup
 	@$(PY) -m devstack run $(if $(ENGINE),--engine $(ENGINE))
 
 # The Temporal integration test needs the Temporal CLI (built once, then skipped).
+# Every test on the local profile, then the integration suite on the scale profile.
 test: setup
 	@scripts/setup.sh temporal
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --profile scale tests/integration $(PYTEST_ARGS)
 
 # The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
 # outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork.
 chaos: setup
 	@mkdir -p local
-	CHAOS_KILLS=20 CHAOS_ROUNDS=3 OUTAGE_LONG=1 RELIABILITY_JSON=local/reliability.json \
-		$(PY) -m pytest -ra tests/integration/test_faults.py tests/integration/test_poison.py \
-		tests/integration/test_outages.py tests/integration/test_lifecycle.py
+	CHAOS_KILLS=20 CHAOS_ROUNDS=3 OUTAGE_LONG=1 RELIABILITY_JSON=local/reliability-$(PROFILE).json \
+		$(PY) -m pytest -ra --profile $(PROFILE) tests/integration/test_faults.py tests/integration/test_poison.py \
+		tests/integration/test_outages.py tests/integration/test_lifecycle.py tests/integration/test_faults_scale.py
 
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).
 bench: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	@scripts/setup.sh temporal
-	$(PY) -m bench
-	$(PY) -m bench.temporal
+	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
+	$(PY) -m bench --profile $(PROFILE)
+	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 bench-full: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
-	@scripts/setup.sh temporal
-	$(PY) -m bench --full
-	$(PY) -m bench.temporal
+	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
+	$(PY) -m bench --full --profile $(PROFILE)
+	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 test-unit: setup
 	$(PY) -m pytest -ra tests/unit
 
 up: setup
 	@if [ -n "$(TEMPORAL)" ]; then scripts/setup.sh temporal; fi
-	@$(PY) -m devstack up $(if $(TEMPORAL),--temporal)
+	@$(PY) -m devstack up --profile $(PROFILE) $(if $(TEMPORAL),--temporal)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi

@@ -2,6 +2,7 @@
 
     python -m bench            # quick mode (under 5 minutes)
     python -m bench --full     # the sizes the issue names (about 20 minutes)
+    python -m bench --profile scale   # Kafka + PostgreSQL + S3 with 1, 2, 3 replicas (bench/scale.py)
 
 Results: bench/results/<time>.json, docs/benchmarks.md and docs/bench-*.png.
 """
@@ -119,8 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--full", action="store_true", help="the full sizes (about 20 minutes)")
+    parser.add_argument("--profile", choices=["local", "scale"], default=os.environ.get("PROFILE") or "local")
     args = parser.parse_args(argv)
     mode = "full" if args.full else "quick"
+    if args.profile == "scale":
+        from bench import scale
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        return scale.main(mode)
     size = SIZES[mode]
     # SIGTERM unwinds like Ctrl-C, so the stack below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from statestore.sidecar import is_write_conflict
+
 __all__ = ["Peer", "StateStorePeer", "PlainDaprPeer", "ReferencePeer"]
 
 
@@ -88,7 +90,7 @@ class PlainDaprPeer:
                 )  # fmt: skip
                 return
             except Exception as exc:  # ETag mismatch: someone wrote in between; read again
-                if "etag" not in str(exc).lower() and "aborted" not in str(exc).lower():
+                if not is_write_conflict(str(exc)) and "aborted" not in str(exc).lower():
                     raise
                 self.conflicts += 1
 

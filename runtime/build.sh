@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds daprd (with only our components), the Dapr CLI, and the workflow engine's
 # placement and scheduler services from Go modules into .runtime/, where the CLI looks for
-# them (runtimePath), and on request the Temporal CLI (its dev server) into
-# .runtime/temporal/. Skips what is already built for the pinned versions. Nothing is
-# downloaded except through the Go module proxy.
+# them (runtimePath), kustomize (the deploy/kubernetes test) into .runtime/bin, and on
+# request the Temporal CLI (its dev server) into .runtime/temporal/. Skips what is already
+# built for the pinned versions. Nothing is downloaded except through the Go module proxy.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -105,6 +105,21 @@ build_cli() {
   echo "dapr CLI $cli_version: built $bin ($(du -h "$bin" | cut -f1))"
 }
 
+build_kustomize() {
+  # Renders deploy/kubernetes for its test. v5.8.1: later releases need a newer Go.
+  local version=v5.8.1 bin=$OUT/bin/kustomize stampfile=$OUT/bin/kustomize.stamp stamp
+  stamp="$version $(go env GOVERSION)"
+  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+    echo "kustomize $version: up to date ($bin)"
+    return
+  fi
+  echo "kustomize $version: building from Go modules..."
+  mkdir -p "$OUT/bin"
+  GOBIN="$OUT/bin" GOFLAGS= go install "sigs.k8s.io/kustomize/kustomize/v5@$version" \
+    || die "building kustomize failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
+  echo "$stamp" > "$stampfile"
+}
+
 build_temporal() {
   # The Temporal CLI embeds a dev server on sqlite (`temporal server start-dev`). Only
   # `make run ENGINE=temporal`, `make up TEMPORAL=1` and the Temporal tests need it, so
@@ -134,7 +149,8 @@ case "${1:-all}" in
   daprd) build_daprd ;;
   cli) build_cli ;;
   engine) build_engine ;;
+  kustomize) build_kustomize ;;
   temporal) build_temporal ;;
-  all) build_daprd; build_cli; build_engine ;;
-  *) die "usage: runtime/build.sh [daprd|cli|engine|temporal|all]" ;;
+  all) build_daprd; build_cli; build_engine; build_kustomize ;;
+  *) die "usage: runtime/build.sh [daprd|cli|engine|kustomize|temporal|all]" ;;
 esac

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up what is missing for `make run` / `make test`: the Python environment (.venv),
-# Redis (Debian's redis-server), and daprd, the Dapr CLI, placement and scheduler built
-# from Go modules.
-# Each step is skipped when already done. Usage: scripts/setup.sh [python|redis|runtime|temporal|all]
+# Redis (Debian's redis-server), daprd, the Dapr CLI, placement and scheduler built from
+# Go modules (and kustomize, for the deploy/kubernetes test), and the scale profile's
+# servers (Java, Maven and PostgreSQL from Debian; Kafka and S3Proxy jars from Maven
+# Central into .runtime/). Each step is skipped when already done.
+# Usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]
 # `temporal` (the Temporal CLI, for the Temporal example and its test) is not part of `all`.
 set -euo pipefail
 
@@ -27,21 +29,41 @@ setup_python() {
   touch "$stamp"
 }
 
-setup_redis() {
-  command -v redis-server >/dev/null && return
+# apt_install WHAT PACKAGE...: install Debian packages (as root, or through sudo).
+apt_install() {
+  local what=$1; shift
   command -v apt-get >/dev/null \
-    || die "redis-server is not installed and there is no apt-get: install Redis 7 and put redis-server on PATH."
+    || die "$what is not installed and there is no apt-get: install $* yourself."
   local sudo=""
   if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || die "redis-server is missing; install it as root: apt-get install redis-server"
+    command -v sudo >/dev/null || die "$what is missing; install it as root: apt-get install $*"
     sudo=sudo
   fi
-  echo "setup: installing Debian's redis-server..."
+  echo "setup: installing Debian's $*..."
   $sudo apt-get update -qq >/dev/null || die "apt-get update failed: are Debian's package mirrors reachable?"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null \
-    || die "apt-get install redis-server failed (see above)."
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null \
+    || die "apt-get install $* failed (see above)."
+}
+
+setup_redis() {
+  command -v redis-server >/dev/null && return
+  apt_install redis-server redis-server
   # The package may start a system Redis on 6379; the stack runs its own.
-  $sudo service redis-server stop >/dev/null 2>&1 || true
+  service redis-server stop >/dev/null 2>&1 || sudo service redis-server stop >/dev/null 2>&1 || true
+}
+
+setup_scale() {
+  local missing=()
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing+=(postgresql)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[*]}" "${missing[@]}"
+    # The package may start a system PostgreSQL on 5432; the stack runs its own.
+    service postgresql stop >/dev/null 2>&1 || true
+  fi
+  # Kafka and S3Proxy jars (stamped by their pom: a no-op when up to date).
+  "$VENV/bin/python" -m devstack install --profile scale || die "installing the scale profile's servers failed (see above)."
 }
 
 setup_runtime() {
@@ -52,7 +74,8 @@ case "${1:-all}" in
   python) setup_python ;;
   redis) setup_redis ;;
   runtime) setup_runtime ;;
+  scale) setup_python; setup_scale ;;
   temporal) "$ROOT/runtime/build.sh" temporal ;;
-  all) setup_python; setup_redis; setup_runtime ;;
-  *) die "usage: scripts/setup.sh [python|redis|runtime|temporal|all]" ;;
+  all) setup_python; setup_redis; setup_runtime; setup_scale ;;
+  *) die "usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]" ;;
 esac

@@ -10,8 +10,10 @@ import (
 	"os"
 	"strings"
 
+	"github.com/dapr/components-contrib/bindings/aws/s3"
 	"github.com/dapr/components-contrib/bindings/localstorage"
 	nrsqlite "github.com/dapr/components-contrib/nameresolution/sqlite"
+	"github.com/dapr/components-contrib/pubsub/kafka"
 	"github.com/dapr/components-contrib/pubsub/redis"
 	"github.com/dapr/components-contrib/secretstores/local/file"
 	pgv1 "github.com/dapr/components-contrib/state/postgresql/v1"
@@ -36,7 +38,9 @@ func registerComponents() {
 	stateLoader.DefaultRegistry.RegisterComponentWithVersions("postgresql", postgres)
 	stateLoader.DefaultRegistry.RegisterComponentWithVersions("postgres", postgres)
 	pubsubLoader.DefaultRegistry.RegisterComponent(redis.NewRedisStreams, "redis")
+	pubsubLoader.DefaultRegistry.RegisterComponent(kafka.NewKafka, "kafka")
 	bindingsLoader.DefaultRegistry.RegisterOutputBinding(localstorage.NewLocalStorage, "localstorage")
+	bindingsLoader.DefaultRegistry.RegisterOutputBinding(s3.NewAWSS3, "aws.s3")
 	secretstoresLoader.DefaultRegistry.RegisterComponent(file.NewLocalSecretStore, "local.file")
 	nrLoader.DefaultRegistry.RegisterComponent(nrsqlite.NewResolver, "sqlite")
 }

@@ -1,15 +1,20 @@
-"""The real stack for integration tests: Redis, daprd sidecars, the subscriber app.
+"""The real stack for integration tests: the profile's servers, daprd sidecars, the subscriber app(s).
 
 One stack per test session in a temporary folder, on free ports, so tests never touch
-./local or a stack started with `make up`.
+./local or a stack started with `make up`. ``--profile scale`` runs Kafka, PostgreSQL,
+S3Proxy and three subscriber replicas instead of Redis, sqlite and local files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
+import redis
 
 from devstack import Ports, Stack
 from statestore.settings import Settings, SidecarSettings, get_settings, get_sidecar_settings
@@ -17,12 +22,18 @@ from statestore.sidecar import SidecarClient
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory):
-    stack = Stack(tmp_path_factory.mktemp("stack"), Ports.free(), api_tokens=True)
+def stack(profile):
+    # Not under pytest's basetemp: pytest resets that folder to 0700 whenever a session
+    # starts, and PostgreSQL (run as the postgres user when we are root) must reach its
+    # data folder through every parent, also when it restarts mid-session.
+    base = Path(tempfile.mkdtemp(prefix="statestore-stack-"))
+    base.chmod(0o711)
+    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile)
     stack.up()
     yield stack
     stack.down()
     assert not stack.running(), "make down must leave no process of ours running"
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,6 +83,23 @@ async def eventually(probe, timeout: float = 30.0, interval: float = 0.02):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+def dead_letter_bodies(stack: Stack) -> list[bytes]:
+    """Every message on the dead-letter topic, oldest first (Redis stream or Kafka topic)."""
+    topic = get_settings().deadletter_topic
+    if stack.redis is not None:
+        client = redis.Redis(port=stack.ports.redis)
+        return [fields[b"data"] for _, fields in client.xrange(topic, min="-", max="+")] if client.exists(topic) else []
+    out = stack.servers["kafka"].tool(
+        "org.apache.kafka.tools.consumer.ConsoleConsumer", "--topic", topic, "--from-beginning", "--timeout-ms", "4000"
+    )
+    return [line.encode() for line in out.splitlines() if line.strip()]
+
+
+def subscriber_logs(stack: Stack) -> str:
+    """The logs of every subscriber replica, one after another."""
+    return "".join(app.log_path.read_text() for app, _ in stack.subscriber_pairs())
 
 
 def python_env(stack: Stack) -> dict[str, str]:

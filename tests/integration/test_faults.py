@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 
 from devstack.processes import port_open, wait_until
 from devstack.stack import PROJECT_ROOT
@@ -69,6 +70,7 @@ async def test_caller_sidecar_killed_while_producers_keep_calling(stack):
     await crash_sidecar(stack, "caller sidecar SIGKILL", stack.caller_sidecar, stack.ports.caller, hold_s=0.5)
 
 
+@pytest.mark.profile("local")  # scale: test_faults_scale.py
 async def test_redis_stopped_and_restarted(stack):
     for _ in range(CHAOS_ROUNDS):
 
@@ -82,6 +84,7 @@ async def test_redis_stopped_and_restarted(stack):
     assert_clean(result)
 
 
+@pytest.mark.profile("local")
 async def test_sqlite_locked_longer_than_the_busy_timeout(stack):
     db = stack.local / "dapr" / "statestore.db"
     for _ in range(CHAOS_ROUNDS):
@@ -100,6 +103,7 @@ async def test_sqlite_locked_longer_than_the_busy_timeout(stack):
     assert_clean(result)
 
 
+@pytest.mark.profile("local")
 async def test_object_store_folder_unwritable_for_a_while(stack):
     folder = stack.local / "tmp" / "persistent-artifacts"
     for _ in range(CHAOS_ROUNDS):
@@ -118,22 +122,31 @@ async def test_object_store_folder_unwritable_for_a_while(stack):
     assert_clean(result)
 
 
-async def test_two_subscriber_replicas_consuming_at_once(stack):
-    replica = stack.add_subscriber_replica()
+async def test_a_subscriber_replica_added_while_running(stack):
+    """One more replica joins under load (a second one on local; a fourth, and a
+    rebalance of the Kafka partitions, on scale)."""
+    replicas = len(stack.subscriber_pairs())
+    holder = {}
+
+    async def add():
+        holder["replica"] = await asyncio.to_thread(stack.add_subscriber_replica)
+
+    async def nothing():
+        pass
+
     try:
-        for _ in range(CHAOS_ROUNDS):
-
-            async def nothing():
-                pass
-
-            result = await run_across_fault("two subscriber replicas", nothing, nothing, hold_s=1.5, load=Load(states=30))
+        result = await run_across_fault(f"a subscriber replica added to {replicas}", add, nothing, hold_s=1.5, load=Load(states=30))
+        for _ in range(CHAOS_ROUNDS - 1):
+            result = await run_across_fault(f"a subscriber replica added to {replicas}", nothing, nothing, hold_s=1.5, load=Load(states=30))
         assert_clean(result)
+        replica = holder["replica"]
         replica_log = replica[0].log_path.read_text()
         assert "subscriber listening" in replica_log
     finally:
-        for proc in reversed(replica):
-            proc.stop()
-        stack.replicas.remove(replica)
+        if "replica" in holder:
+            for proc in reversed(holder["replica"]):
+                proc.stop()
+            stack.replicas.remove(holder["replica"])
 
 
 async def test_producer_killed_mid_batch_leaves_only_whole_events(stack, tmp_path):

@@ -160,6 +160,7 @@ async def test_past_the_budget_publish_error_holds_exactly_the_unpublished_event
             stack.caller_sidecar, stack.ports.caller))  # fmt: skip
 
 
+@pytest.mark.profile("local")  # scale: test_faults_scale.py stops the Kafka broker
 async def test_redis_stopped_under_load(stack):
     """Callers raise nothing, nothing is lost."""
 

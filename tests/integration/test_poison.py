@@ -18,6 +18,9 @@ from tests.integration.conftest import eventually
 from tests.integration.test_statestore import raw_publish, wait_applied
 from tests.strategies import field_updated
 
+# The corpus is written to and the dead letters are read from Redis streams directly.
+pytestmark = pytest.mark.profile("local")
+
 W = StateType.WORKFLOWS
 MB = 1 << 20
 

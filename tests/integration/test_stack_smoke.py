@@ -1,5 +1,6 @@
-"""Issue 2's smoke tests: the real daprd, Redis and sqlite, wired as the components say."""
+"""Issue 2's smoke tests: the real daprd and the profile's servers, wired as the components say."""
 
+import dataclasses
 import json
 import uuid
 from pathlib import Path
@@ -54,25 +55,27 @@ async def test_event_published_by_one_app_id_reaches_the_grpc_subscriber_of_anot
     assert json.loads(stored.value)["fields"]["via"][0] == "redis"  # [value, stamp]
 
 
-async def test_object_store_binding_creates_and_reads_a_file_under_local_tmp(stack, subscriber_sidecar):
+async def test_object_store_binding_creates_and_reads_an_object_at_its_key(stack, subscriber_sidecar):
     key = f"persistent-artifacts/apps/smoke/workflows/{uuid.uuid4().hex[:8]}/config.json"
-    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"a": 1}', {"fileName": key})
-    assert (stack.local / "tmp" / key).read_bytes() == b'{"a": 1}'
-    assert await subscriber_sidecar.invoke_binding("objectstore", "get", b"", {"fileName": key}) == b'{"a": 1}'
+    where = {"fileName": key, "key": key}  # bindings.localstorage / bindings.aws.s3
+    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"a": 1}', where)
+    assert (stack.object_root / key).read_bytes() == b'{"a": 1}'
+    assert await subscriber_sidecar.invoke_binding("objectstore", "get", b"", where) == b'{"a": 1}'
 
 
 def test_a_second_up_is_refused_and_names_the_running_stack(stack):
     with pytest.raises(StackError, match="already running"):
-        Stack(stack.base, stack.ports).up()
+        Stack(stack.base, stack.ports, profile=stack.profile).up()
 
 
 def test_a_port_in_use_is_named(stack, tmp_path):
-    ports = Ports.free()
-    taken = Ports(redis=stack.ports.redis, subscriber=ports.subscriber, caller=ports.caller)
-    with pytest.raises(StackError, match=f"port {stack.ports.redis} \\(Redis\\) is already in use"):
-        Stack(tmp_path, taken).up()
+    server = next(iter(stack.servers.values()))  # Redis, or Kafka on the scale profile
+    taken = dataclasses.replace(Ports.free(), redis=stack.ports.redis, kafka=stack.ports.kafka)
+    with pytest.raises(StackError, match=f"port {server.main_port} \\({server.label}[^)]*\\) is already in use"):
+        Stack(tmp_path, taken, profile=stack.profile).up()
 
 
+@pytest.mark.profile("local")
 def test_a_sidecar_that_fails_names_its_log(tmp_path, monkeypatch):
     broken = Stack(tmp_path, Ports.free())
     broken.caller_sidecar.argv.append("--no-such-flag")
@@ -81,6 +84,7 @@ def test_a_sidecar_that_fails_names_its_log(tmp_path, monkeypatch):
     assert not broken.running()
 
 
+@pytest.mark.profile("local")  # dapr.yaml runs the local profile
 def test_dapr_multi_app_run_starts_both_workflow_apps_and_stops_cleanly(tmp_path):
     log = tmp_path / "dapr-run.log"
     ports = Ports.free()

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 
 from devstack.stack import PROJECT_ROOT
 from publisher import (
@@ -25,7 +24,7 @@ from statestore.document import replay_in_order
 from statestore.events import cloudevent_id, encode_cloudevent
 from statestore.settings import SidecarSettings
 from statestore.sidecar import SidecarClient
-from tests.integration.conftest import eventually, python_env
+from tests.integration.conftest import dead_letter_bodies, eventually, python_env, subscriber_logs
 from tests.strategies import field_updated, object_replaced
 
 W, C = StateType.WORKFLOWS, StateType.CREDENTIALS
@@ -215,8 +214,6 @@ async def test_duplicated_and_shuffled_deliveries_converge_to_the_oracle(caller_
 
 
 async def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_still_apply(stack, caller_sidecar):
-    r = redis.Redis(port=stack.ports.redis)
-    before = r.xlen("statestore-deadletter") if r.exists("statestore-deadletter") else 0
     marker = uuid.uuid4().hex
     good = field_updated("a", 1, producer=f"ok-{marker[:8]}", state_id=new_id("poison"))
     bad_data = {**json.loads(encode_cloudevent(good))["data"], "seq": "not a number", "marker": marker}
@@ -232,17 +229,16 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_later_events_sti
     await raw_publish(caller_sidecar, [good])
 
     async def dead_lettered():
-        entries = r.xrange("statestore-deadletter", min="-", max="+") if r.exists("statestore-deadletter") else []
-        return sum(marker.encode() in b"".join(v for fields in e[1:] for v in fields.values()) for e in entries)
+        return sum(marker.encode() in body for body in await asyncio.to_thread(dead_letter_bodies, stack)) == 3
 
-    assert await eventually(dead_lettered) == 3
-    assert r.xlen("statestore-deadletter") == before + 3
+    assert await eventually(dead_lettered)
     await wait_applied(StateQueryClient(caller_sidecar, "statestore"), good.state_id, [good])
-    log = (stack.logs / "subscriber.log").read_text()
+    log = subscriber_logs(stack)
     assert f"rejected event bad-{marker} to the dead-letter topic: malformed" in log
     assert f"rejected event v9-{marker} to the dead-letter topic: unknown event type or schema version" in log
 
 
+@pytest.mark.profile("local")  # one subscriber; scale: test_faults_scale.py kills one of three
 async def test_subscriber_killed_with_sigkill_mid_stream_loses_nothing(stack):
     ids = [new_id("crash") for _ in range(20)]
     expected = {}

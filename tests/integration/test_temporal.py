@@ -23,6 +23,9 @@ from statestore.paths import caller_app_name
 from tests.integration.conftest import eventually
 
 W = StateType.WORKFLOWS
+# The Temporal example exercises the caller side (a workflow engine of its own); it runs
+# on the local profile only, which `make up TEMPORAL=1` also starts.
+pytestmark = pytest.mark.profile("local")
 
 
 @pytest.fixture(scope="module")

@@ -113,3 +113,47 @@ async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_d
     assert set(found) == {(s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic)}
     for sub in found.values():
         assert sub.dead_letter_topic == s.deadletter_topic and sub.bulk_subscribe.enabled
+
+
+# -- the scale profile (components/scale/ replaces files of components/) --------------
+
+
+def scale_components():
+    from devstack.servers import PROFILES
+
+    return {doc["metadata"]["name"]: doc for doc in PROFILES["scale"].component_documents().values()}
+
+
+def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
+    s = Settings()
+    local, scale = components(), scale_components()
+    assert set(scale) == set(local)  # same names: the code does not know the profile
+    assert scale[s.statestore_name]["spec"]["type"] == "state.postgresql"
+    assert scale[s.statestore_name]["spec"]["version"] == "v2"
+    assert scale[s.pubsub_name]["spec"]["type"] == "pubsub.kafka"
+    assert scale[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.kafka"
+    assert metadata(scale[s.credentials_pubsub_name])["consumerGroup"] != metadata(scale[s.pubsub_name])["consumerGroup"]
+    assert scale[s.objectstore_name]["spec"]["type"] == "bindings.aws.s3"
+    for name in scale:
+        assert scale[name].get("scopes") == local[name].get("scopes"), name  # inherited
+    for path in (ROOT / "components" / "scale").glob("*.yaml"):
+        assert "scopes" not in yaml.safe_load(path.read_text()), f"{path.name}: scopes come from components/"
+    assert metadata(scale[s.statestore_name])["keyPrefix"] == "name"
+
+
+def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages():
+    from devstack.servers.kafka import MAX_MESSAGE_BYTES
+
+    meta = metadata(scale_components()["pubsub"])
+    assert meta["consumerGroup"] == SUBSCRIBER_APP_ID
+    assert meta["initialOffset"] == "oldest"
+    assert meta["version"] == "4.0.0"  # exercised against the Kafka 4.4 broker by the scale suite
+    assert int(meta["maxMessageBytes"]) == MAX_MESSAGE_BYTES > Settings().pack_max_bytes
+
+
+def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
+    from devstack.servers.s3 import BUCKET
+
+    meta = metadata(scale_components()["objectstore"])
+    assert meta["bucket"] == BUCKET
+    assert (meta["forcePathStyle"], meta["disableSSL"]) == ("true", "true")

@@ -14,6 +14,7 @@ class FakeTransport:
     def __init__(self, failures=0, mode="raise"):
         self.batches = []
         self.bodies = []
+        self.keys = []
         self.failures = failures
         self.mode = mode
 
@@ -23,9 +24,10 @@ class FakeTransport:
             self.failures -= 1
             if self.mode == "raise":
                 raise SidecarUnavailableError("sidecar down")
-            return {entry_id: "broker said no" for entry_id, _ in cloudevents}
-        self.batches.append([entry_id for entry_id, _ in cloudevents])
-        self.bodies.extend(body for _, body in cloudevents)
+            return {entry_id: "broker said no" for entry_id, *_ in cloudevents}
+        self.batches.append([entry_id for entry_id, *_ in cloudevents])
+        self.bodies.extend(body for _, body, *_ in cloudevents)
+        self.keys.extend(key for _, _, key in cloudevents)
         return {}
 
     async def wait_ready(self, timeout):

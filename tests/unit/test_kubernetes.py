@@ -1,0 +1,112 @@
+"""deploy/kubernetes renders (kustomize, built by setup) and agrees with the project:
+app ids, component names, types, scopes and metadata with statestore/settings.py and
+components/scale/, the app port, the partition count everywhere, a consistent shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID
+from statestore.settings import Settings
+from tests.unit.test_configuration import metadata, scale_components
+
+ROOT = Path(__file__).resolve().parents[2]
+KUSTOMIZE = ROOT / ".runtime" / "bin" / "kustomize"
+DEPLOY = ROOT / "deploy" / "kubernetes"
+# Locally: plaintext Kafka and S3 over HTTP; in a cluster: SASL and TLS.
+SECURED_DIFFERENTLY = {"authType", "disableSSL"}
+
+
+def render(target: str) -> list[dict]:
+    assert KUSTOMIZE.exists(), "kustomize is built by `make setup` (runtime/build.sh kustomize)"
+    out = subprocess.run([str(KUSTOMIZE), "build", str(DEPLOY / target)], capture_output=True, text=True, check=True)
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def env(deployment: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+@pytest.fixture(scope="module", params=["base", "overlays/production"])
+def docs(request) -> list[dict]:
+    return render(request.param)
+
+
+def test_components_match_the_settings_and_the_scale_profile(docs):
+    s = Settings()
+    components = by_kind(docs, "Component")
+    local = scale_components()
+    for name in (s.pubsub_name, s.statestore_name, s.objectstore_name, s.secretstore_name):
+        assert name in components, name
+    for name in (s.pubsub_name, s.statestore_name, s.objectstore_name):
+        ours, theirs = components[name]["spec"], local[name]["spec"]
+        assert (ours["type"], ours["version"]) == (theirs["type"], theirs["version"]), name
+        plain = {i["name"]: i["value"] for i in ours["metadata"] if "value" in i}
+        # Every plain setting of the local scale profile has the same value here, except
+        # addresses and credentials (secrets) and how the connection is secured.
+        for key, value in metadata(local[name]).items():
+            if key in plain and key not in SECURED_DIFFERENTLY:
+                assert plain[key] == value, (name, key)
+        secret = [i for i in ours["metadata"] if "secretKeyRef" in i]
+        assert all("value" not in i for i in secret)
+    for item in components[s.statestore_name]["spec"]["metadata"] + components[s.objectstore_name]["spec"]["metadata"]:
+        if item["name"] in ("connectionString", "accessKey", "secretKey"):
+            assert "secretKeyRef" in item, item["name"]
+
+
+def test_scopes_admit_the_subscriber_and_the_caller_only(docs):
+    components = by_kind(docs, "Component")
+    for name in ("pubsub", "statestore"):
+        assert set(components[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID}
+    assert components["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
+    assert components["secretstore"]["scopes"] == [CALLER_APP_ID]
+    assert by_kind(docs, "Resiliency")["statestore-resiliency"]["scopes"] == [SUBSCRIBER_APP_ID]
+
+
+def test_the_subscriber_deployment_has_its_dapr_annotations_and_a_consistent_shutdown(docs):
+    deployment = by_kind(docs, "Deployment")["statestore-subscriber"]
+    pod = deployment["spec"]["template"]
+    notes = pod["metadata"]["annotations"]
+    assert notes["dapr.io/app-id"] == SUBSCRIBER_APP_ID
+    assert notes["dapr.io/app-port"] == str(Settings().subscriber_port) == env(deployment)["STATESTORE_SUBSCRIBER_PORT"]
+    assert notes["dapr.io/app-protocol"] == "grpc"
+    assert notes["dapr.io/config"] in by_kind(docs, "Configuration")
+    assert notes["dapr.io/max-body-size"]
+    # preStop, then the app's 10 s drain inside the sidecar's wait, all inside the grace period.
+    pre_stop = int(pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    sidecar_wait = int(notes["dapr.io/graceful-shutdown-seconds"])
+    assert pre_stop + 10 <= sidecar_wait < pod["spec"]["terminationGracePeriodSeconds"]
+    pdb = by_kind(docs, "PodDisruptionBudget")["statestore-subscriber"]
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_autoscaling_follows_consumer_lag_and_stops_at_the_partition_count(docs):
+    s = Settings()
+    deployments = by_kind(docs, "Deployment")
+    scaled = by_kind(docs, "ScaledObject")["statestore-subscriber"]
+    partitions = {env(d)["STATESTORE_PARTITIONS"] for d in deployments.values()}
+    assert partitions == {str(scaled["spec"]["maxReplicaCount"])}
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "statestore-subscriber"
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert (trigger["metadata"]["topic"], trigger["metadata"]["consumerGroup"]) == (s.topic, SUBSCRIBER_APP_ID)
+    assert deployments["statestore-caller"]["spec"]["template"]["metadata"]["annotations"]["dapr.io/app-id"] == CALLER_APP_ID
+
+
+def test_the_resiliency_policy_is_the_projects():
+    assert yaml.safe_load((DEPLOY / "base" / "resiliency.yaml").read_text()) == yaml.safe_load(
+        (ROOT / "components" / "resiliency.yaml").read_text()
+    )
+
+
+def test_the_base_uses_the_default_partition_count():
+    deployments = by_kind(render("base"), "Deployment")
+    assert {env(d)["STATESTORE_PARTITIONS"] for d in deployments.values()} == {str(Settings().partitions)}
