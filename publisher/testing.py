@@ -73,10 +73,10 @@ class _MemorySidecar:
     def __init__(self, store: MemoryStateStore) -> None:
         self._store = store
 
-    async def bulk_publish(self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    async def bulk_publish(self, pubsub: str, topic: str, cloudevents: Sequence[tuple[Any, ...]]) -> dict[str, str]:
         events = []
-        for _, body in cloudevents:
-            envelope = json.loads(body)
+        for entry in cloudevents:  # (entry id, body[, partition key])
+            envelope = json.loads(entry[1])
             decoded, reasons = decode_events(envelope["type"], envelope["data"])
             if reasons:  # the real subscriber would dead-letter them: a test should fail
                 raise AssertionError(f"malformed events published: {reasons}")

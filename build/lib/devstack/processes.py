@@ -86,8 +86,10 @@ class ManagedProcess:
         pid_path: Path,
         cwd: Path,
         env: dict[str, str] | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.stop_signal = stop_signal  # the signal for a clean, prompt shutdown
         self.argv = list(argv)
         self.log_path = log_path
         self.pid_path = pid_path
@@ -155,9 +157,9 @@ class ManagedProcess:
                 pass
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL after ``timeout``; remove the pid file."""
+        """Send the stop signal (SIGTERM) to the group, SIGKILL after ``timeout``; remove the pid file."""
         if self.alive():
-            self.signal(signal.SIGTERM)
+            self.signal(self.stop_signal)
             if not wait_until(lambda: not self.alive(), timeout):
                 self.signal(signal.SIGKILL)
                 wait_until(lambda: not self.alive(), 5.0)

@@ -1,8 +1,11 @@
-"""The local stack: Redis, the subscriber app with its sidecar, and a caller sidecar.
+"""The stack: a profile's servers, the subscriber app(s) with their sidecars, and a caller sidecar.
 
-``make up`` / ``make down`` run it in ./local with Dapr's default caller ports
-(3500/50001), so a plain Python process using the SDK defaults works; the integration
-tests run their own copy in a temporary folder on free ports.
+Profile ``local`` runs Redis (sqlite and local files need no server) and one subscriber;
+profile ``scale`` runs Kafka, PostgreSQL and S3Proxy and three subscriber replicas
+(devstack/servers). ``make up [PROFILE=scale]`` / ``make down`` run it in ./local with
+Dapr's default caller ports (3500/50001), so a plain Python process using the SDK
+defaults works; the integration tests run their own copy in a temporary folder on free
+ports.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ from devstack.processes import (
     pid_alive,
     port_open,
 )
+from devstack.servers import Profile, Server, get_profile
+from devstack.servers.base import HEALTH_TIMEOUT_S
 from publisher.keys import ensure_keyring
 
-__all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD"]
+__all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD", "RUNTIME"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DAPRD = PROJECT_ROOT / ".runtime" / ".dapr" / "bin" / "daprd"
-COMPONENTS = PROJECT_ROOT / "components"
+RUNTIME = PROJECT_ROOT / ".runtime"
+DAPRD = RUNTIME / ".dapr" / "bin" / "daprd"
 CONFIG = PROJECT_ROOT / "config" / "dapr-config.yaml"
 
 SUBSCRIBER_APP_ID = "statestore-subscriber"
 CALLER_APP_ID = "statestore-caller"
-HEALTH_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class Ports:
     """Every port the stack listens on (all on 127.0.0.1)."""
 
     redis: int = 6379
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    postgres: int = 5432
+    s3: int = 9000
     subscriber: SidecarSpec = SidecarSpec(SUBSCRIBER_APP_ID, 3501, 50002, 9091, 50012, 50051)
     caller: SidecarSpec = SidecarSpec(CALLER_APP_ID, 3500, 50001, 9090, 50011)
 
@@ -74,6 +82,10 @@ class Ports:
         """Ports that are free now: for a stack beside another one (tests)."""
         return cls(
             redis=free_port(),
+            kafka=free_port(),
+            kafka_controller=free_port(),
+            postgres=free_port(),
+            s3=free_port(),
             subscriber=SidecarSpec(
                 SUBSCRIBER_APP_ID, free_port(), free_port(), free_port(), free_port(), free_port()
             ),
@@ -83,16 +95,19 @@ class Ports:
 
 @dataclass
 class Stack:
-    """The processes of one local stack, rooted at ``base`` (daprd's working folder).
+    """The processes of one stack, rooted at ``base`` (daprd's working folder).
 
-    ``base/local/`` holds the sqlite files, the object store (``local/tmp``), Redis's
-    append-only files, logs (``local/logs``) and pid files (``local/run``).
+    ``base/local/`` holds the sqlite files, the object store (``local/tmp``), each
+    server's data (``local/<server>``), logs (``local/logs``) and pid files (``local/run``).
+    ``replicas`` (default: the profile's) subscriber apps run, each with its own sidecar.
     """
 
     base: Path
     ports: Ports = field(default_factory=Ports)
     extra_env: dict[str, str] = field(default_factory=dict)
     api_tokens: bool = False  # DAPR_API_TOKEN on every sidecar, APP_API_TOKEN for the subscriber
+    profile: Profile | str = "local"
+    replicas_wanted: int | None = None
 
     def __post_init__(self) -> None:
         self.base = Path(self.base).resolve()
@@ -106,14 +121,28 @@ class Stack:
         self.run = self.local / "run"
         self.resources = self.run / "components"
         self.keys_file = self.local / "secrets" / "statestore-keys.json"
-        self.redis = self._process("redis", self._redis_argv())
+        self.profile = get_profile(self.profile)
+        self.servers: dict[str, Server] = {
+            cls.name: cls(self.local, RUNTIME, self._process, self._server_ports(cls)) for cls in self.profile.servers
+        }
+        redis = self.servers.get("redis")
+        self.redis: ManagedProcess | None = redis.processes()[0] if redis else None
         self.subscriber_app, self.subscriber_sidecar = self._subscriber_pair("subscriber", self.ports.subscriber)
         self.caller_sidecar = self._process("caller-daprd", self._daprd_argv(self.ports.caller))
+        # Replicas beyond the first, on free ports (their pid files let `make down` stop them).
         self.replicas: list[tuple[ManagedProcess, ManagedProcess]] = []
+        self.replica_specs: dict[str, SidecarSpec] = {}
+        for _ in range((self.replicas_wanted or self.profile.replicas) - 1):
+            self._new_replica()
+
+    def _server_ports(self, cls: type[Server]) -> dict[str, int]:
+        if cls.name == "kafka":
+            return {"broker": self.ports.kafka, "controller": self.ports.kafka_controller}
+        return {"": getattr(self.ports, cls.name)}
 
     # -- layout ----------------------------------------------------------------------
 
-    def _process(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+    def _process(self, name: str, argv: list[str], env: dict[str, str] | None = None, **options) -> ManagedProcess:
         return ManagedProcess(
             name,
             argv,
@@ -121,6 +150,7 @@ class Stack:
             pid_path=self.run / f"{name}.pid",
             cwd=self.base,
             env={"DAPR_HOST_IP": "127.0.0.1", **self.tokens, **self.extra_env, **(env or {})},
+            **options,
         )
 
     def _subscriber_pair(self, name: str, spec: SidecarSpec) -> tuple[ManagedProcess, ManagedProcess]:
@@ -135,32 +165,34 @@ class Stack:
 
     def processes(self) -> list[ManagedProcess]:
         """In start order."""
+        servers = [proc for server in self.servers.values() for proc in server.processes()]
         extra = [proc for pair in self.replicas for proc in pair]
-        return [self.redis, self.subscriber_app, self.subscriber_sidecar, *extra, self.caller_sidecar]
+        return [*servers, self.subscriber_app, self.subscriber_sidecar, *extra, self.caller_sidecar]
+
+    def subscriber_pairs(self) -> list[tuple[ManagedProcess, ManagedProcess]]:
+        """Every subscriber replica (app, sidecar), the first one included."""
+        return [(self.subscriber_app, self.subscriber_sidecar), *self.replicas]
+
+    @property
+    def object_root(self) -> Path:
+        """The folder whose files are the object store's objects, by key.
+
+        Local files for the local profile; S3Proxy's bucket folder for the scale profile
+        (its filesystem backend stores each object at ``<bucket>/<key>``).
+        """
+        s3 = self.servers.get("s3")
+        return s3.bucket_folder if s3 is not None else self.local / "tmp"
 
     def caller_env(self) -> dict[str, str]:
         """Environment for a process that uses the caller sidecar."""
         env = {
             "DAPR_GRPC_PORT": str(self.ports.caller.grpc_port),
             "DAPR_HTTP_PORT": str(self.ports.caller.http_port),
-            "STATESTORE_TMP_ROOT": str(self.local / "tmp"),
+            "STATESTORE_TMP_ROOT": str(self.object_root),
         }
         if self.tokens:
             env["DAPR_API_TOKEN"] = self.tokens["DAPR_API_TOKEN"]
         return env
-
-    def _redis_argv(self) -> list[str]:
-        return [
-            shutil.which("redis-server") or "redis-server",
-            "--bind", "127.0.0.1",
-            "--port", str(self.ports.redis),
-            "--dir", str(self.local / "redis"),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-        ]  # fmt: skip
 
     def _daprd_argv(self, spec: SidecarSpec) -> list[str]:
         argv = [
@@ -183,15 +215,15 @@ class Stack:
         return argv
 
     def render_components(self) -> None:
-        """Copy components/ into the run folder, pointing the pub/sub at this Redis."""
+        """Copy the profile's components into the run folder, pointing them at this stack's servers."""
         shutil.rmtree(self.resources, ignore_errors=True)
         self.resources.mkdir(parents=True)
-        for source in sorted(COMPONENTS.glob("*.yaml")):
-            doc = yaml.safe_load(source.read_text())
+        values = {name: value for server in self.servers.values() for name, value in server.component_metadata().items()}
+        for name, doc in self.profile.component_documents().items():
             for item in doc.get("spec", {}).get("metadata", []) or []:
-                if item.get("name") == "redisHost":
-                    item["value"] = f"127.0.0.1:{self.ports.redis}"
-            (self.resources / source.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+                if item.get("name") in values:
+                    item["value"] = values[item["name"]]
+            (self.resources / name).write_text(yaml.safe_dump(doc, sort_keys=False))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -209,9 +241,12 @@ class Stack:
         for proc in self.processes():
             proc.pid_path.unlink(missing_ok=True)
         self.prepare()
+        (self.run / "profile").write_text(self.profile.name)
         try:
-            self.start_redis()
+            self.start_servers()
             self.start_subscriber()
+            for pair in self.replicas:
+                self.start_replica(pair)
             self.start_caller()
         except BaseException:
             self.down()
@@ -219,20 +254,22 @@ class Stack:
 
     def prepare(self) -> None:
         """Check every port is free, create the folders, render the components."""
-        ensure_port_free(self.ports.redis, "Redis")
-        for spec in (self.ports.subscriber, self.ports.caller):
+        for server in self.servers.values():
+            server.check_ports()
+        for spec in (self.ports.subscriber, *self.replica_specs.values(), self.ports.caller):
             for what, port in spec.ports().items():
                 ensure_port_free(port, what)
-        for folder in ("dapr", "tmp", "redis", "logs", "run"):
+        for folder in ("dapr", "tmp", "logs", "run"):
             (self.local / folder).mkdir(parents=True, exist_ok=True)
         ensure_keyring(self.keys_file)
         self.render_components()
 
+    def start_servers(self) -> None:
+        for server in self.servers.values():
+            server.start()
+
     def start_redis(self) -> None:
-        if not shutil.which("redis-server"):
-            raise StackError("redis-server is not installed: run `make setup` (installs Debian's redis-server).")
-        self.redis.start()
-        self.redis.wait_healthy(lambda: port_open(self.ports.redis), HEALTH_TIMEOUT_S)
+        self.servers["redis"].start()
 
     def start_subscriber(self) -> None:
         """The subscriber app, then its sidecar (daprd waits for the app's port)."""
@@ -245,10 +282,19 @@ class Stack:
 
     def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         """Start one more subscriber app with its sidecar (same app id and consumer group)."""
+        pair = self._new_replica()
+        self.start_replica(pair)
+        return pair
+
+    def start_replica(self, pair: tuple[ManagedProcess, ManagedProcess]) -> None:
+        """Start a replica beyond the first (also again after a crash), app then sidecar."""
+        self._start_pair(*pair, self.replica_specs[pair[0].name])
+
+    def _new_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         spec = Ports.free().subscriber
         pair = self._subscriber_pair(f"subscriber-{len(self.replicas) + 2}", spec)
         self.replicas.append(pair)
-        self._start_pair(*pair, spec)
+        self.replica_specs[pair[0].name] = spec
         return pair
 
     def start_caller(self) -> None:
@@ -267,4 +313,5 @@ class Stack:
             if pid is not None and (proc.popen is not None or pid_alive(pid)):
                 stopped.append(proc.name)
             proc.stop()
+        (self.run / "profile").unlink(missing_ok=True)  # no profile is up any more
         return stopped

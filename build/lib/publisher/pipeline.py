@@ -32,6 +32,7 @@ from statestore.events import (
     encode_cloudevent,
     encode_event,
 )
+from statestore.partitioning import partition_for
 from statestore.settings import Settings
 
 __all__ = ["PublishPipeline", "PipelineStats", "Transport", "QueuedEvent", "pack", "cut_by_bytes"]
@@ -42,7 +43,9 @@ log = logging.getLogger("statestore.publisher")
 class Transport(Protocol):
     """Sends CloudEvents; returns the ids that failed, with the reason."""
 
-    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes]]) -> dict[str, str]: ...
+    async def publish_batch(self, cloudevents: Sequence[tuple[str, bytes, str]]) -> dict[str, str]:
+        """``(entry id, body, partition key)`` each."""
+        ...
 
     async def wait_ready(self, timeout: float) -> bool:
         """True once the sidecar accepts calls, False after ``timeout`` seconds."""
@@ -78,13 +81,24 @@ class PipelineStats:
     retries: int = 0
 
 
-def pack(batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int]) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
+def pack(
+    batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterator[int], partitions: int = 1
+) -> dict[str, tuple[bytes, list[QueuedEvent]]]:
     """Messages for ``batch``: message id -> (CloudEvent body, the events it carries).
 
     With ``max_events`` 1 each event is its own CloudEvent (type per kind); otherwise
     events travel in io.statestore.event_batch.v1 CloudEvents of at most ``max_events``
-    events and about ``max_bytes`` (an event larger than that travels alone).
+    events and about ``max_bytes`` (an event larger than that travels alone), each
+    holding events of one topic partition only (``partitions``), so its partition key
+    (the first event's state key) sends every event of a state to its own partition.
+    Order within a partition is kept.
     """
+    if partitions > 1 and max_events > 1:
+        groups: dict[int, list[QueuedEvent]] = {}
+        for queued in batch:
+            groups.setdefault(partition_for(queued.event.key, partitions), []).append(queued)
+        if len(groups) > 1:
+            return {mid: m for group in groups.values() for mid, m in pack(group, max_events, max_bytes, ids).items()}
     if max_events == 1:
         return {q.id: (encode_cloudevent(q.event, q.data), [q]) for q in batch}
     messages: dict[str, tuple[bytes, list[QueuedEvent]]] = {}
@@ -107,9 +121,9 @@ def pack(batch: list[QueuedEvent], max_events: int, max_bytes: int, ids: Iterato
     return messages
 
 
-def cut_by_bytes(entries: list[tuple[str, bytes]], max_bytes: int) -> list[list[tuple[str, bytes]]]:
+def cut_by_bytes(entries: list[tuple[str, bytes, str]], max_bytes: int) -> list[list[tuple[str, bytes, str]]]:
     """``entries`` in consecutive requests of at most ``max_bytes`` of bodies (a larger one alone)."""
-    requests: list[list[tuple[str, bytes]]] = []
+    requests: list[list[tuple[str, bytes, str]]] = []
     size = 0
     for entry in entries:
         if not requests or (requests[-1] and size + len(entry[1]) > max_bytes):
@@ -298,13 +312,13 @@ class PublishPipeline:
         """Publish ``batch``; retry through an outage of up to the budget, then keep what failed."""
         s = self._settings
         budget = s.outage_budget_s if budget_s is None else budget_s
-        remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids)
+        remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids, s.partitions)
         delay = s.publish_backoff_ms / 1000
         started = self._clock()
         reason = ""
         while True:
             failed: dict[str, str] = {}
-            entries = [(mid, body) for mid, (body, _) in remaining.items()]
+            entries = [(mid, body, events[0].event.key) for mid, (body, events) in remaining.items()]
             for request in cut_by_bytes(entries, s.bulk_publish_max_bytes):
                 try:
                     failed.update(await self._transport.publish_batch(request))
@@ -312,7 +326,7 @@ class PublishPipeline:
                     raise
                 except Exception as exc:  # whatever it is, the batch is kept and retried
                     reason = f"{type(exc).__name__}: {exc}"
-                    failed.update({mid: reason for mid, _ in request})
+                    failed.update({mid: reason for mid, *_ in request})
             if failed and not reason:
                 reason = next(iter(failed.values()))
             self.stats.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)
     pack_max_bytes: int = Field(1 << 20, ge=1024)
+    # Partitions of the event topic (Kafka): a packed message holds one partition's
+    # events and is keyed by a state key (statestore.partitioning). 1: pack regardless.
+    partitions: int = Field(12, ge=1, le=10_000)
     # Outages: a batch that cannot be published is retried (capped exponential backoff
     # with jitter, probing the sidecar's readiness in between) for outage_budget_s; only
     # then does PublishError hand its events back.

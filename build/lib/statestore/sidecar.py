@@ -48,6 +48,16 @@ class Upsert:
     ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
 
 
+# How stores report a write that lost to another writer: an ETag mismatch, or, from
+# state.postgresql v2, a first-write insert that found the key ("no item was updated").
+_CONFLICT_MARKERS = ("etag", "no item was updated")
+
+
+def is_write_conflict(details: str) -> bool:
+    """True when a store's error text says the write lost to another writer."""
+    return any(marker in details.lower() for marker in _CONFLICT_MARKERS)
+
+
 # A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
 # grows to two minutes. (Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the
 # connect timeout, and 100 ms fails connections to a busy sidecar.)
@@ -117,7 +127,7 @@ class SidecarClient:
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
             )
-        if code == grpc.StatusCode.ABORTED or "etag" in (exc.details() or "").lower():
+        if code == grpc.StatusCode.ABORTED or is_write_conflict(exc.details() or ""):
             return EtagMismatchError(exc.details())
         return SidecarUnavailableError(f"{what}: the Dapr sidecar at {self.target} answered {code.name}: {exc.details()}")
 
@@ -130,17 +140,24 @@ class SidecarClient:
             ) from None
 
     async def bulk_publish(
-        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes]]
+        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]]
     ) -> dict[str, str]:
-        """Publish structured CloudEvents ``(entry_id, body)``; returns failed ids -> error."""
+        """Publish structured CloudEvents ``(entry_id, body[, partition_key])``; returns failed ids -> error.
+
+        A partition key (Kafka: the record key, so the partition) travels as the entry's
+        ``partitionKey`` metadata; brokers without partitions ignore it.
+        """
         request = pubsub_pb2.BulkPublishRequest(
             pubsub_name=pubsub,
             topic=topic,
             entries=[
                 pubsub_pb2.BulkPublishRequestEntry(
-                    entry_id=entry_id, event=body, content_type=CONTENT_TYPE
+                    entry_id=entry[0],
+                    event=entry[1],
+                    content_type=CONTENT_TYPE,
+                    metadata={"partitionKey": entry[2]} if len(entry) > 2 else None,
                 )
-                for entry_id, body in cloudevents
+                for entry in cloudevents
             ],
         )
         response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish")
