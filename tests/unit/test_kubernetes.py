@@ -44,9 +44,9 @@ def test_components_match_the_settings_and_the_scale_profile(docs):
     s = Settings()
     components = by_kind(docs, "Component")
     local = scale_components()
-    for name in (s.pubsub_name, s.statestore_name, s.objectstore_name, s.secretstore_name):
+    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name, s.objectstore_name, s.secretstore_name):
         assert name in components, name
-    for name in (s.pubsub_name, s.statestore_name, s.objectstore_name):
+    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name, s.objectstore_name):
         ours, theirs = components[name]["spec"], local[name]["spec"]
         assert (ours["type"], ours["version"]) == (theirs["type"], theirs["version"]), name
         plain = {i["name"]: i["value"] for i in ours["metadata"] if "value" in i}
