@@ -1,1 +1,0 @@
-"""The `statestore` command: read, inspect and watch states, and operate the pipeline."""

@@ -1,1 +1,0 @@
-"""The statestore subscriber: a Dapr app that applies state events in order, exactly once in effect."""

@@ -1,3 +1,0 @@
-from subscriber.app import main
-
-main()
