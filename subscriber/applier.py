@@ -58,6 +58,7 @@ class EventApplier:
         self._repository = repository
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
+        self._index_lock = asyncio.Lock()
 
     async def apply(self, events: Sequence[Event]) -> BatchResult:
         """Apply ``events`` (any order, duplicates allowed); raise TransientError to retry."""
@@ -101,10 +102,14 @@ class EventApplier:
                 if not upserts:
                     return 0  # all duplicates: already applied (and marked) before
                 changed = len(upserts)
-                if appeared or vanished:
-                    upserts.extend(await self._index_changes(appeared, vanished))
                 upserts.append(mark_dirty(slot, stored.get(slot), [u.key for u in upserts[:changed]]))
-                await self._repository.commit(upserts)
+                if appeared or vanished:
+                    # Chunks of one delivery commit concurrently; those that change the
+                    # index take turns, or they would all conflict on the same shards.
+                    async with self._index_lock:
+                        await self._repository.commit(upserts + await self._index_changes(appeared, vanished))
+                else:
+                    await self._repository.commit(upserts)
                 return changed
             except EtagMismatchError:
                 # Another replica wrote one of these states since we read it: merge again.
