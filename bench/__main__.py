@@ -26,10 +26,12 @@ from devstack.stack import PROJECT_ROOT
 SIZES = {
     "quick": dict(latency_calls=2000, tp_repeats=1, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 2000, 8000],
                   stale_s=4, lost_ids=20, lost_fields=5, read_ids=2000, reads=2000,
-                  scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000]),
+                  scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000],
+                  fleet=[(10_000, 2)], fleet_plain_max_ids=10_000),
     "full": dict(latency_calls=20_000, tp_repeats=3, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 1000, 2000, 4000, 8000],
                  stale_s=15, lost_ids=100, lost_fields=10, read_ids=10_000, reads=10_000,
-                 scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000, 100_000]),
+                 scale_producers=[1, 4, 16, 64], scale_ids=[1000, 10_000, 100_000],
+                 fleet=[(100_000, 2), (1_000_000, 1)], fleet_plain_max_ids=100_000),
 }  # fmt: skip
 
 
@@ -98,6 +100,20 @@ async def measure(stack: Stack, size: dict) -> dict:
     for ids in size["scale_ids"]:
         say(f"statestore: scaling, {ids} ids")
         results["statestore"]["scaling"]["ids"].append(await m.throughput(statestore, ids, 2, 16, probe=True))
+
+    # Many states, few updates each (issue 9): statestore and plain Dapr RMW side by side.
+    pids = {"subscriber": stack.subscriber_app.pid, "subscriber-daprd": stack.subscriber_sidecar.pid,
+            "caller-daprd": stack.caller_sidecar.pid}  # fmt: skip
+    done = m.snapshot_checker(os.environ["STATESTORE_TMP_ROOT"])
+    results["fleet"] = []
+    for ids, fields in size["fleet"]:
+        row = {}
+        say(f"statestore: fleet, {ids} ids x {fields} fields from one caller")
+        row["statestore"] = await m.fleet(statestore, ids, fields, pids, snapshots_done=done)
+        if ids <= size["fleet_plain_max_ids"]:
+            say(f"plain-dapr: fleet, {ids} ids x {fields} fields (read-modify-write, 16 at once)")
+            row["plain-dapr"] = await m.fleet(peers[1], ids, fields, pids, concurrency=16)
+        results["fleet"].append(row)
 
     from bench import credentials
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ async def caller_latency(peer, calls: int) -> dict:
     return percentiles(samples)
 
 
+async def _read_through(peer, state_id: str):
+    """A read that outlasts a sidecar too busy to answer within its deadline (the
+    delay keeps counting; a loaded machine must not end the whole benchmark)."""
+    from statestore.errors import SidecarUnavailableError
+
+    while True:
+        try:
+            return await peer.get(state_id)
+        except SidecarUnavailableError:
+            await asyncio.sleep(0.1)
+
+
 async def probe_delays(peer, stop: asyncio.Event, delays: list[float], pause_s: float = 0.02) -> None:
     """Publish-to-visible delay: write one field, poll until it reads back; repeat."""
     probe_id, k = f"probe-{tag()}", 0
@@ -70,7 +83,7 @@ async def probe_delays(peer, stop: asyncio.Event, delays: list[float], pause_s: 
         k += 1
         start = time.perf_counter()
         await peer.save_field(probe_id, "k", k)
-        while ((await peer.get(probe_id)) or {}).get("k") != k:
+        while ((await _read_through(peer, probe_id)) or {}).get("k") != k:
             await asyncio.sleep(0.001)
         delays.append(time.perf_counter() - start)
         await asyncio.sleep(pause_s)
@@ -174,3 +187,99 @@ async def read_latency(peer, ids: int, reads: int) -> dict:
         await peer.get(state_ids[(n * 7919) % ids])
         samples.append(time.perf_counter() - start)
     return percentiles(samples)
+
+
+class RssPeaks:
+    """Peak resident memory of several processes during one phase (sampled every 100 ms),
+    in MiB; VmHWM would give the peak over the process's whole life instead."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self.peaks = {name: 0.0 for name in pids}
+        self._task = asyncio.create_task(self._sample())
+
+    @staticmethod
+    def rss_mb(pid: int) -> float:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return 0.0
+
+    async def _sample(self) -> None:
+        while True:
+            for name, pid in self._pids.items():
+                self.peaks[name] = max(self.peaks[name], self.rss_mb(pid))
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> dict[str, float]:
+        self._task.cancel()
+        return dict(self.peaks)
+
+
+async def fleet(peer, ids: int, fields: int, pids: dict[str, int], concurrency: int = 1,
+                snapshots_done=None, snapshot_timeout_s: float = 600) -> dict:  # fmt: skip
+    """Many states, few updates each, from one caller: every id gets ``status``, then
+    every id gets ``progress`` (and so on for ``fields``). Applied/s counts until every
+    update is visible through reads; publish-to-visible is sampled by a probe meanwhile.
+    ``snapshots_done(state_ids, fields)`` (statestore) says whether every snapshot is written."""
+    run = tag()
+    state_ids = [f"fl-{run}-{n}" for n in range(ids)]
+    names = ["status", "progress", "step", "result"][:fields]
+    rss = RssPeaks(pids)
+    delays: list[float] = []
+    stop = asyncio.Event()
+    prober = asyncio.create_task(probe_delays(peer, stop, delays, pause_s=0.05))
+    start = time.perf_counter()
+
+    async def caller(k: int) -> None:
+        for name in names:
+            for state_id in state_ids[k::concurrency]:
+                await peer.save_field(state_id, name, name)
+
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    called = time.perf_counter() - start
+    await peer.settle(state_ids)
+    visible = time.perf_counter() - start
+    stop.set()
+    await prober
+    snapshots_s = None
+    if snapshots_done is not None:
+        while not snapshots_done(state_ids, names):
+            if time.perf_counter() - start - visible > snapshot_timeout_s:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            snapshots_s = round(time.perf_counter() - start - visible, 1)
+    peaks = rss.stop()
+    sample = [await peer.get(s) for s in state_ids[:: max(1, ids // 50)]]
+    complete = all(s is not None and len(s) == fields for s in sample)
+    return {
+        "ids": ids, "fields": fields, "updates": ids * fields, "concurrency": concurrency,
+        "calls_per_s": round(ids * fields / called), "applied_per_s": round(ids * fields / visible),
+        "seconds": round(visible, 2), "complete": complete, "staleness": percentiles(delays),
+        "snapshots_after_s": snapshots_s, "peak_rss_mb": peaks,
+    }  # fmt: skip
+
+
+def snapshot_checker(tmp_root: str, app: str = "default"):
+    """snapshots_done for the statestore peer: every id's config.json exists, and a sample
+    of them holds every field (a file exists after the first field's snapshot)."""
+    from pathlib import Path
+
+    base = Path(tmp_root) / "persistent-artifacts" / "apps" / app / "workflows"
+
+    def done(state_ids: list[str], names: list[str]) -> bool:
+        if any(not (base / s / "config.json").exists() for s in state_ids[::-1]):
+            return False
+        for state_id in state_ids[:: max(1, len(state_ids) // 200)]:
+            try:
+                if set(json.loads((base / state_id / "config.json").read_text())) != set(names):
+                    return False
+            except (OSError, ValueError):  # being written
+                return False
+        return True
+
+    return done

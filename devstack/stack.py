@@ -37,6 +37,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = PROJECT_ROOT / ".runtime"
 DAPRD = RUNTIME / ".dapr" / "bin" / "daprd"
 CONFIG = PROJECT_ROOT / "config" / "dapr-config.yaml"
+# daprd --max-body-size of every sidecar the project starts; dapr.yaml's maxBodySize and
+# SidecarSettings.max_body_bytes (16 MiB) agree with it (a unit test checks).
+MAX_BODY_SIZE = "16Mi"
 
 SUBSCRIBER_APP_ID = "statestore-subscriber"
 CALLER_APP_ID = "statestore-caller"
@@ -208,6 +211,9 @@ class Stack:
             "--resources-path", str(self.resources),
             "--config", str(CONFIG),
             "--log-level", "info",
+            # Larger than any request statestore sends (cut at STATESTORE_REQUEST_MAX_BYTES)
+            # or any document it stores (STATESTORE_MAX_DOCUMENT_BYTES): see docs/runtime.md.
+            "--max-body-size", MAX_BODY_SIZE,
         ]  # fmt: skip
         if spec.app_port is not None:
             argv += ["--app-port", str(spec.app_port), "--app-protocol", "grpc",

@@ -57,14 +57,15 @@ class _ExpiringRepository(InMemoryStateRepository):
         self._expire()
         return await super().load(keys)
 
-    async def commit(self, upserts: Sequence[Upsert]) -> None:
+    async def commit(self, upserts: Sequence[Any]) -> None:
         self._expire()
         await super().commit(upserts)
-        for upsert in upserts:
-            if upsert.ttl_s is None:
-                self.expires.pop(upsert.key, None)
+        for operation in upserts:  # upserts, and the outbox's deletes (no ttl)
+            ttl_s = getattr(operation, "ttl_s", None)
+            if ttl_s is None:
+                self.expires.pop(operation.key, None)
             else:
-                self.expires[upsert.key] = self._clock.now() + upsert.ttl_s
+                self.expires[operation.key] = self._clock.now() + ttl_s
 
 
 class _MemorySidecar:

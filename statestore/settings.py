@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     credentials_pubsub_name: str = "pubsub-credentials"
     credentials_topic: str = "statestore-credentials"
     deadletter_topic: str = "statestore-deadletter"
+    # Events stamped more than max_clock_skew_s ahead of the subscriber's clock wait here
+    # (the subscriber republishes them until they are due), so they never block the topic.
+    parked_topic: str = "statestore-parked"
 
     # Publishing: pending events go out in one bulk publish when this many are
     # waiting or when the oldest has waited batch_window_ms.
@@ -70,7 +73,9 @@ class Settings(BaseSettings):
     # subscriber can drop its record (1 h after its last write, statestore.document).
     producer_retention_s: float = Field(3600.0, ge=60, le=14_400, description="Producer id lifetime x 4.")
     max_value_bytes: int = Field(1 << 20, ge=1024, description="Largest encoded value.")
-    max_clock_skew_s: float = Field(300.0, gt=0, description="Future timestamps rejected.")
+    max_clock_skew_s: float = Field(
+        300.0, gt=0, description="Events stamped further ahead of the subscriber's clock are parked until due."
+    )
     credential_timeout_s: float = Field(
         30.0, gt=0, description="How long save_secret(s) waits until its credentials are stored."
     )
@@ -85,8 +90,22 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("STATESTORE_SUBSCRIBER_PORT", "APP_PORT"),
         description="gRPC port the subscriber app serves (the Dapr CLI sets APP_PORT).",
     )
-    subscriber_batch_max: int = Field(1000, ge=1)
+    subscriber_batch_max: int = Field(1000, ge=1, description="Most messages per bulk delivery.")
     subscriber_batch_wait_ms: int = Field(10, ge=1)
+    # A bulk delivery must fit the app's gRPC receive limit whatever the messages hold:
+    # the subscription asks for at most max_delivery_bytes // pack_max_bytes messages.
+    subscriber_max_delivery_bytes: int = Field(64 << 20, ge=1 << 20, description="App gRPC receive limit.")
+    subscriber_deliveries_per_topic: int = Field(2, ge=1, description="Deliveries applied at once, per topic.")
+    subscriber_replica_id: str = Field("", description="Outbox name of this replica (default: random per start).")
+    # Requests are cut well under the sidecar's limit (SidecarSettings.max_body_bytes).
+    request_max_bytes: int = Field(2 << 20, ge=64 << 10, description="Target size of one read or transaction.")
+    max_document_bytes: int = Field(12 << 20, ge=1 << 20, description="Largest stored document; beyond: dead letter.")
+    snapshot_lease_s: float = Field(5.0, gt=0, description="Snapshot flusher lease period.")
+
+    @property
+    def subscriber_delivery_messages(self) -> int:
+        """Messages per bulk delivery: a delivery of full packed messages still fits."""
+        return max(1, min(self.subscriber_batch_max, self.subscriber_max_delivery_bytes // self.pack_max_bytes))
 
 
 class SidecarSettings(BaseSettings):
@@ -99,6 +118,8 @@ class SidecarSettings(BaseSettings):
     dapr_api_token: str | None = None
     sidecar_host: str = Field("127.0.0.1", alias="DAPR_RUNTIME_HOST")
     call_timeout_s: float = Field(10.0, alias="DAPR_API_TIMEOUT_SECONDS", gt=0)
+    # daprd --max-body-size of the sidecar (the project starts every sidecar with 16Mi).
+    max_body_bytes: int = Field(16 << 20, alias="STATESTORE_SIDECAR_MAX_BODY_BYTES", ge=1 << 20)
 
     @property
     def grpc_target(self) -> str:

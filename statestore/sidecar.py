@@ -21,13 +21,31 @@ from statestore.envelope import CONTENT_TYPE
 from statestore.errors import SidecarUnavailableError
 from statestore.settings import SidecarSettings, get_sidecar_settings
 
-__all__ = ["SidecarClient", "StoredItem", "Upsert", "EtagMismatchError", "JSON_METADATA"]
+__all__ = [
+    "SidecarClient",
+    "StoredItem",
+    "Upsert",
+    "Delete",
+    "EtagMismatchError",
+    "MessageTooLargeError",
+    "JSON_METADATA",
+    "MAX_KEYS_PER_READ",
+]
 
 JSON_METADATA = {"contentType": "application/json"}
 
 
+# sqlite binds at most 32,766 parameters; other stores are slower with huge key lists.
+MAX_KEYS_PER_READ = 1000
+
+
 class EtagMismatchError(Exception):
     """A state write lost a race: the key changed (or appeared) since it was read."""
+
+
+class MessageTooLargeError(SidecarUnavailableError):
+    """A request or its answer is larger than the sidecar's message limit (daprd
+    ``--max-body-size``); retrying it unchanged fails the same way."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,12 @@ class Upsert:
     ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
 
 
+@dataclass(frozen=True)
+class Delete:
+    """One delete of a transaction; with an ETag, only if the key is unchanged."""
+
+    key: str
+    etag: str | None = None
 # How stores report a write that lost to another writer: an ETag mismatch, or, from
 # state.postgresql v2, a first-write insert that found the key ("no item was updated").
 _CONFLICT_MARKERS = ("etag", "no item was updated")
@@ -122,6 +146,11 @@ class SidecarClient:
 
     def _error(self, exc: grpc.RpcError, what: str) -> Exception:
         code = exc.code()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return MessageTooLargeError(
+                f"{what}: larger than the Dapr sidecar's message limit ({exc.details()}); cut the request,"
+                " or raise daprd --max-body-size and STATESTORE_SIDECAR_MAX_BODY_BYTES together"
+            )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return SidecarUnavailableError(
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
@@ -179,8 +208,30 @@ class SidecarClient:
         return StoredItem(response.data, response.etag)
 
     async def get_bulk_state(self, store: str, keys: Iterable[str]) -> dict[str, StoredItem]:
-        """Values and ETags of the keys that exist, in one call."""
-        request = state_pb2.GetBulkStateRequest(store_name=store, keys=list(keys), parallelism=1)
+        """Values and ETags of the keys that exist.
+
+        Reads at most MAX_KEYS_PER_READ keys per call; an answer larger than the sidecar's
+        message limit is read again in halves (the size of an answer is known only once
+        it is read), so any number of keys of any size up to the limit each is read.
+        """
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, StoredItem] = {}
+        for start in range(0, len(keys), MAX_KEYS_PER_READ):
+            await self._read_split(store, keys[start : start + MAX_KEYS_PER_READ], found)
+        return found
+
+    async def _read_split(self, store: str, keys: list[str], found: dict[str, StoredItem]) -> None:
+        try:
+            found.update(await self._read(store, keys))
+        except MessageTooLargeError:
+            if len(keys) == 1:
+                raise
+            half = len(keys) // 2
+            await self._read_split(store, keys[:half], found)
+            await self._read_split(store, keys[half:], found)
+
+    async def _read(self, store: str, keys: list[str]) -> dict[str, StoredItem]:
+        request = state_pb2.GetBulkStateRequest(store_name=store, keys=keys, parallelism=1)
         response = await self._call(self._stub.GetBulkState, request, "read states")
         found: dict[str, StoredItem] = {}
         for item in response.items:
@@ -190,18 +241,21 @@ class SidecarClient:
                 found[item.key] = StoredItem(item.data, item.etag)
         return found
 
-    async def transact(self, store: str, upserts: Sequence[Upsert]) -> None:
-        """Write all ``upserts`` atomically; EtagMismatchError if any key moved on."""
-        operations = []
-        for upsert in upserts:
-            metadata = JSON_METADATA if upsert.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(upsert.ttl_s)}
-            item = common_pb2.StateItem(key=upsert.key, value=upsert.value, metadata=metadata)
-            if upsert.etag is None:
-                item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
-            else:
-                item.etag.value = upsert.etag
-            operations.append(state_pb2.TransactionalStateOperation(operationType="upsert", request=item))
-        request = state_pb2.ExecuteStateTransactionRequest(storeName=store, operations=operations)
+    async def transact(self, store: str, operations: Sequence[Upsert | Delete]) -> None:
+        """Write all ``operations`` atomically; EtagMismatchError if any key moved on.
+
+        The caller cuts transactions by bytes (statestore.cutting); one larger than the
+        sidecar's limit raises MessageTooLargeError before anything is sent.
+        """
+        request = state_pb2.ExecuteStateTransactionRequest(
+            storeName=store, operations=[_operation(op) for op in operations]
+        )
+        size = request.ByteSize()
+        if size > self._settings.max_body_bytes:
+            raise MessageTooLargeError(
+                f"state transaction of {len(operations)} operations is {size} bytes, over the sidecar's"
+                f" limit of {self._settings.max_body_bytes}: cut it (statestore.cutting)"
+            )
         await self._call(self._stub.ExecuteStateTransaction, request, "state transaction")
 
     async def invoke_binding(
@@ -219,3 +273,18 @@ class SidecarClient:
         request = secret_pb2.GetSecretRequest(store_name=store, key=name)
         response = await self._call(self._stub.GetSecret, request, f"secret {store}/{name}")
         return dict(response.data)
+
+
+def _operation(op: Upsert | Delete) -> state_pb2.TransactionalStateOperation:
+    if isinstance(op, Delete):
+        item = common_pb2.StateItem(key=op.key)
+        if op.etag is not None:
+            item.etag.value = op.etag
+        return state_pb2.TransactionalStateOperation(operationType="delete", request=item)
+    metadata = JSON_METADATA if op.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(op.ttl_s)}
+    item = common_pb2.StateItem(key=op.key, value=op.value, metadata=metadata)
+    if op.etag is None:
+        item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
+    else:
+        item.etag.value = op.etag
+    return state_pb2.TransactionalStateOperation(operationType="upsert", request=item)

@@ -11,11 +11,11 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 
-from statestore.settings import get_settings
+from statestore.settings import get_settings, get_sidecar_settings
 from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
-from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
-from subscriber.outbox import SnapshotFlusher
+from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
+from subscriber.outbox import OutboxWriter, SnapshotFlusher
 from subscriber.servicer import SubscriberServicer
 
 __all__ = ["main", "serve"]
@@ -54,17 +54,38 @@ class _Health(pb_grpc.AppCallbackHealthCheckServicer):
 async def serve(stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, then finish in-flight batches and exit."""
     settings = get_settings()
-    sidecar = SidecarClient()
+    sidecar_settings = get_sidecar_settings()
+    if settings.max_document_bytes + (1 << 20) > sidecar_settings.max_body_bytes:
+        raise SystemExit(
+            f"subscriber: STATESTORE_MAX_DOCUMENT_BYTES ({settings.max_document_bytes}) must be at least 1 MiB"
+            f" below the sidecar's limit STATESTORE_SIDECAR_MAX_BODY_BYTES ({sidecar_settings.max_body_bytes},"
+            " daprd --max-body-size): lower the first, or raise both."
+        )
+    sidecar = SidecarClient(sidecar_settings)
     repository = DaprStateRepository(sidecar, settings.statestore_name)
-    servicer = SubscriberServicer(EventApplier(repository), settings)
-    flusher = SnapshotFlusher(repository, DaprObjectStore(sidecar, settings.objectstore_name))
+    outbox = OutboxWriter(repository, settings.subscriber_replica_id)
+    applier = EventApplier(
+        repository,
+        outbox=outbox,
+        request_max_bytes=settings.request_max_bytes,
+        max_document_bytes=settings.max_document_bytes,
+    )
+    parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
+    servicer = SubscriberServicer(applier, settings, parking)
+    flusher = SnapshotFlusher(
+        repository, DaprObjectStore(sidecar, settings.objectstore_name),
+        lease_s=settings.snapshot_lease_s, outbox=outbox,
+    )  # fmt: skip
     token = os.environ.get("APP_API_TOKEN")
     server = grpc.aio.server(
         interceptors=[_RequireAppToken(token)] if token else None,
         options=[
-            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_receive_message_length", settings.subscriber_max_delivery_bytes),
             ("grpc.max_send_message_length", 64 << 20),
-        ]
+        ],
+        # Deliveries beyond this are refused (daprd retries them): memory stays bounded
+        # whatever the backlog. Each topic also has its own budget (servicer).
+        maximum_concurrent_rpcs=8 * settings.subscriber_deliveries_per_topic,
     )
     pb_grpc.add_AppCallbackServicer_to_server(servicer, server)
     pb_grpc.add_AppCallbackAlphaServicer_to_server(servicer, server)
@@ -88,10 +109,14 @@ async def serve(stop: asyncio.Event) -> None:
     await server.stop(grace=10)  # finish in-flight batches, then their snapshots
     stop_flushing.set()
     await flushing
+    try:
+        await outbox.deregister()
+    except Exception as exc:  # the registry keeps an empty outbox: harmless
+        log.info("outbox not deregistered: %s", exc)
     await sidecar.close()
     log.info(
-        "subscriber stopped: %d events applied, %d rejected, %d snapshots written",
-        servicer.applied_events, servicer.rejected_events, flusher.written,
+        "subscriber stopped: %d events applied, %d rejected, %d parked, %d snapshots written",
+        servicer.applied_events, servicer.rejected_events, servicer.parked_events, flusher.written,
     )  # fmt: skip
 
 

@@ -2,18 +2,22 @@
 
 Knows nothing of Dapr: it works on the ports in subscriber.ports.
 
-For one batch:
-1. load the documents of every state the batch touches and one outbox slot (one bulk
-   read);
-2. merge each state's events into its document (statestore.document.apply_events);
-3. write every changed document, and the outbox slot marking them dirty, in one
-   transaction with the ETags read in step 1, with the id index shards of states that
-   began or ceased to exist (statestore.index) (first-write for new states); on an ETag
-   conflict (another replica wrote in between) start again from 1, so no update is lost.
+A batch is grouped by state and cut into chunks of at most ``max_states_per_commit``
+states. Per chunk:
 
-The object-store snapshots follow from the outbox (subscriber.outbox.SnapshotFlusher).
-A failure raises TransientError: the batch is answered "retry", redelivered and
-re-applied; the merge is idempotent, so a second application changes nothing.
+1. load the documents of its states (one bulk read);
+2. merge each state's events into its document (statestore.document.apply_events);
+3. write the changed documents in transactions cut by bytes (``request_max_bytes``),
+   each with the ETags read in step 1 (first-write for new states) and an entry of this
+   replica's outbox naming them (subscriber.outbox.OutboxWriter); on an ETag conflict
+   (another replica wrote in between) load and merge the rest again, so no update is lost.
+
+Commits go through one lane per replica (sqlite has one writer), and the next chunk's
+load and merge run while the current chunk commits. A state whose merged document would
+exceed ``max_document_bytes`` is refused (its events go to the dead-letter topic with the
+reason) and never blocks the others; a chunk that fails for a passing reason (store
+busy, sidecar restarting) reports its states as failed, and only the messages holding
+their events are redelivered. The merge is idempotent, so a re-application changes nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from statestore.cutting import cut
 from statestore.document import apply_events, decode_document, encode_document
+from statestore.errors import StateDecodeError
 from statestore.events import AnyEvent
 from statestore.index import IndexShard, shard_key
-from subscriber.outbox import SLOTS, mark_dirty, slot_key
+from subscriber.outbox import OutboxWriter
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
 __all__ = ["EventApplier", "TransientError", "BatchResult"]
@@ -39,93 +45,158 @@ Event = AnyEvent
 
 
 class TransientError(Exception):
-    """The batch could not be applied now (store busy, conflict storm, binding down)."""
+    """Part of a batch could not be applied now (store busy, conflict storm, binding down)."""
 
 
 @dataclass(frozen=True)
 class BatchResult:
     events: int
     states: int
-    written: int  # documents the transaction changed
+    written: int  # documents the transactions changed
+    failed: dict[str, str] = field(default_factory=dict)  # state key -> why (retry later)
+    refused: dict[str, str] = field(default_factory=dict)  # state key -> why (dead letter)
+
+    def raise_for_failures(self) -> None:
+        """TransientError naming the first failure, if any state failed."""
+        if self.failed:
+            key, reason = next(iter(self.failed.items()))
+            raise TransientError(f"{len(self.failed)} states not applied (first: {key}: {reason})")
+
+
+@dataclass
+class _Prepared:
+    upserts: list[Upsert]
+    refused: dict[str, str]
+    # state key -> (an event of it, True if it began to exist / False if it ceased): the
+    # id index (statestore.index) changes with it, in the same transaction
+    existence: dict[str, tuple[AnyEvent, bool]] = field(default_factory=dict)
 
 
 class EventApplier:
     """Applies batches of decoded events through a StateRepository."""
 
     def __init__(
-        self, repository: StateRepository, max_conflict_retries: int = 20, max_states_per_commit: int = 250
+        self,
+        repository: StateRepository,
+        max_conflict_retries: int = 20,
+        max_states_per_commit: int = 250,
+        outbox: OutboxWriter | None = None,
+        request_max_bytes: int = 2 << 20,
+        max_document_bytes: int = 12 << 20,
     ) -> None:
         self._repository = repository
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
         self._index_lock = asyncio.Lock()
+        self.outbox = outbox or OutboxWriter(repository)
+        self._request_max_bytes = request_max_bytes
+        self._max_document_bytes = max_document_bytes
 
     async def apply(self, events: Sequence[Event]) -> BatchResult:
-        """Apply ``events`` (any order, duplicates allowed); raise TransientError to retry."""
+        """Apply ``events`` (any order, duplicates allowed). Failed and refused states are
+        reported in the result, never raised: every other state is applied."""
         by_key: dict[str, list[Event]] = defaultdict(list)
         for event in events:
             by_key[event.key].append(event)
-        if not by_key:
-            return BatchResult(0, 0, 0)
-        # A packed delivery can touch tens of thousands of states; the store reads a
-        # bounded number of keys at once (sqlite: 32,766 parameters), so commit in chunks.
         keys = list(by_key)
         chunks = [{key: by_key[key] for key in keys[i : i + self._max_states]} for i in range(0, len(keys), self._max_states)]
-        # Chunks touch different states and different outbox slots, so they commit
-        # concurrently: one chunk's merge overlaps another's write in the sidecar.
-        first_slot = random.randrange(SLOTS)
-        outcomes = await asyncio.gather(
-            *(self._commit(chunk, slot_key((first_slot + n) % SLOTS)) for n, chunk in enumerate(chunks)),
-            return_exceptions=True,  # let every chunk finish before one failure answers
-        )
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failures:
-            raise failures[0]
-        return BatchResult(len(events), len(by_key), sum(outcomes))
+        written = 0
+        failed: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        committing: asyncio.Task | None = None
+        committing_chunk: dict[str, list[Event]] = {}
 
-    async def _commit(self, by_key: dict[str, list[Event]], slot: str) -> int:
+        async def finish() -> None:
+            nonlocal written
+            if committing is None:
+                return
+            try:
+                done, chunk_refused = await committing
+                written += done
+                refused.update(chunk_refused)
+            except Exception as exc:
+                failed.update(dict.fromkeys(committing_chunk, str(exc)))
+
+        for chunk in chunks:
+            try:
+                prepared = await self._prepare(chunk)
+            except Exception as exc:  # the load failed: this chunk waits for a redelivery
+                failed.update(dict.fromkeys(chunk, f"state store read failed: {exc}"))
+                continue
+            await finish()  # the lane is one deep: merge the next chunk while this commits
+            committing = asyncio.create_task(self._commit(chunk, prepared))
+            committing_chunk = chunk
+        await finish()
+        for key, reason in failed.items():
+            log.debug("state %s not applied: %s", key, reason)
+        return BatchResult(len(events), len(by_key), written, failed, refused)
+
+    async def _prepare(self, by_key: dict[str, list[Event]]) -> _Prepared:
+        """Load and merge: the upserts that bring every state of ``by_key`` up to date."""
+        stored = await self._repository.load(by_key)
+        upserts: list[Upsert] = []
+        refused: dict[str, str] = {}
+        existence: dict[str, tuple[AnyEvent, bool]] = {}
+        for key, key_events in by_key.items():
+            item = stored.get(key)
+            try:
+                current = decode_document(key, item.value) if item else None
+            except StateDecodeError as exc:
+                refused[key] = str(exc)
+                continue
+            merged = apply_events(current, key_events)
+            if merged is current:
+                continue  # all duplicates: already applied (and marked) before
+            encoded = encode_document(merged)
+            if len(encoded) > self._max_document_bytes:
+                refused[key] = (
+                    f"the state's document would be {len(encoded)} bytes, over the limit of"
+                    f" {self._max_document_bytes} (STATESTORE_MAX_DOCUMENT_BYTES): store fewer or"
+                    " smaller fields in one state"
+                )
+                continue
+            upserts.append(Upsert(key, encoded, item.etag if item else None, merged.ttl_s))
+            if merged.exists() != (current is not None and current.exists()):
+                existence[key] = (key_events[0], merged.exists())
+        return _Prepared(upserts, refused, existence)
+
+    async def _commit(self, by_key: dict[str, list[Event]], prepared: _Prepared) -> tuple[int, dict[str, str]]:
+        """Commit ``prepared`` in byte-bounded transactions; on a conflict, load and merge
+        what is left again. Returns (documents written, refused states)."""
+        written = 0
+        refused = dict(prepared.refused)
         for attempt in range(self._max_conflict_retries + 1):
             try:
-                stored = await self._repository.load([*by_key, slot])
-                upserts = []
-                appeared: list[Event] = []  # states that start or stop existing: the index changes
-                vanished: list[Event] = []
-                for key, key_events in by_key.items():
-                    item = stored.get(key)
-                    current = decode_document(key, item.value) if item else None
-                    merged = apply_events(current, key_events)
-                    if merged is not current:
-                        upserts.append(Upsert(key, encode_document(merged), item.etag if item else None, merged.ttl_s))
-                        existed = current is not None and current.exists()
-                        if merged.exists() != existed:
-                            (appeared if merged.exists() else vanished).append(key_events[0])
-                if not upserts:
-                    return 0  # all duplicates: already applied (and marked) before
-                changed = len(upserts)
-                upserts.append(mark_dirty(slot, stored.get(slot), [u.key for u in upserts[:changed]]))
-                if appeared or vanished:
-                    # Chunks of one delivery commit concurrently; those that change the
-                    # index take turns, or they would all conflict on the same shards.
-                    async with self._index_lock:
-                        await self._repository.commit(upserts + await self._index_changes(appeared, vanished))
-                else:
-                    await self._repository.commit(upserts)
-                return changed
+                for piece in cut(prepared.upserts, _upsert_size, self._request_max_bytes, self._max_states):
+                    changes = [prepared.existence[u.key] for u in piece if u.key in prepared.existence]
+                    if changes:
+                        # Pieces that change the index take turns: they would conflict on its shards.
+                        async with self._index_lock:
+                            index = await self._index_changes(changes)
+                            await self.outbox.commit([*piece, *index], [upsert.key for upsert in piece])
+                    else:
+                        await self.outbox.commit(piece, [upsert.key for upsert in piece])
+                    written += len(piece)
+                    for upsert in piece:
+                        by_key.pop(upsert.key, None)  # done: not merged again after a conflict
+                return written, refused
             except EtagMismatchError:
                 # Another replica wrote one of these states since we read it: merge again.
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
-            except Exception as exc:  # store busy, sidecar restarting: let Dapr redeliver
-                raise TransientError(f"state store write failed: {exc}") from exc
+                for key in refused:
+                    by_key.pop(key, None)
+                prepared = await self._prepare(by_key)
+                refused.update(prepared.refused)
         raise TransientError(f"gave up after {self._max_conflict_retries} ETag conflicts in a row")
 
-    async def _index_changes(self, appeared: list[Event], vanished: list[Event]) -> list[Upsert]:
+
+    async def _index_changes(self, changes: list[tuple[AnyEvent, bool]]) -> list[Upsert]:
         """The index shard writes (statestore.index) for states that began or ceased to exist."""
-        changes = [(shard_key(e.app, e.state_type, e.state_id), e.state_id, True) for e in appeared]
-        changes += [(shard_key(e.app, e.state_type, e.state_id), e.state_id, False) for e in vanished]
-        stored = await self._repository.load({key for key, _, _ in changes})
+        keyed = [(shard_key(e.app, e.state_type, e.state_id), e.state_id, add) for e, add in changes]
+        stored = await self._repository.load({key for key, _, _ in keyed})
         shards = {key: IndexShard.model_validate_json(item.value) for key, item in stored.items()}
         touched = set()
-        for key, id, add in changes:
+        for key, id, add in keyed:
             shard = shards.setdefault(key, IndexShard())
             if shard.add(id) if add else shard.remove(id):
                 touched.add(key)
@@ -133,3 +204,7 @@ class EventApplier:
             Upsert(key, shards[key].model_dump_json().encode(), stored[key].etag if key in stored else None)
             for key in sorted(touched)
         ]
+
+
+def _upsert_size(upsert: Upsert) -> int:
+    return len(upsert.value) + len(upsert.key) + 64

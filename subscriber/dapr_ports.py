@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from statestore.errors import SidecarUnavailableError
-from statestore.sidecar import SidecarClient, StoredItem, Upsert
+import uuid
 
-__all__ = ["DaprStateRepository", "DaprObjectStore"]
+from statestore.cutting import cut
+from statestore.errors import SidecarUnavailableError
+from statestore.events import AnyEvent, encode_batch_cloudevent, encode_event
+from statestore.sidecar import Delete, SidecarClient, StoredItem, Upsert
+
+__all__ = ["DaprStateRepository", "DaprObjectStore", "DaprParking"]
 
 
 class DaprStateRepository:
@@ -21,7 +25,7 @@ class DaprStateRepository:
     async def load(self, keys: Iterable[str]) -> dict[str, StoredItem]:
         return await self._sidecar.get_bulk_state(self._store, keys)
 
-    async def commit(self, upserts: Sequence[Upsert]) -> None:
+    async def commit(self, upserts: Sequence[Upsert | Delete]) -> None:
         await self._sidecar.transact(self._store, upserts)
 
 
@@ -39,7 +43,7 @@ class DaprObjectStore:
         try:
             return await self._sidecar.invoke_binding(self._binding, "get", b"", {"fileName": key, "key": key})
         except SidecarUnavailableError as exc:
-            if _absent(exc):
+            if "no such file" in str(exc).lower() or "not found" in str(exc).lower():
                 return None
             raise
 
@@ -55,3 +59,25 @@ def _absent(exc: Exception) -> bool:
     """Whether a binding error says the object does not exist (localstorage, S3)."""
     text = str(exc).lower()
     return "no such file" in text or "not found" in text or "nosuchkey" in text
+
+
+class DaprParking:
+    """Parking on a pub/sub topic: events travel packed, as the publisher sends them."""
+
+    def __init__(self, sidecar: SidecarClient, pubsub: str, topic: str, pack_events: int, pack_max_bytes: int) -> None:
+        self._sidecar = sidecar
+        self._pubsub = pubsub
+        self._topic = topic
+        self._pack_events = pack_events
+        self._pack_max_bytes = pack_max_bytes
+
+    async def park(self, events: Sequence[AnyEvent]) -> None:
+        encoded = [encode_event(event) for event in events]
+        messages = [
+            (f"parked-{uuid.uuid4().hex}", encode_batch_cloudevent(f"parked-{uuid.uuid4().hex}", piece))
+            for piece in cut(encoded, len, self._pack_max_bytes - 1024, self._pack_events)
+        ]
+        for batch in cut(messages, lambda m: len(m[1]), 2 << 20, 100):  # well under the sidecar's limit
+            failed = await self._sidecar.bulk_publish(self._pubsub, self._topic, batch)
+            if failed:
+                raise SidecarUnavailableError(f"parking {len(failed)} messages failed: {next(iter(failed.values()))}")

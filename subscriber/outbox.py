@@ -1,73 +1,104 @@
 """The snapshot outbox: which states' object-store snapshots are behind, kept in the
 state store itself, so a crash never leaves a snapshot permanently behind.
 
-Each batch that changes states marks them dirty in one of ``SLOTS`` outbox documents, in
-the same transaction as the states. A flusher (in every subscriber replica; one at a
-time holds the lease) reads the slots, writes the snapshots of the marked states, and
-unmarks a state only if its mark is unchanged (no batch changed it since), with an
-ETag write. A crash anywhere leaves the marks, and the next flusher writes the files.
+No document is shared by the hot path. Each subscriber replica appends to its own
+outbox: every commit that changes states also writes, in the same transaction, a new
+immutable entry ``statestore-outbox/{replica}/{n}`` listing the keys it changed (``n``
+counts up from 0, one replica commits one transaction at a time, so entries are
+contiguous). The registry ``statestore-outbox/replicas`` maps each replica to its head,
+the first entry not yet flushed; a replica writes it once, when it starts committing.
 
-A state that no longer exists (deleted) has its snapshot removed instead of written.
+A flusher (in every replica; one at a time holds the lease) reads the registry, the
+entries at each head and the ones after it, writes the snapshots of the states they
+name, then in one transaction moves the heads past them, deletes them and rewrites the
+lease record (the fence: if another flusher took the lease meanwhile, the transaction
+fails and nothing moves). A crash anywhere leaves the entries, and the next flusher
+writes the files again: snapshots trail the state store by one flush round.
 
-Snapshots therefore trail the state store by one flush round (tens of milliseconds), and
-the batch path costs one extra key in its transaction instead of one object-store write
-per state.
+The lease does not depend on clocks agreeing. Its record carries a nonce that the holder
+rewrites at least every quarter lease period while it works. Another flusher takes over
+only after it has seen the same record, unchanged, for a whole lease period on its own
+monotonic clock; the holder stops writing half a lease period after its last renewal
+began. A holder deposed in the middle of a round (a stalled process, an object store
+slower than the lease) may still land a put after its successor's: its fenced commit
+fails, so it marks those states again in its own outbox, and the successor writes them
+once more from the current document. A snapshot is therefore never left behind for good.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from statestore.cutting import cut
 from statestore.document import StateDocument, decode_document
+from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
-from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
+from statestore.sidecar import MessageTooLargeError
+from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
 
-__all__ = ["SLOTS", "OutboxSlot", "slot_key", "LEASE_KEY", "mark_dirty", "SnapshotFlusher"]
+__all__ = [
+    "OUTBOX",
+    "REGISTRY_KEY",
+    "LEASE_KEY",
+    "entry_key",
+    "OutboxEntry",
+    "Registry",
+    "Lease",
+    "OutboxWriter",
+    "SnapshotFlusher",
+    "pending_keys",
+]
 
 log = logging.getLogger("statestore.subscriber")
 
-SLOTS = 16
-LEASE_KEY = "statestore-outbox/lease"
-LEASE_MS = 5_000
+OUTBOX = "statestore-outbox"
+REGISTRY_KEY = f"{OUTBOX}/replicas"
+LEASE_KEY = f"{OUTBOX}/lease"
 
 
-def slot_key(n: int) -> str:
-    return f"statestore-outbox/{n}"
+# Before the per-replica outbox, marks lived in 16 shared slot documents; a flusher turns
+# any it finds (an upgraded deployment, or an old replica still running) into entries.
+LEGACY_SLOTS = [f"{OUTBOX}/{n}" for n in range(16)]
 
 
-ALL_SLOTS = [slot_key(n) for n in range(SLOTS)]
+def entry_key(replica: str, n: int) -> str:
+    """The key of entry ``n`` of ``replica``'s outbox."""
+    return f"{OUTBOX}/{replica}/{n}"
 
 
-class OutboxSlot(BaseModel):
-    """State key -> mark (a token that changes whenever the state changes)."""
+class OutboxEntry(BaseModel):
+    """The state keys one commit changed (immutable once written)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    dirty: dict[str, str] = Field(default_factory=dict)
+    keys: list[str]
+
+
+class Registry(BaseModel):
+    """Replica -> its head: the first entry not yet flushed."""
+
+    heads: dict[str, int] = Field(default_factory=dict)
 
 
 class Lease(BaseModel):
+    """Who flushes snapshots. ``nonce`` changes on every write (renewal, fence)."""
+
     owner: str = ""
-    expires_ms: int = 0
+    nonce: str = ""
+    epoch: int = 0
 
 
-def read_slot(item: StoredItem | None) -> OutboxSlot:
-    return OutboxSlot.model_validate_json(item.value) if item else OutboxSlot()
-
-
-def mark_dirty(slot: str, item: StoredItem | None, keys: Iterable[str]) -> Upsert:
-    """The write that marks ``keys`` dirty in ``slot`` (to commit with the states)."""
-    outbox = read_slot(item)
-    mark = uuid.uuid4().hex[:12]
-    outbox.dirty.update({key: mark for key in keys})
-    return Upsert(slot, outbox.model_dump_json().encode(), item.etag if item else None)
+def _parse(model: type[BaseModel], item: StoredItem | None):
+    return model.model_validate_json(item.value) if item else model()
 
 
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
@@ -79,8 +110,108 @@ def _snapshot(document: StateDocument) -> bytes:
     return json.dumps(document.to_state(), indent=2).encode()
 
 
+class OutboxWriter:
+    """This replica's append-only outbox, and its one commit lane.
+
+    sqlite has one writer: commits of one replica never run concurrently (they would
+    only wait for each other inside the store, or fail with SQLITE_BUSY).
+    """
+
+    def __init__(self, repository: StateRepository, replica: str = "") -> None:
+        self.replica = replica or uuid.uuid4().hex[:12]
+        self._repository = repository
+        self._next = 0
+        self._registered = False
+        self._lane = asyncio.Lock()
+
+    async def commit(self, operations: Sequence[Upsert], keys: list[str]) -> None:
+        """Commit ``operations`` and an outbox entry naming ``keys``, in one transaction.
+
+        EtagMismatchError when one of ``operations`` lost a race (read again, merge again).
+        """
+        async with self._lane:
+            if not self._registered:
+                await self._register()
+            key = entry_key(self.replica, self._next)
+            entry = Upsert(key, OutboxEntry(keys=keys).model_dump_json().encode(), None)
+            try:
+                await self._repository.commit([*operations, entry])
+            except EtagMismatchError:
+                # An earlier commit reported as failed may have landed after all: its
+                # entry number is taken, so the next commit uses the one after it.
+                if key in await self._repository.load([key]):
+                    self._next += 1
+                raise
+            self._next += 1
+
+    async def _register(self) -> None:
+        for _ in range(100):
+            item = (await self._repository.load([REGISTRY_KEY])).get(REGISTRY_KEY)
+            registry = _parse(Registry, item)
+            if self.replica in registry.heads:  # a fixed replica id, restarted
+                self._next = await self._find_tail(registry.heads[self.replica])
+                self._registered = True
+                return
+            registry.heads[self.replica] = self._next
+            try:
+                await self._repository.commit(
+                    [Upsert(REGISTRY_KEY, registry.model_dump_json().encode(), item.etag if item else None)]
+                )
+            except EtagMismatchError:
+                continue  # another replica registered, or a flusher moved a head
+            self._registered = True
+            return
+        raise EtagMismatchError("the outbox registry kept changing; will try again")
+
+    async def _find_tail(self, head: int) -> int:
+        """The first free entry number at or after ``head`` (entries are contiguous)."""
+        n = head
+        while True:
+            window = [entry_key(self.replica, n + i) for i in range(64)]
+            found = await self._repository.load(window)
+            for key in window:
+                if key not in found:
+                    return n
+                n += 1
+
+    async def deregister(self) -> bool:
+        """At a clean stop: leave the registry if every entry was flushed. True if left."""
+        for _ in range(20):
+            item = (await self._repository.load([REGISTRY_KEY])).get(REGISTRY_KEY)
+            registry = _parse(Registry, item)
+            if item is None or registry.heads.get(self.replica) != self._next:
+                return False  # not registered, or entries left: the other replicas flush them
+            del registry.heads[self.replica]
+            try:
+                await self._repository.commit([Upsert(REGISTRY_KEY, registry.model_dump_json().encode(), item.etag)])
+                self._registered = False
+                return True
+            except EtagMismatchError:
+                continue
+        return False
+
+
+async def pending_keys(repository: StateRepository) -> set[str]:
+    """Every state key some outbox entry still names (for tests and tools)."""
+    registry = _parse(Registry, (await repository.load([REGISTRY_KEY])).get(REGISTRY_KEY))
+    keys: set[str] = set()
+    for replica, head in registry.heads.items():
+        n = head
+        while True:
+            item = (await repository.load([entry_key(replica, n)])).get(entry_key(replica, n))
+            if item is None:
+                break
+            keys.update(OutboxEntry.model_validate_json(item.value).keys)
+            n += 1
+    return keys
+
+
+class _LeaseLost(Exception):
+    """Another flusher holds the lease now: stop writing."""
+
+
 class SnapshotFlusher:
-    """Writes the snapshots the outbox marks; one replica at a time (a lease)."""
+    """Writes the snapshots the outboxes name; one replica at a time (a fenced lease)."""
 
     def __init__(
         self,
@@ -89,28 +220,112 @@ class SnapshotFlusher:
         interval_s: float = 0.02,
         max_keys_per_round: int = 2000,
         parallel_writes: int = 32,
+        lease_s: float = 5.0,
+        outbox: OutboxWriter | None = None,
+        keys_per_read: int = 250,
+        entries_per_read: int = 64,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repository = repository
         self._objects = objects
         self._interval_s = interval_s
         self._max_keys = max_keys_per_round
         self._writes = asyncio.Semaphore(parallel_writes)
+        self._lease_s = lease_s
+        self._outbox = outbox or OutboxWriter(repository)
+        self._keys_per_read = keys_per_read
+        self._entries_per_read = entries_per_read
+        self._clock = clock
         self.owner = uuid.uuid4().hex
+        self._nonce: str | None = None  # the nonce we last wrote, while we hold the lease
+        self._renewed_at = -math.inf
+        self._seen: tuple[str, float] | None = None  # another holder's record: (etag, first seen)
+        self._lease_lock = asyncio.Lock()
+        self._rounds = 0
         self.written = 0
 
+    # -- the lease -------------------------------------------------------------------
+
+    def holding(self) -> bool:
+        """True while this flusher may write: half a lease period after its last renewal began."""
+        return self._nonce is not None and self._clock() < self._renewed_at + self._lease_s / 2
+
+    async def _hold(self) -> bool:
+        """Take the lease, or renew it when a quarter period has passed; True if held."""
+        async with self._lease_lock:
+            if self.holding() and self._clock() < self._renewed_at + self._lease_s / 4:
+                return True
+            started = self._clock()
+            item = (await self._repository.load([LEASE_KEY])).get(LEASE_KEY)
+            lease = _parse(Lease, item)
+            ours = self._nonce is not None and lease.nonce == self._nonce
+            if item is not None and lease.owner and not ours:
+                self._nonce = None
+                if self._seen is None or self._seen[0] != item.etag:
+                    self._seen = (item.etag, started)  # start watching this record
+                    return False
+                if started - self._seen[1] < self._lease_s:
+                    return False
+                log.info("taking over the snapshot lease from %s (its record did not change for %.1f s)",
+                         lease.owner, started - self._seen[1])  # fmt: skip
+            nonce = uuid.uuid4().hex
+            renewed = Lease(owner=self.owner, nonce=nonce, epoch=lease.epoch + (0 if ours else 1))
+            try:
+                await self._repository.commit(
+                    [Upsert(LEASE_KEY, renewed.model_dump_json().encode(), item.etag if item else None)]
+                )
+            except EtagMismatchError:
+                self._nonce = None
+                return False
+            self._nonce, self._renewed_at, self._seen = nonce, started, None
+            return True
+
+    async def _keep_lease(self) -> None:
+        """Renew while a round works (a slow object store must not let the lease lapse)."""
+        while True:
+            await asyncio.sleep(self._lease_s / 8)
+            with contextlib.suppress(Exception):  # a failed renewal only shortens what we may write
+                await self._hold()
+
+    async def release(self) -> None:
+        """Give the lease up at shutdown so another replica takes over at once."""
+        try:
+            item = (await self._repository.load([LEASE_KEY])).get(LEASE_KEY)
+            if item and self._nonce and _parse(Lease, item).nonce == self._nonce:
+                epoch = _parse(Lease, item).epoch
+                await self._repository.commit([Upsert(LEASE_KEY, Lease(epoch=epoch).model_dump_json().encode(), item.etag)])
+        except Exception as exc:
+            log.info("lease not released (another replica takes over after %g s): %s", self._lease_s, exc)
+        self._nonce = None
+
+    # -- rounds ----------------------------------------------------------------------
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Flush until ``stop`` is set, then drain; failures are retried next round."""
+        """Flush until ``stop`` is set, then drain. A failing round backs off (doubling to
+        5 s) and a failure is logged once until it changes or the flusher recovers."""
+        backoff = self._interval_s
+        last_error = ""
         while not stop.is_set():
             try:
+                if self._rounds % 50 == 0:
+                    await self.migrate_legacy_slots()
+                self._rounds += 1
                 flushed = await self.flush_once()
-            except Exception as exc:  # store or binding down: the marks stay, try again
-                log.warning("snapshot flush failed, will retry: %s", exc)
-                flushed = 0
+            except Exception as exc:  # store or binding down: the entries stay, try again
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:
+                    log.warning("snapshot flush failed, backing off and retrying (logged once): %s", error)
+                    last_error = error
+                backoff = min(5.0, max(backoff * 2, 0.1))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                continue
+            if last_error:
+                log.info("snapshot flush recovered")
+                last_error, backoff = "", self._interval_s
             if not flushed:
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._interval_s)
-                except asyncio.TimeoutError:
-                    pass
         for _ in range(10):  # what the last batches marked, before we go
             try:
                 if not await self.flush_once():
@@ -121,68 +336,128 @@ class SnapshotFlusher:
         await self.release()
 
     async def flush_once(self) -> int:
-        """One round: take the lease, write marked snapshots, unmark. Returns states written."""
-        stored = await self._repository.load([LEASE_KEY, *ALL_SLOTS])
-        slots = {key: read_slot(stored.get(key)) for key in ALL_SLOTS}
-        marked = {key: mark for slot in slots.values() for key, mark in slot.dirty.items()}
-        if not marked or not await self._take_lease(stored.get(LEASE_KEY)):
+        """One round: read the outboxes, write the named snapshots, move the heads.
+        Returns the number of states written (0 when idle or not the lease holder)."""
+        registry = _parse(Registry, (await self._repository.load([REGISTRY_KEY])).get(REGISTRY_KEY))
+        heads = await self._repository.load([entry_key(r, h) for r, h in registry.heads.items()])
+        if not heads or not await self._hold():
             return 0
-        keys = list(marked)[: self._max_keys]
-        documents = await self._repository.load(keys)
-        await asyncio.gather(*(self._write(key, documents.get(key)) for key in keys))
+        consumed, keys = await self._collect(registry, heads)
+        renewing = asyncio.create_task(self._keep_lease())
+        written = 0
+        try:
+            for piece in cut(keys, len, 1 << 20, self._keys_per_read):
+                if not self.holding():
+                    raise _LeaseLost
+                documents = await self._repository.load(piece)
+                await asyncio.gather(*(self._write(key, documents.get(key)) for key in piece))
+                written += len(piece)
+            await self._advance(consumed)
+        except _LeaseLost:
+            await self._lost(keys if written else [])
+            return 0
+        finally:
+            renewing.cancel()
         self.written += len(keys)
-        await self._unmark({key: marked[key] for key in keys})
         return len(keys)
+
+    async def migrate_legacy_slots(self) -> int:
+        """Move the marks of old shared slot documents into this replica's outbox (each
+        slot is deleted, with its ETag, in the same transaction as its last entry).
+        Returns the number of keys moved."""
+        moved = 0
+        for key, item in (await self._repository.load(LEGACY_SLOTS)).items():
+            try:
+                marked = list(json.loads(item.value).get("dirty", {}))
+            except (ValueError, AttributeError):
+                log.error("outbox slot %s is not an outbox slot; left as it is", key)
+                continue
+            pieces = list(cut(marked, len, 1 << 20, 250)) or [[]]
+            try:
+                for piece in pieces[:-1]:
+                    await self._outbox.commit([], piece)
+                await self._outbox.commit([Delete(key, item.etag)], pieces[-1])
+            except EtagMismatchError:
+                continue  # an old replica marked more meanwhile: the next pass takes it
+            moved += len(marked)
+        if moved:
+            log.info("moved %d snapshot marks from the old shared outbox slots", moved)
+        return moved
+
+    async def _collect(
+        self, registry: Registry, heads: dict[str, StoredItem]
+    ) -> tuple[dict[str, tuple[int, int]], list[str]]:
+        """Entries to flush this round, from each head on: replica -> (head, new head),
+        and the distinct keys they name (at most max_keys_per_round, unless one entry has more)."""
+        ready = {r: h for r, h in registry.heads.items() if entry_key(r, h) in heads}
+        after = await self._repository.load(
+            [entry_key(r, h + i) for r, h in ready.items() for i in range(1, self._entries_per_read)]
+        )
+        found = {**heads, **after}
+        consumed: dict[str, tuple[int, int]] = {}
+        keys: dict[str, None] = {}
+        for replica, head in ready.items():
+            n = head
+            while (item := found.get(entry_key(replica, n))) is not None and (n == head or len(keys) < self._max_keys):
+                keys.update(dict.fromkeys(OutboxEntry.model_validate_json(item.value).keys))
+                n += 1
+            consumed[replica] = (head, n)
+            if len(keys) >= self._max_keys:
+                break
+        return consumed, list(keys)
 
     async def _write(self, key: str, item: StoredItem | None) -> None:
         if item is None:
-            return  # marked but absent: nothing to snapshot
-        document = decode_document(key, item.value)
+            return  # named but absent: nothing to snapshot
+        try:
+            document = decode_document(key, item.value)
+        except StateDecodeError as exc:  # not ours to fix here; never block the others
+            log.error("no snapshot for %s: %s", key, exc)
+            return
         async with self._writes:
-            if document.exists():
-                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document))
-            else:  # deleted (or expired): its snapshot goes too
+            if not self.holding():
+                raise _LeaseLost
+            if not document.exists():  # deleted: its snapshot goes too
                 await self._objects.delete(object_key(*parse_state_key(key)))
-
-    async def _unmark(self, written: dict[str, str]) -> None:
-        """Remove each written key from its slot if its mark is unchanged (ETag writes)."""
-        for _ in range(20):
-            stored = await self._repository.load(ALL_SLOTS)
-            upserts = []
-            for slot_name in ALL_SLOTS:
-                item = stored.get(slot_name)
-                slot = read_slot(item)
-                kept = {k: m for k, m in slot.dirty.items() if written.get(k) != m}
-                if item is not None and len(kept) != len(slot.dirty):
-                    upserts.append(Upsert(slot_name, OutboxSlot(dirty=kept).model_dump_json().encode(), item.etag))
-            if not upserts:
                 return
             try:
-                await self._repository.commit(upserts)
-                return
+                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document))
+            except MessageTooLargeError as exc:  # would fail the same way forever
+                log.error("no snapshot for %s: %s", key, exc)
+
+    async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
+        """Move the heads past the flushed entries and delete them, fenced by the lease."""
+        deletes = [Delete(entry_key(r, n)) for r, (head, new) in consumed.items() for n in range(head, new)]
+        for _ in range(20):
+            started = self._clock()
+            stored = await self._repository.load([REGISTRY_KEY, LEASE_KEY])
+            lease_item, registry_item = stored.get(LEASE_KEY), stored.get(REGISTRY_KEY)
+            lease = _parse(Lease, lease_item)
+            if lease_item is None or lease.nonce != self._nonce:
+                raise _LeaseLost
+            registry = _parse(Registry, registry_item)
+            for replica, (head, new) in consumed.items():
+                if registry.heads.get(replica) != head:
+                    raise _LeaseLost  # another flusher moved this head
+                registry.heads[replica] = new
+            nonce = uuid.uuid4().hex
+            fence = Lease(owner=self.owner, nonce=nonce, epoch=lease.epoch)
+            try:
+                await self._repository.commit([
+                    Upsert(REGISTRY_KEY, registry.model_dump_json().encode(), registry_item.etag if registry_item else None),
+                    Upsert(LEASE_KEY, fence.model_dump_json().encode(), lease_item.etag),
+                    *deletes,
+                ])  # fmt: skip
             except EtagMismatchError:
-                continue  # a batch marked more states meanwhile: read again
+                continue  # a replica registered meanwhile, or we lost the lease: read again
+            self._nonce, self._renewed_at = nonce, started
+            return
+        raise EtagMismatchError("the outbox registry kept changing during a flush; will try again")
 
-    async def _take_lease(self, item: StoredItem | None) -> bool:
-        lease = Lease.model_validate_json(item.value) if item else Lease()
-        now = int(time.time() * 1000)
-        if lease.owner not in ("", self.owner) and lease.expires_ms > now:
-            return False
-        if lease.owner == self.owner and lease.expires_ms - now > LEASE_MS // 2:
-            return True  # ours for a while yet: no write this round
-        renewed = Lease(owner=self.owner, expires_ms=now + LEASE_MS)
-        try:
-            await self._repository.commit([Upsert(LEASE_KEY, renewed.model_dump_json().encode(), item.etag if item else None)])
-        except EtagMismatchError:
-            return False
-        return True
-
-    async def release(self) -> None:
-        """Give the lease up at shutdown so another replica takes over at once."""
-        try:
-            stored = await self._repository.load([LEASE_KEY])
-            item = stored.get(LEASE_KEY)
-            if item and Lease.model_validate_json(item.value).owner == self.owner:
-                await self._repository.commit([Upsert(LEASE_KEY, Lease().model_dump_json().encode(), item.etag)])
-        except Exception as exc:
-            log.info("lease not released (it expires by itself): %s", exc)
+    async def _lost(self, keys: list[str]) -> None:
+        """Deposed mid-round: our puts may land after the new holder's, so name those
+        states again; the new holder rewrites them from the current documents."""
+        log.warning("lost the snapshot lease during a round; %d states marked again for the new holder", len(keys))
+        self._nonce = None
+        for piece in cut(keys, len, 1 << 20, 250):
+            await self._outbox.commit([], piece)

@@ -10,16 +10,20 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from statestore.sidecar import EtagMismatchError, StoredItem, Upsert
+from statestore.events import AnyEvent
+from statestore.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
 
 __all__ = [
     "StateRepository",
     "ObjectStore",
     "InMemoryStateRepository",
     "InMemoryObjectStore",
+    "Parking",
+    "InMemoryParking",
     "EtagMismatchError",
     "StoredItem",
     "Upsert",
+    "Delete",
 ]
 
 
@@ -29,9 +33,9 @@ class StateRepository(Protocol):
     async def load(self, keys: Iterable[str]) -> dict[str, StoredItem]:
         """The stored value and ETag of each key that exists."""
 
-    async def commit(self, upserts: Sequence[Upsert]) -> None:
+    async def commit(self, upserts: Sequence[Upsert | Delete]) -> None:
         """Write all or nothing; EtagMismatchError when any key changed since it was read
-        (or, for ``etag=None``, already exists)."""
+        (or, for an Upsert with ``etag=None``, already exists)."""
 
 
 class ObjectStore(Protocol):
@@ -47,6 +51,23 @@ class ObjectStore(Protocol):
         """Remove the object at ``key``; nothing happens when there is none."""
 
 
+class Parking(Protocol):
+    """Where events stamped too far ahead wait, durably, without blocking the others."""
+
+    async def park(self, events: Sequence[AnyEvent]) -> None:
+        """Keep ``events`` to be delivered again later; raise if they could not be kept."""
+
+
+class InMemoryParking:
+    """A Parking in a list."""
+
+    def __init__(self) -> None:
+        self.events: list[AnyEvent] = []
+
+    async def park(self, events: Sequence[AnyEvent]) -> None:
+        self.events.extend(events)
+
+
 class InMemoryStateRepository:
     """A StateRepository in a dict, with the same ETag rules as the sqlite store."""
 
@@ -57,13 +78,19 @@ class InMemoryStateRepository:
     async def load(self, keys: Iterable[str]) -> dict[str, StoredItem]:
         return {key: self.items[key] for key in keys if key in self.items}
 
-    async def commit(self, upserts: Sequence[Upsert]) -> None:
-        for upsert in upserts:
-            current = self.items.get(upsert.key)
-            if (current.etag if current else None) != upsert.etag:
-                raise EtagMismatchError(f"etag mismatch for {upsert.key!r}")
-        for upsert in upserts:
-            self.items[upsert.key] = StoredItem(upsert.value, str(next(self._etags)))
+    async def commit(self, upserts: Sequence[Upsert | Delete]) -> None:
+        for op in upserts:
+            current = self.items.get(op.key)
+            if isinstance(op, Delete):
+                if op.etag is not None and (current is None or current.etag != op.etag):
+                    raise EtagMismatchError(f"etag mismatch for {op.key!r}")
+            elif (current.etag if current else None) != op.etag:
+                raise EtagMismatchError(f"etag mismatch for {op.key!r}")
+        for op in upserts:
+            if isinstance(op, Delete):
+                self.items.pop(op.key, None)
+            else:
+                self.items[op.key] = StoredItem(op.value, str(next(self._etags)))
 
 
 class InMemoryObjectStore:

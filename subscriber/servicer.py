@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
@@ -17,9 +18,10 @@ from google.protobuf import empty_pb2
 from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
-from subscriber.applier import EventApplier, TransientError
+from subscriber.applier import EventApplier
+from subscriber.ports import InMemoryParking, Parking
 
-__all__ = ["SubscriberServicer", "decode_entry"]
+__all__ = ["SubscriberServicer", "decode_entry", "split_future"]
 
 log = logging.getLogger("statestore.subscriber")
 
@@ -28,9 +30,7 @@ SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
 YIELD_EVERY = 20  # entries (packed messages of up to 100 events) decoded between turns
 
 
-def decode_entry(
-    entry: pb.TopicEventBulkRequestEntry, max_clock_skew_s: float
-) -> tuple[list[AnyEvent], list[str]]:
+def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[AnyEvent], list[str]]:
     """The events in one delivered entry, and a reason per event refused.
 
     Raises InvalidEventError (with a reason) when the entry carries no statestore event.
@@ -45,26 +45,52 @@ def decode_entry(
         if data is None:
             raise InvalidEventError("the CloudEvent has no data")
     events, reasons = decode_events(ce_type, data)
-    horizon = time.time() * 1000 + max_clock_skew_s * 1000
-    kept = []
-    for event in events:
-        if event.hlc[0] > horizon:
-            reasons.append(f"event seq {event.seq}: timestamp {event.hlc[0]} ms is more than {max_clock_skew_s:g} s in the future")
-        else:
-            kept.append(event)
     if reasons and ce_type != BATCH_TYPE:
         raise InvalidEventError(reasons[0])
-    return kept, reasons
+    return events, reasons
+
+
+def split_future(
+    events: list[AnyEvent], max_clock_skew_s: float, now_ms: float
+) -> tuple[list[AnyEvent], list[AnyEvent]]:
+    """(events to apply now, events stamped more than the skew bound ahead of ``now_ms``).
+
+    The second kind is parked, not refused: this subscriber's clock may be the wrong one.
+    """
+    horizon = now_ms + max_clock_skew_s * 1000
+    now, later = [], []
+    for event in events:
+        (later if event.hlc[0] > horizon else now).append(event)
+    return now, later
+
+
+@dataclass
+class _Entry:
+    entry_id: str
+    keys: set[str]
+    bad: bool  # some events were malformed: the message goes to the dead-letter topic
+    parked: bool  # some events are stamped too far ahead: parked until due
 
 
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
     """Subscribes to the state topic with bulk delivery and a dead-letter topic."""
 
-    def __init__(self, applier: EventApplier, settings: Settings) -> None:
+    def __init__(self, applier: EventApplier, settings: Settings, parking: Parking | None = None) -> None:
         self._applier = applier
         self._settings = settings
+        self._parking = parking or InMemoryParking()
+        self._budgets: dict[str, asyncio.Semaphore] = {}
+        self._clock_warned = False
         self.applied_events = 0
         self.rejected_events = 0
+        self.parked_events = 0
+
+    def _budget(self, topic: str) -> asyncio.Semaphore:
+        """Deliveries applied at once, per topic: one topic's backlog never makes
+        another's deliveries wait, and decoded events in memory stay bounded."""
+        if topic not in self._budgets:
+            self._budgets[topic] = asyncio.Semaphore(self._settings.subscriber_deliveries_per_topic)
+        return self._budgets[topic]
 
     async def ListTopicSubscriptions(self, request, context):
         # The credentials topic has a subscription (and a pub/sub component, with its own
@@ -77,11 +103,12 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 dead_letter_topic=s.deadletter_topic,
                 bulk_subscribe=pb.BulkSubscribeConfig(
                     enabled=True,
-                    max_messages_count=s.subscriber_batch_max,
+                    max_messages_count=s.subscriber_delivery_messages,
                     max_await_duration_ms=s.subscriber_batch_wait_ms,
                 ),
             )
-            for pubsub, topic in ((s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic))
+            for pubsub, topic in ((s.pubsub_name, s.topic), (s.pubsub_name, s.parked_topic),
+                                  (s.credentials_pubsub_name, s.credentials_topic))  # fmt: skip
         ]
         return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 
@@ -111,20 +138,28 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         return pb.TopicEventResponse(status=next(iter(statuses.values())))
 
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
-        """Per-entry status: DROP for invalid events, SUCCESS or RETRY for the rest."""
-        statuses: dict[str, int] = {}
-        decoded: list[tuple[str, list[AnyEvent], bool]] = []
-        if topic not in (self._settings.topic, self._settings.credentials_topic):
+        """Per-entry status: DROP for invalid events and refused states, RETRY for events
+        not applied (or not parked) now, SUCCESS for the rest."""
+        if topic not in (self._settings.topic, self._settings.parked_topic, self._settings.credentials_topic):
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
+        async with self._budget(topic):
+            return await self._handle(entries, reparking=topic == self._settings.parked_topic)
+
+    async def _handle(self, entries: list, reparking: bool = False) -> dict[str, int]:
+        statuses: dict[str, int] = {}
+        decoded: list[_Entry] = []
+        ready: list[AnyEvent] = []
+        parked: list[AnyEvent] = []
+        now_ms = time.time() * 1000
         for n, entry in enumerate(entries, 1):
             if n % YIELD_EVERY == 0:
-                # A delivery of 1,000 packed messages decodes for a second or more: let a
-                # credential delivery, waiting on the same loop, take its turn meanwhile.
+                # A large delivery decodes for a while: let a credential delivery,
+                # waiting on the same loop, take its turn meanwhile.
                 await asyncio.sleep(0)
             # Reasons name fields and types, never values (they may be secrets).
             try:
-                events, reasons = decode_entry(entry, self._settings.max_clock_skew_s)
+                events, reasons = decode_entry(entry)
             except InvalidEventError as exc:
                 log.warning("rejected event %s to the dead-letter topic: %s", _ce_id(entry), exc)
                 statuses[entry.entry_id] = DROP
@@ -134,22 +169,57 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 log.warning("rejected part of %s (the whole message goes to the dead-letter topic): %s",
                             _ce_id(entry), reason)  # fmt: skip
             self.rejected_events += len(reasons)
-            decoded.append((entry.entry_id, events, bool(reasons)))
-        events = [event for _, entry_events, _ in decoded for event in entry_events]
-        try:
-            result = await self._applier.apply(events)
-        except TransientError as exc:
-            log.warning("batch of %d events will be redelivered: %s", len(events), exc)
-            failed = True
-        else:
-            failed = False
-            self.applied_events += result.events
-            log.debug("applied %d events to %d states", result.events, result.states)
-        for entry_id, _, partly_bad in decoded:
+            now, later = split_future(events, self._settings.max_clock_skew_s, now_ms)
+            if later and not reparking:
+                self._warn_clock(later[0], now_ms)
+            parked.extend(later)
+            ready.extend(now)
+            decoded.append(_Entry(entry.entry_id, {event.key for event in now}, bool(reasons), bool(later)))
+        if decoded and not parked and not reparking:
+            self._clock_warned = False  # warn again the next time it happens
+        parking_failed = False
+        if parked:
+            # Parked events are published to the parked topic before this message is
+            # acknowledged (never lost), and not answered RETRY: daprd delivers one batch
+            # of a topic at a time, so a retried message would hold up every later one.
+            if reparking:  # not due yet: go round again, at most once a second
+                await asyncio.sleep(1.0)
+            try:
+                await self._parking.park(parked)
+                self.parked_events += 0 if reparking else len(parked)
+            except Exception as exc:
+                log.warning("could not park %d events, their messages will be redelivered: %s", len(parked), exc)
+                parking_failed = True
+        result = await self._applier.apply(ready)
+        self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
+        for key, reason in result.refused.items():
+            log.warning("refused state %s (its messages go to the dead-letter topic): %s", key, reason)
+        if result.failed:
+            key, reason = next(iter(result.failed.items()))
+            log.warning("%d of %d states not applied now, their messages will be redelivered (first: %s: %s)",
+                        len(result.failed), result.states, key, reason)  # fmt: skip
+        for item in decoded:
             # A message with some bad events: the good ones are applied (re-applying them
             # on a re-drive changes nothing), the message is kept in the dead-letter topic.
-            statuses[entry_id] = RETRY if failed else DROP if partly_bad else SUCCESS
+            if (item.parked and parking_failed) or any(key in result.failed for key in item.keys):
+                statuses[item.entry_id] = RETRY
+            elif item.bad or any(key in result.refused for key in item.keys):
+                statuses[item.entry_id] = DROP
+            else:
+                statuses[item.entry_id] = SUCCESS
         return statuses
+
+    def _warn_clock(self, event: AnyEvent, now_ms: float) -> None:
+        if self._clock_warned:
+            return
+        self._clock_warned = True
+        log.warning(
+            "events are stamped more than %g s ahead of this subscriber's clock (producer %s: %.1f s ahead):"
+            " this clock looks wrong (or that producer's is ahead). They are parked on topic %r, not refused,"
+            " and applied once within STATESTORE_MAX_CLOCK_SKEW_S; check NTP on both hosts",
+            self._settings.max_clock_skew_s, event.producer, (event.hlc[0] - now_ms) / 1000,
+            self._settings.parked_topic,
+        )  # fmt: skip
 
     async def OnInvoke(self, request, context):
         return empty_pb2.Empty()

@@ -44,7 +44,7 @@ logger.server.level = info
 def topics() -> list[str]:
     """Every topic the stack publishes to, including the dead-letter topic."""
     settings = get_settings()
-    names = [settings.topic, settings.deadletter_topic, settings.credentials_topic]
+    names = [settings.topic, settings.deadletter_topic, settings.credentials_topic, settings.parked_topic]
     return [name for name in dict.fromkeys(names) if name]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -108,15 +109,26 @@ async def test_object_store_folder_unwritable_for_a_while(stack):
     folder = stack.local / "tmp" / "persistent-artifacts"
     for _ in range(CHAOS_ROUNDS):
         moved = folder.with_name("persistent-artifacts.moved")
+        recreated: list = []
 
         async def inject():
             # Root ignores permission bits: a file where the folder belongs fails every write.
             folder.rename(moved)
-            folder.write_text("not a folder")
+            while True:
+                try:
+                    folder.write_text("not a folder")
+                    return
+                except IsADirectoryError:  # a snapshot write recreated the folder in between
+                    recreated.append(folder.with_name(f"persistent-artifacts.recreated{len(recreated)}"))
+                    folder.rename(recreated[-1])
 
         async def recover():
             folder.unlink()
             moved.rename(folder)
+            for extra in recreated:  # snapshots written there are newer: keep them
+                shutil.copytree(extra, folder, dirs_exist_ok=True)
+                shutil.rmtree(extra)
+            recreated.clear()
 
         result = await run_across_fault("object store unwritable 2 s", inject, recover, hold_s=2.0)
     assert_clean(result)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import yaml
 
-from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID, Ports
+from devstack.stack import CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
 from devstack.temporal import WORKER_APP_ID, TemporalPorts
 from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
-from statestore.settings import Settings
+from statestore.settings import Settings, SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,9 +68,11 @@ def test_workflow_actor_state_has_a_store_of_its_own_for_the_workflow_apps_only(
 
 
 def test_pubsub_batches_fill_and_unacknowledged_messages_return():
+    s = Settings()
     for name in ("pubsub", "pubsub-credentials"):
         meta = metadata(components()[name])
-        assert int(meta["concurrency"]) >= Settings().subscriber_batch_max
+        # enough in flight to fill every delivery being applied and the next ones
+        assert int(meta["concurrency"]) >= 2 * s.subscriber_delivery_messages * s.subscriber_deliveries_per_topic
         assert meta["processingTimeout"] and meta["redeliverInterval"]
 
 
@@ -83,6 +85,24 @@ def test_credentials_have_a_component_of_their_own_on_the_same_broker():
     # A delivery the subscriber could not apply is retried, never acknowledged and lost.
     targets = found["statestore-resiliency"]["spec"]["targets"]["components"]
     assert targets["pubsub-credentials"] == targets["pubsub"] == {"inbound": {"retry": "deliverForever"}}
+
+
+def test_a_delivery_of_full_packed_messages_fits_the_apps_receive_limit():
+    s = Settings()
+    assert s.subscriber_delivery_messages * s.pack_max_bytes <= s.subscriber_max_delivery_bytes
+    small = Settings(pack_max_bytes=16 << 10)
+    assert small.subscriber_delivery_messages == small.subscriber_batch_max  # count bound only
+
+
+def test_every_sidecar_gets_the_same_message_limit():
+    run = yaml.safe_load((ROOT / "dapr.yaml").read_text())
+    assert run["common"]["maxBodySize"] == MAX_BODY_SIZE == "16Mi"
+    assert SidecarSettings().max_body_bytes == 16 << 20
+    argv = Stack(Path("/tmp/statestore-config-test"), Ports())._daprd_argv(Ports().caller)
+    assert argv[argv.index("--max-body-size") + 1] == MAX_BODY_SIZE
+    s = Settings()
+    assert s.request_max_bytes * 4 <= SidecarSettings().max_body_bytes  # cut well under it
+    assert s.max_document_bytes + (1 << 20) <= SidecarSettings().max_body_bytes
 
 
 def test_run_file_matches_the_stack():
@@ -110,7 +130,8 @@ async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_d
     s = Settings()
     answer = await SubscriberServicer(applier=None, settings=s).ListTopicSubscriptions(None, None)
     found = {(sub.pubsub_name, sub.topic): sub for sub in answer.subscriptions}
-    assert set(found) == {(s.pubsub_name, s.topic), (s.credentials_pubsub_name, s.credentials_topic)}
+    assert set(found) == {(s.pubsub_name, s.topic), (s.pubsub_name, s.parked_topic),
+                          (s.credentials_pubsub_name, s.credentials_topic)}  # fmt: skip
     for sub in found.values():
         assert sub.dead_letter_topic == s.deadletter_topic and sub.bulk_subscribe.enabled
 

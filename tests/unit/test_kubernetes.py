@@ -79,7 +79,11 @@ def test_the_subscriber_deployment_has_its_dapr_annotations_and_a_consistent_shu
     assert notes["dapr.io/app-port"] == str(Settings().subscriber_port) == env(deployment)["STATESTORE_SUBSCRIBER_PORT"]
     assert notes["dapr.io/app-protocol"] == "grpc"
     assert notes["dapr.io/config"] in by_kind(docs, "Configuration")
-    assert notes["dapr.io/max-body-size"]
+    from devstack.stack import MAX_BODY_SIZE
+
+    # Every sidecar takes the request sizes the code cuts for (as devstack starts them).
+    for name, app in by_kind(docs, "Deployment").items():
+        assert app["spec"]["template"]["metadata"]["annotations"]["dapr.io/max-body-size"] == MAX_BODY_SIZE, name
     # preStop, then the app's 10 s drain inside the sidecar's wait, all inside the grace period.
     pre_stop = int(pod["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
     sidecar_wait = int(notes["dapr.io/graceful-shutdown-seconds"])

@@ -1,0 +1,206 @@
+"""The per-replica outbox and the fenced snapshot lease (issues 9.2 and 10.6), over
+in-memory ports with a controllable clock and a slow object store."""
+
+import asyncio
+import json
+
+from statestore.paths import object_key
+from subscriber.applier import EventApplier
+from subscriber.outbox import LEASE_KEY, REGISTRY_KEY, Lease, OutboxWriter, Registry, SnapshotFlusher, pending_keys
+from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from tests.strategies import field_updated
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class SlowObjects(InMemoryObjectStore):
+    """Puts take ``delay`` seconds; ``gate`` (if set) holds them until released."""
+
+    def __init__(self, delay=0.0):
+        super().__init__()
+        self.delay = delay
+        self.gate: asyncio.Event | None = None
+        self.log: list[tuple[str, bytes]] = []
+
+    async def put(self, key, data):
+        if self.gate is not None:
+            await self.gate.wait()
+        await asyncio.sleep(self.delay)
+        self.log.append((key, data))
+        await super().put(key, data)
+
+
+async def snapshot(objects, state_id="s1"):
+    raw = await objects.get(object_key(state_id, "workflows"))
+    return None if raw is None else json.loads(raw)
+
+
+async def test_commits_append_entries_and_no_hot_path_document_is_shared():
+    repo = InMemoryStateRepository()
+    a, b = EventApplier(repo), EventApplier(repo)
+    for n in range(5):
+        await a.apply([field_updated("f", n, state_id=f"a{n}")])
+        await b.apply([field_updated("f", n, state_id=f"b{n}")])
+    registry = Registry.model_validate_json(repo.items[REGISTRY_KEY].value)
+    assert registry.heads == {a.outbox.replica: 0, b.outbox.replica: 0}
+    etag = repo.items[REGISTRY_KEY].etag
+    await a.apply([field_updated("g", 1, state_id="a0", seq=2, hlc=(2, 0))])
+    assert repo.items[REGISTRY_KEY].etag == etag  # commits never rewrite the registry
+    assert await pending_keys(repo) == {f"workflows/{x}{n}" for x in "ab" for n in range(5)}
+
+
+async def test_a_flush_consumes_every_replicas_entries_and_deletes_them():
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    a, b = EventApplier(repo), EventApplier(repo)
+    await a.apply([field_updated("f", 1, state_id="x")])
+    await b.apply([field_updated("f", 2, state_id="y")])
+    flusher = SnapshotFlusher(repo, objects)
+    assert await flusher.flush_once() == 2
+    assert await snapshot(objects, "x") == {"f": 1} and await snapshot(objects, "y") == {"f": 2}
+    assert await pending_keys(repo) == set()
+    assert not [key for key in repo.items if key.startswith("statestore-outbox/") and key[-1].isdigit()]
+    assert await flusher.flush_once() == 0
+
+
+async def test_a_replica_that_stops_cleanly_leaves_the_registry_once_flushed():
+    repo = InMemoryStateRepository()
+    applier = EventApplier(repo)
+    await applier.apply([field_updated("f", 1)])
+    assert not await applier.outbox.deregister()  # an entry is still pending
+    await SnapshotFlusher(repo, InMemoryObjectStore()).flush_once()
+    assert await applier.outbox.deregister()
+    assert Registry.model_validate_json(repo.items[REGISTRY_KEY].value).heads == {}
+
+
+async def test_a_restarted_replica_with_a_fixed_id_continues_after_its_last_entry():
+    repo = InMemoryStateRepository()
+    await EventApplier(repo, outbox=OutboxWriter(repo, "fixed")).apply([field_updated("f", 1, state_id="a")])
+    await EventApplier(repo, outbox=OutboxWriter(repo, "fixed")).apply([field_updated("f", 1, state_id="b")])
+    assert await pending_keys(repo) == {"workflows/a", "workflows/b"}
+
+
+async def test_the_lease_passes_only_after_its_record_is_unchanged_for_a_lease_period():
+    repo, objects, clock = InMemoryStateRepository(), InMemoryObjectStore(), Clock()
+    applier = EventApplier(repo)
+    first = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    second = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    await applier.apply([field_updated("f", 1)])
+    assert await first.flush_once() == 1
+    await applier.apply([field_updated("f", 2, seq=2, hlc=(2, 0))])
+    assert await second.flush_once() == 0  # starts watching the record
+    clock.now += 4.9
+    assert await second.flush_once() == 0  # wall clocks play no part: 4.9 s on its own clock
+    clock.now += 0.2
+    assert not first.holding()  # the holder stopped long before (half a period)
+    assert await second.flush_once() == 1
+    assert await snapshot(objects) == {"f": 2}
+    assert Lease.model_validate_json(repo.items[LEASE_KEY].value).epoch == 2
+
+
+async def test_a_holder_that_keeps_renewing_keeps_the_lease():
+    repo, objects, clock = InMemoryStateRepository(), InMemoryObjectStore(), Clock()
+    applier = EventApplier(repo)
+    first = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    second = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    for n in range(1, 8):
+        await applier.apply([field_updated("f", n, seq=n, hlc=(n, 0))])
+        assert await first.flush_once() == 1
+        assert await second.flush_once() == 0
+        clock.now += 2.0  # > a quarter period: the holder renews, the watcher starts over
+    assert await snapshot(objects) == {"f": 7}
+
+
+async def test_a_released_lease_is_taken_at_once():
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    applier = EventApplier(repo)
+    first, second = SnapshotFlusher(repo, objects), SnapshotFlusher(repo, objects)
+    await applier.apply([field_updated("f", 1)])
+    assert await first.flush_once() == 1
+    await first.release()
+    await applier.apply([field_updated("f", 2, seq=2, hlc=(2, 0))])
+    assert await second.flush_once() == 1
+
+
+async def test_a_slow_object_store_does_not_lose_the_lease_while_working():
+    repo, objects = InMemoryStateRepository(), SlowObjects(delay=0.05)
+    applier = EventApplier(repo)
+    await applier.apply([field_updated("f", n, state_id=f"s{n}") for n in range(40)])
+    holder = SnapshotFlusher(repo, objects, lease_s=0.2, parallel_writes=1)  # the round takes 2 s = 10 leases
+    watcher = SnapshotFlusher(repo, objects, lease_s=0.2)
+    round_ = asyncio.create_task(holder.flush_once())
+    await asyncio.sleep(0.01)  # the holder takes the lease first
+    taken = 0
+    while not round_.done():
+        taken += await watcher.flush_once()
+        await asyncio.sleep(0.02)
+    assert await round_ == 40 and taken == 0  # renewed while working: never two flushers
+    assert await pending_keys(repo) == set()
+
+
+async def test_a_deposed_holder_cannot_leave_a_snapshot_behind_for_good():
+    """Two flushers and a slow object store: the old holder's put lands last, yet the
+    final snapshot is the newest state."""
+    repo, clock = InMemoryStateRepository(), Clock()
+    objects = SlowObjects()
+    applier = EventApplier(repo)
+    old = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    new = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    await applier.apply([field_updated("f", "v1")])
+    objects.gate = asyncio.Event()
+    stalled = asyncio.create_task(old.flush_once())  # reads v1, its put is held
+    await asyncio.sleep(0.01)
+    await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0))])
+    assert await new.flush_once() == 0
+    clock.now += 5.1  # the old holder stalled for more than a lease period
+    objects.gate.set()
+    objects.gate = None
+    assert await new.flush_once() >= 1  # takes over, writes v2
+    await stalled  # the old put (v1) may land after v2; its fenced advance fails
+    while await pending_keys(repo):
+        clock.now += 1.0
+        await new.flush_once()
+    assert await snapshot(objects) == {"f": "v2"}
+    assert repo.items[LEASE_KEY] and not old.holding()
+
+
+async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
+    class Broken(InMemoryObjectStore):
+        puts = 0
+
+        async def put(self, key, data):
+            Broken.puts += 1
+            raise OSError("binding down")
+
+    repo = InMemoryStateRepository()
+    await EventApplier(repo).apply([field_updated("f", 1)])
+    flusher = SnapshotFlusher(repo, Broken(), interval_s=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(flusher.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    warnings = [r for r in caplog.records if "backing off" in r.getMessage()]
+    assert len(warnings) == 1
+    assert Broken.puts <= 6  # 10 ms doubling: no spin (a spin makes hundreds)
+
+
+async def test_marks_in_the_old_shared_slots_are_moved_and_flushed():
+    from subscriber.outbox import LEGACY_SLOTS
+    from subscriber.ports import Upsert
+
+    repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
+    await EventApplier(repo).apply([field_updated("f", 1, state_id=f"s{n}") for n in range(300)])
+    marks = {f"workflows/s{n}": "abc" for n in range(300)}
+    await repo.commit([Upsert(LEGACY_SLOTS[3], json.dumps({"dirty": marks}).encode(), None)])
+    flusher = SnapshotFlusher(repo, objects)
+    assert await flusher.migrate_legacy_slots() == 300
+    assert LEGACY_SLOTS[3] not in repo.items
+    while await flusher.flush_once():
+        pass
+    assert await snapshot(objects, "s299") == {"f": 1} and await pending_keys(repo) == set()
