@@ -15,7 +15,7 @@ from publisher.crypto import (
 )
 from publisher.query import StateQueryClient
 from publisher.secrets import CredentialNotStoredError, SecretStore, replace_credentials_with_guid
-from publisher.store import StateStore
+from publisher.store import StatePage, StateStore
 from statestore.errors import (
     InvalidStateIdError,
     InvalidStateTypeError,
@@ -30,6 +30,7 @@ from statestore.paths import StateType, build_state_store_path
 
 __all__ = [
     "StateStore",
+    "StatePage",
     "StateType",
     "build_state_store_path",
     "StateQueryClient",

@@ -26,8 +26,7 @@ from typing import Protocol
 
 from statestore.errors import PublishError
 from statestore.events import (
-    FieldUpdated,
-    ObjectReplaced,
+    AnyEvent,
     cloudevent_id,
     encode_batch_cloudevent,
     encode_cloudevent,
@@ -55,7 +54,7 @@ class Transport(Protocol):
 
 @dataclass(frozen=True)
 class QueuedEvent:
-    event: FieldUpdated | ObjectReplaced
+    event: AnyEvent
     data: bytes  # the encoded event
 
     @property
@@ -63,7 +62,7 @@ class QueuedEvent:
         return cloudevent_id(self.event)
 
     @classmethod
-    def of(cls, event: FieldUpdated | ObjectReplaced) -> QueuedEvent:
+    def of(cls, event: AnyEvent) -> QueuedEvent:
         return cls(event, encode_event(event))
 
 

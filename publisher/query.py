@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 from statestore.document import StateDocument, decode_document
 from statestore.errors import SidecarUnavailableError
-from statestore.paths import StateType, state_key
+from statestore.index import IndexShard, all_shard_keys, page_of
+from statestore.paths import StateType, caller_app_name, state_key
 from statestore.sidecar import SidecarClient
 
 __all__ = ["StateQueryClient"]
@@ -45,6 +46,14 @@ class StateQueryClient:
         found = await self._read(lambda: self._sidecar.get_bulk_state(self._store, keys))
         return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
 
+    async def index_page(self, state_type: StateType, prefix: str, after: str, size: int) -> tuple[list[str], bool]:
+        """Ids of the index (statestore.index): the next ``size`` after ``after``, and
+        whether more follow. One bulk read of every shard of (app, type)."""
+        shard_keys = all_shard_keys(self._app or caller_app_name(), state_type)
+        found = await self._read(lambda: self._sidecar.get_bulk_state(self._store, shard_keys))
+        shards = [IndexShard.model_validate_json(item.value) for item in found.values()]
+        return page_of(shards, prefix, after, size)
+
     async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
@@ -56,4 +65,4 @@ class StateQueryClient:
     async def get_state(self, id: str, state_type: StateType) -> dict[str, Any] | None:
         """The state as a dict, or None when none exists."""
         document = await self.get_document(id, state_type)
-        return document.to_state() if document else None
+        return document.to_state() if document and document.exists() else None

@@ -97,7 +97,7 @@ class LoopRuntime:
     def __init__(self, runtime: Runtime, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._runtime = runtime
-        self.sidecar = SidecarClient(blocking=runtime.forked)
+        self.sidecar = runtime.sidecar_factory() if runtime.sidecar_factory else SidecarClient(blocking=runtime.forked)
         self.query = StateQueryClient(self.sidecar, runtime.settings.statestore_name)
         self.pipelines: dict[tuple[str, str], PublishPipeline] = {}  # (pubsub, topic) -> pipeline
         self._closer = self._close_at_loop_shutdown()
@@ -155,8 +155,16 @@ class LoopRuntime:
 class Runtime:
     """The process's publisher runtime (see the module docstring)."""
 
-    def __init__(self, settings: Settings | None = None, forked: bool = False, clock: HybridClock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        forked: bool = False,
+        clock: HybridClock | None = None,
+        sidecar_factory: Callable[[], Any] | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
+        # What each loop talks to instead of a SidecarClient (publisher.testing: memory).
+        self.sidecar_factory = sidecar_factory
         self.forked = forked
         self.clock = clock or HybridClock()
         # Reentrant: the signal handler's drain runs in the main thread, possibly while
@@ -166,6 +174,9 @@ class Runtime:
         self._identity = _Identity(_new_producer_id(), time.monotonic())
         # state key -> producer id -> (last seq issued, when that id was taken)
         self._issued: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+        # key -> producer id -> the last seq a sync saw applied (an expired state loses
+        # its records: a later sync then waits only for the seqs after this one).
+        self._confirmed: dict[str, dict[str, int]] = defaultdict(dict)
         self._loops: dict[asyncio.AbstractEventLoop, LoopRuntime] = {}
 
     # -- identity and sequence numbers -------------------------------------------------
@@ -202,6 +213,18 @@ class Runtime:
             for producer in [p for p, (_, started) in issued.items() if started < horizon]:
                 del issued[producer]
             return {producer: seq for producer, (seq, _) in issued.items()}
+
+    def confirmed(self, key: str) -> dict[str, int]:
+        """Per producer id, the last seq of ``key`` that a sync saw applied."""
+        with self._lock:
+            return dict(self._confirmed.get(key, {}))
+
+    def confirm(self, key: str, seqs: dict[str, int]) -> None:
+        """A sync saw ``seqs`` (producer id -> seq) of ``key`` applied."""
+        with self._lock:
+            mine = self._confirmed[key]
+            for producer, seq in seqs.items():
+                mine[producer] = max(mine.get(producer, 0), seq)
 
     def last_seq(self, key: str) -> int:
         """The last sequence number the current producer id used for ``key`` (0: none)."""

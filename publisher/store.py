@@ -7,18 +7,42 @@ straight to the state store through the caller's own sidecar.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
+from statestore.document import StateDocument
 from statestore.errors import InvalidValueError, SyncTimeoutError
-from statestore.events import SCHEMA_VERSION, FieldUpdated, ObjectReplaced
+from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
 
-__all__ = ["StateStore"]
+__all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
+
+MAX_PAGE_SIZE = 10_000
+
+
+class StatePage(NamedTuple):
+    """One page of ``list_states``: ids, and the token of the next page (None: last page)."""
+
+    ids: list[str]
+    next_page_token: str | None
+
+
+def _encode_token(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode()
+
+
+def _decode_token(token: object) -> str:
+    try:
+        return validate_id(base64.urlsafe_b64decode(str(token).encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValueError(
+            f"page_token {token!r} is not one list_states returned; start again with page_token=None"
+        ) from None
 
 log = logging.getLogger("statestore.publisher")
 
@@ -68,8 +92,14 @@ class StateStore:
     # -- writes ----------------------------------------------------------------------
 
     @classmethod
-    async def save_state(cls, key: str, value: Any, id: str, type: StateType) -> None:
+    async def save_state(
+        cls, key: str, value: Any, id: str, type: StateType, *, ttl_seconds: int | None = None
+    ) -> None:
         """Set field ``key`` of state ``id`` to ``value`` (any JSON-serialisable value).
+
+        ``ttl_seconds``: the whole state expires that long after this write is applied,
+        unless a later write says otherwise (default: the type's retention setting,
+        STATESTORE_TTL_WORKFLOWS_S for workflows; none for credentials).
 
         Fire-and-forget: returns once the event is queued, without waiting for it to be
         applied. Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError
@@ -78,33 +108,64 @@ class StateStore:
         queue is full (an outage), waits until there is room.
         """
         state_type = _check_target(id, type)
-        if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
-            raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
+        _check_field_name(key)
+        ttl = _ttl(ttl_seconds, state_type)
         normalised = _json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
-            field=key, value=normalised, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+            field=key, value=normalised, ttl_seconds=ttl, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
 
     @classmethod
-    async def save_state_object(cls, id: str, value: dict[str, Any], type: StateType) -> dict[str, Any]:
+    async def save_state_object(
+        cls, id: str, value: dict[str, Any], type: StateType, *, ttl_seconds: int | None = None
+    ) -> dict[str, Any]:
         """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
 
         Returns the dict that will be stored. Fire-and-forget like ``save_state``, with
-        the same errors.
+        the same errors and the same ``ttl_seconds``.
         """
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
+        ttl = _ttl(ttl_seconds, state_type)
         normalised = _json_roundtrip(value, "state object", id)
         event = ObjectReplaced.model_construct(
-            value=normalised, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+            value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
         await cls._submit(event)
         return json.loads(json.dumps(normalised))
 
     @classmethod
-    def _pipeline_for(cls, event: FieldUpdated | ObjectReplaced) -> PublishPipeline:
+    async def delete_state(cls, id: str, type: StateType) -> None:
+        """Delete state ``id``: every field written before this call goes, and
+        ``get_state`` returns None once it is applied (its snapshot is removed too).
+
+        An event like a write, ordered by its stamp: a write stamped after it starts a
+        new state. Fire-and-forget like ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        event = StateDeleted.model_construct(
+            kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    async def delete_field(cls, key: str, id: str, type: StateType) -> None:
+        """Delete field ``key`` of state ``id`` (a later write of it recreates it).
+
+        The state itself stays, even with no field left. Fire-and-forget like
+        ``save_state``, with the same errors.
+        """
+        state_type = _check_target(id, type)
+        _check_field_name(key)
+        event = FieldDeleted.model_construct(
+            field=key, kind="field_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
+        )
+        await cls._submit(event)
+
+    @classmethod
+    def _pipeline_for(cls, event: AnyEvent) -> PublishPipeline:
         """Where an event is published."""
         return cls._pipeline_of(event.state_type)
 
@@ -121,11 +182,11 @@ class StateStore:
         return runtime.pipeline()
 
     @classmethod
-    async def _submit(cls, event: FieldUpdated | ObjectReplaced) -> None:
+    async def _submit(cls, event: AnyEvent) -> None:
         await cls._pipeline_for(event).submit(QueuedEvent.of(event))
 
     @classmethod
-    async def republish(cls, events: list[FieldUpdated | ObjectReplaced]) -> None:
+    async def republish(cls, events: list[AnyEvent]) -> None:
         """Queue events again that an earlier PublishError returned (same stamps: idempotent)."""
         for event in events:
             await cls._submit(event)
@@ -183,6 +244,8 @@ class StateStore:
         # Every (producer id, last seq) this process still has to see applied, per state.
         waiting = {id: runtime.waits(keys[id]) for id in ids}
         waiting = {id: w for id, w in waiting.items() if w}
+        floors = {id: runtime.confirmed(keys[id]) for id in waiting}
+        wanted = {id: dict(w) for id, w in waiting.items()}
         query = loop_runtime.query
         delay = 0.002
         while waiting:
@@ -191,11 +254,12 @@ class StateStore:
                 documents.update(await query.get_documents(chunk, state_type))
             for id in list(waiting):
                 document = documents.get(id)
-                behind = {p: s for p, s in waiting[id].items() if document is None or document.processed_upto(p) < s}
+                behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
                 if behind:
                     waiting[id] = behind
                 else:
                     del waiting[id]
+                    runtime.confirm(keys[id], wanted[id])
             if not waiting:
                 return
             if loop.time() + delay > deadline:
@@ -215,6 +279,34 @@ class StateStore:
     # -- reads -----------------------------------------------------------------------
 
     @classmethod
+    async def list_states(
+        cls, type: StateType, prefix: str = "", page_size: int = 1000, page_token: str | None = None
+    ) -> StatePage:
+        """The ids of this app's states of ``type`` that start with ``prefix``, sorted, a
+        page at a time: pass ``page.next_page_token`` back for the next page (None: done).
+
+        Reads the id index (statestore.index: 64 shard documents per app and type, one
+        bulk read) and keeps the ids whose state exists now (one bulk read per 500). A
+        state appears once its first write is applied and goes once its delete is
+        applied or it expires. A page may hold fewer than ``page_size`` ids when some
+        expired since they were indexed.
+        """
+        state_type = coerce_state_type(type)
+        if not isinstance(prefix, str):
+            raise InvalidValueError("prefix must be a string")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
+        query = get_runtime().loop_runtime().query
+        after = "" if page_token is None else _decode_token(page_token)
+        ids, more = await query.index_page(state_type, prefix, after, page_size)
+        keys = {id: state_key(id, state_type) for id in ids}
+        documents: dict[str, StateDocument] = {}
+        for chunk in _chunks(ids, keys):
+            documents.update(await query.get_documents(chunk, state_type))
+        live = [id for id in ids if id in documents and documents[id].exists()]
+        return StatePage(live, _encode_token(ids[-1]) if more and ids else None)
+
+    @classmethod
     async def get_state(cls, id: str, type: StateType) -> dict[str, Any] | None:
         """The state ``id`` as a dict, or None when no state exists.
 
@@ -231,7 +323,21 @@ class StateStore:
         latest = document.latest_stamp()
         if latest is not None:
             runtime.clock.observe((latest[0], latest[1]))
-        return document.to_state()
+        return document.to_state() if document.exists() else None
+
+
+def _applied(document: StateDocument | None, producer: str, floor: int, seq: int) -> bool:
+    """Whether ``producer``'s seqs up to ``seq`` are applied: all of them, or, when the
+    state expired since a sync saw ``floor`` applied (its records went with it), every
+    seq after ``floor``."""
+    if document is None:
+        return False
+    if document.processed_upto(producer) >= seq:
+        return True
+    progress = document.producers.get(producer)
+    if progress is None or floor <= 0:
+        return False
+    return all(progress.processed(n) for n in range(floor + 1, seq + 1))
 
 
 def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
@@ -251,6 +357,20 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
 def _check_target(id: object, type: object) -> StateType:
     validate_id(id)
     return coerce_state_type(type)
+
+
+def _ttl(ttl_seconds: object, state_type: StateType) -> int | None:
+    """The write's expiry: ``ttl_seconds``, else the type's default retention."""
+    if ttl_seconds is None:
+        return get_settings().ttl_workflows_s if state_type is StateType.WORKFLOWS else None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+        raise InvalidValueError(f"ttl_seconds must be a whole number of seconds >= 1 (or None), not {ttl_seconds!r}")
+    return ttl_seconds
+
+
+def _check_field_name(key: object) -> None:
+    if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
+        raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
 
 
 def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:

@@ -11,6 +11,24 @@ watermark or the field already holds a later stamp. Applying a replace with stam
 above the watermark moves the watermark to ``s``, drops every field written before ``s``
 and writes the replace's fields at ``s`` (a field written after ``s`` stays).
 
+Deletes are tombstones, so they commute with writes like everything else:
+
+- a state delete (``state_deleted``) with stamp ``s`` moves the watermark like a replace
+  with an empty object;
+- a field delete (``field_deleted``) with stamp ``s`` records ``deleted[name] = s`` and
+  removes the field, unless the field holds a later stamp; a field update is applied
+  only above both the field's stamp and its tombstone (a write stamped after a delete
+  recreates the field);
+- ``written`` is the greatest stamp of any write (update or replace). The state exists
+  (``exists()``) when something was written after the latest state delete, i.e. when
+  ``written`` is at or above the watermark: after a delete, ``get_state`` returns None
+  although the document stays (its watermark and producer records keep the order and
+  ``sync`` working).
+
+Field tombstones age out like producer records, on the document's own clock, but after
+``TOMBSTONE_RETENTION_MS`` (seven days): only an event delivered later than that after a
+field delete of the same field could bring the deleted value back.
+
 The merge is commutative, associative and idempotent, and its result equals applying
 the events one after another in stamp order (``replay_in_order``, the oracle the tests
 compare against): delivery order, duplicates and redelivery do not change the outcome.
@@ -30,14 +48,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from statestore.errors import StateDecodeError
-from statestore.events import FieldUpdated, ObjectReplaced, Stamp
+from statestore.events import AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, Stamp, StateDeleted
 
 __all__ = [
     "DOCUMENT_VERSION",
     "PRODUCER_RETENTION_MS",
+    "TOMBSTONE_RETENTION_MS",
     "FieldEntry",
     "ProducerProgress",
     "StateDocument",
@@ -49,6 +68,7 @@ __all__ = [
 
 DOCUMENT_VERSION = 1
 PRODUCER_RETENTION_MS = 3_600_000
+TOMBSTONE_RETENTION_MS = 7 * 86_400_000
 
 
 # Named tuples, not models: the merge makes one per event, and they are ~20x cheaper to
@@ -94,14 +114,29 @@ class StateDocument(BaseModel):
     replaced: Stamp | None = None
     fields: dict[str, FieldEntry] = Field(default_factory=dict)
     producers: dict[str, ProducerProgress] = Field(default_factory=dict)
+    deleted: dict[str, Stamp] = Field(default_factory=dict)  # field tombstones
+    written: Stamp | None = None  # the greatest stamp of any write
+    ttl_s: int | None = None  # the ttl_seconds of that write: the store entry expires after it
+
+    @model_validator(mode="after")
+    def _written_of_older_documents(self) -> StateDocument:
+        # Documents from before deletes have no ``written``: every event they hold was a write.
+        if "written" not in self.model_fields_set:
+            object.__setattr__(self, "written", self.latest_stamp())
+        return self
+
+    def exists(self) -> bool:
+        """False when nothing was written, or nothing since the latest state delete."""
+        return self.written is not None and (self.replaced is None or self.written >= self.replaced)
 
     def to_state(self) -> dict[str, Any]:
-        """The state as the caller sees it: field name to value."""
+        """The state as the caller sees it: field name to value (tombstones hidden)."""
         return {name: entry.value for name, entry in self.fields.items()}
 
     def latest_stamp(self) -> Stamp | None:
         """The greatest stamp this document holds (for the reader's clock)."""
         stamps = [entry.stamp for entry in self.fields.values()]
+        stamps.extend(self.deleted.values())
         if self.replaced is not None:
             stamps.append(self.replaced)
         return max(stamps, default=None)
@@ -123,18 +158,23 @@ _NEW_PRODUCER = ProducerProgress()
 
 def apply_events(
     document: StateDocument | None,
-    events: Iterable[FieldUpdated | ObjectReplaced],
+    events: Iterable[AnyEvent],
     retention_ms: int = PRODUCER_RETENTION_MS,
+    tombstone_retention_ms: int = TOMBSTONE_RETENTION_MS,
 ) -> StateDocument:
     """Merge ``events`` into ``document`` (None: no state yet).
 
     Returns a new document, or ``document`` itself when the events change nothing
     (all of them were applied before). Producer records whose last event is more than
-    ``retention_ms`` older than the document's newest stamp are dropped.
+    ``retention_ms`` older than the document's newest stamp are dropped, and field
+    tombstones older than ``tombstone_retention_ms``.
     """
     replaced = document.replaced if document else None
     fields = dict(document.fields) if document else {}
     producers = dict(document.producers) if document else {}
+    deleted = dict(document.deleted) if document else {}
+    written = document.written if document else None
+    ttl_s = document.ttl_s if document else None
     changed = content_changed = document is None
     # The document's own clock: a record is dated by it, not by its producer's wall
     # clock, so a producer whose clock is behind is not evicted at once.
@@ -148,46 +188,66 @@ def apply_events(
             producers[event.producer] = recorded
             changed = True
         stamp = event.stamp
+        if isinstance(event, (FieldUpdated, ObjectReplaced)) and (written is None or stamp > written):
+            written = stamp  # whether or not a later delete supersedes it: exists() compares
+            ttl_s = event.ttl_seconds  # the newest write decides the expiry
+            changed = content_changed = True
         if replaced is not None and stamp <= replaced:
-            continue  # a later replace already superseded this event
-        if isinstance(event, ObjectReplaced):
+            continue  # a later replace or delete already superseded this event
+        if isinstance(event, (ObjectReplaced, StateDeleted)):
             replaced = stamp
             fields = {name: entry for name, entry in fields.items() if entry.stamp > stamp}
-            for name, value in event.value.items():
-                if name not in fields:
-                    fields[name] = FieldEntry(value, stamp)
+            deleted = {name: at for name, at in deleted.items() if at > stamp}
+            if isinstance(event, ObjectReplaced):
+                for name, value in event.value.items():
+                    if name not in fields and name not in deleted:
+                        fields[name] = FieldEntry(value, stamp)
             changed = content_changed = True
         else:
             current = fields.get(event.field)
-            if current is None or current.stamp < stamp:
-                fields[event.field] = FieldEntry(event.value, stamp)
+            tombstone = deleted.get(event.field)
+            if (current is None or current.stamp < stamp) and (tombstone is None or tombstone < stamp):
+                if isinstance(event, FieldDeleted):
+                    fields.pop(event.field, None)
+                    deleted[event.field] = stamp
+                else:
+                    fields[event.field] = FieldEntry(event.value, stamp)
+                    deleted.pop(event.field, None)
                 changed = content_changed = True
 
     if not changed:
         return document
     horizon = now - retention_ms
     producers = {name: progress for name, progress in producers.items() if progress.last_wall_ms >= horizon}
+    deleted = {name: at for name, at in deleted.items() if at[0] >= now - tombstone_retention_ms}
     if document is not None and not content_changed and producers == document.producers:
         return document  # e.g. a redelivered event of a producer whose record was evicted
-    return StateDocument.model_construct(version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers)
+    return StateDocument.model_construct(
+        version=DOCUMENT_VERSION, replaced=replaced, fields=fields, producers=producers, deleted=deleted, written=written,
+        ttl_s=ttl_s,
+    )
 
 
-def replay_in_order(events: Iterable[FieldUpdated | ObjectReplaced]) -> dict[str, Any] | None:
+def replay_in_order(events: Iterable[AnyEvent]) -> dict[str, Any] | None:
     """The sequential oracle: apply each distinct event once, in stamp order.
 
-    Returns the state a single writer applying the events one by one would hold
-    (None when there were no events).
+    Returns the state a single writer applying the events one by one would hold: None
+    when nothing was written, or nothing since the last state delete (a field delete of
+    a state that does not exist leaves it not existing).
     """
     unique = {event.stamp: event for event in events}
-    if not unique:
-        return None
-    state: dict[str, Any] = {}
+    state: dict[str, Any] | None = None
     for stamp in sorted(unique):
         event = unique[stamp]
         if isinstance(event, ObjectReplaced):
             state = dict(event.value)
+        elif isinstance(event, StateDeleted):
+            state = None
+        elif isinstance(event, FieldDeleted):
+            if state is not None:
+                state.pop(event.field, None)
         else:
-            state[event.field] = event.value
+            state = {**(state or {}), event.field: event.value}
     return state
 
 

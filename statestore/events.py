@@ -47,9 +47,14 @@ __all__ = [
     "Stamp",
     "FieldUpdated",
     "ObjectReplaced",
+    "StateDeleted",
+    "FieldDeleted",
+    "AnyEvent",
+    "WRITE_KINDS",
     "Event",
     "EventBatch",
     "EVENT_TYPES",
+    "KINDS_SINCE",
     "InvalidEventError",
     "cloudevent_type",
     "cloudevent_id",
@@ -74,8 +79,9 @@ and sequence number with different content (a buggy or malicious producer): the 
 still total, so every replica and every delivery order picks the same winner."""
 
 
-V2_FIELDS = ("app", "traceparent")
-"""Fields version 2 added: a version-1 event has neither."""
+V2_FIELDS = ("app", "traceparent", "ttl_seconds")
+"""Fields version 2 added: a version-1 event has none of them. (``ttl_seconds`` was added
+to version 2 before version 2 shipped, so it is optional and not a new version.)"""
 
 
 def upcast_v1(data: Any) -> Any:
@@ -86,6 +92,8 @@ def upcast_v1(data: Any) -> Any:
         for field in V2_FIELDS:
             if field in data:
                 raise ValueError(f"schema_version 1 events have no {field!r} field (it came with version 2)")
+        if data.get("kind") in ("state_deleted", "field_deleted"):
+            raise ValueError(f"{data['kind']} events came with schema_version 2; send schema_version 2")
         return {**data, "schema_version": 2, "app": DEFAULT_APP}
     return data
 
@@ -148,10 +156,19 @@ class _EventBase(BaseModel):
         return format_state_key(self.state_id, StateType(self.state_type), self.app)
 
 
+_TTL = Field(
+    None,
+    ge=1,
+    description="Optional: the state expires this many seconds after the subscriber applies this write"
+    " (unless a later write says otherwise). Absent: no expiry.",
+)
+
+
 class FieldUpdated(_EventBase):
     """Set one field of a state (``save_state``)."""
 
     kind: Literal["field_updated"] = "field_updated"
+    ttl_seconds: int | None = _TTL
     field: Annotated[str, Field(min_length=1, max_length=1024)] = Field(description="The field to set.")
     value: JsonValue = Field(description="Its new value: any JSON.")
 
@@ -163,13 +180,44 @@ class ObjectReplaced(_EventBase):
     """Replace a whole state with ``value`` (``save_state_object``)."""
 
     kind: Literal["object_replaced"] = "object_replaced"
+    ttl_seconds: int | None = _TTL
     value: dict[str, JsonValue] = Field(description="The whole new state.")
 
     def _content(self) -> Any:
         return self.value
 
 
-Event = Annotated[Union[FieldUpdated, ObjectReplaced], Field(discriminator="kind")]
+class StateDeleted(_EventBase):
+    """Delete a whole state (``delete_state``): every field written before it goes.
+
+    New in version 2 (there is no version-1 type). Like a replace with an empty object,
+    except that afterwards the state does not exist until a later write recreates it."""
+
+    kind: Literal["state_deleted"] = "state_deleted"
+
+    def _content(self) -> Any:
+        return None
+
+
+class FieldDeleted(_EventBase):
+    """Delete one field of a state (``delete_field``); a later write of it recreates it.
+
+    New in version 2 (there is no version-1 type)."""
+
+    kind: Literal["field_deleted"] = "field_deleted"
+    field: Annotated[str, Field(min_length=1, max_length=1024)] = Field(description="The field to delete.")
+
+    def _content(self) -> Any:
+        return [self.field]
+
+
+AnyEvent = Union[FieldUpdated, ObjectReplaced, StateDeleted, FieldDeleted]
+"""Every event kind (a plain union, for annotations)."""
+
+WRITE_KINDS = ("field_updated", "object_replaced")
+"""The kinds that write a value (the others delete)."""
+
+Event = Annotated[AnyEvent, Field(discriminator="kind")]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
@@ -188,8 +236,11 @@ def cloudevent_type(kind: str, version: int = SCHEMA_VERSION) -> str:
     return f"io.statestore.{kind}.v{version}"
 
 
+KINDS_SINCE = {"field_updated": 1, "object_replaced": 1, "state_deleted": 2, "field_deleted": 2}
+"""Each event kind and the first schema version that has it."""
+
 EVENT_TYPES = {
-    cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in SCHEMA_VERSIONS
+    cloudevent_type(kind, version) for kind, first in KINDS_SINCE.items() for version in SCHEMA_VERSIONS if version >= first
 }
 BATCH_TYPE = cloudevent_type("event_batch", 1)
 
@@ -198,21 +249,22 @@ class InvalidEventError(ValueError):
     """A received event is malformed, of an unknown type or of an unknown version."""
 
 
-def cloudevent_id(event: FieldUpdated | ObjectReplaced) -> str:
+def cloudevent_id(event: AnyEvent) -> str:
     """A unique, deterministic CloudEvent id: producer, state key and sequence number."""
     return f"{event.producer}:{event.key}:{event.seq}"
 
 
-_UNTRACED = {"traceparent"}
+_OPTIONAL = ("traceparent", "ttl_seconds")
 
 
-def encode_event(event: FieldUpdated | ObjectReplaced) -> bytes:
+def encode_event(event: AnyEvent) -> bytes:
     """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
-    ``traceparent`` only when the write had a trace context."""
-    return event.model_dump_json(exclude=_UNTRACED if event.traceparent is None else None).encode()
+    ``traceparent`` and ``ttl_seconds`` only when set."""
+    absent = {name for name in _OPTIONAL if getattr(event, name, None) is None}
+    return event.model_dump_json(exclude=absent or None).encode()
 
 
-def encode_cloudevent(event: FieldUpdated | ObjectReplaced, data: bytes | None = None) -> bytes:
+def encode_cloudevent(event: AnyEvent, data: bytes | None = None) -> bytes:
     """The structured CloudEvent (JSON) that carries ``event`` alone."""
     return write_envelope_fast(cloudevent_id(event), cloudevent_type(event.kind), data or encode_event(event))
 
@@ -227,7 +279,7 @@ def encode_batch_cloudevent(batch_id: str, encoded_events: list[bytes]) -> bytes
     return write_envelope(batch_id, BATCH_TYPE, data)
 
 
-def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdated | ObjectReplaced:
+def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> AnyEvent:
     """Validate a received CloudEvent's type and data; raise InvalidEventError with a reason."""
     if ce_type not in EVENT_TYPES:
         if ce_type.startswith("io.statestore."):
@@ -240,14 +292,14 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> FieldUpdat
             event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
         raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
-    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS):
+    if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS if version >= KINDS_SINCE[event.kind]):
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
 
 
 def decode_events(
     ce_type: str, data: bytes | str | dict[str, Any]
-) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+) -> tuple[list[AnyEvent], list[str]]:
     """The events a CloudEvent carries (one, or a batch's), and a reason per bad one.
 
     Raises InvalidEventError when the CloudEvent as a whole is not a statestore event.

@@ -18,7 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from statestore.events import BATCH_TYPE, SCHEMA_VERSION, V2_FIELDS, EventBatch, FieldUpdated, ObjectReplaced, cloudevent_type
+from statestore.events import (
+    BATCH_TYPE,
+    KINDS_SINCE,
+    SCHEMA_VERSION,
+    V2_FIELDS,
+    EventBatch,
+    FieldDeleted,
+    FieldUpdated,
+    ObjectReplaced,
+    StateDeleted,
+    cloudevent_type,
+)
 
 __all__ = ["SCHEMA_DIR", "data_schemas", "render", "main"]
 
@@ -43,11 +54,12 @@ def _version_1(schema: dict[str, Any]) -> dict[str, Any]:
 def data_schemas() -> dict[str, dict[str, Any]]:
     """CloudEvent type -> JSON Schema of its ``data``."""
     schemas: dict[str, dict[str, Any]] = {}
-    for model in (FieldUpdated, ObjectReplaced):
+    for model in (FieldUpdated, ObjectReplaced, StateDeleted, FieldDeleted):
         kind = model.model_fields["kind"].default
         current = model.model_json_schema()
         schemas[cloudevent_type(kind, SCHEMA_VERSION)] = _with_header(cloudevent_type(kind, SCHEMA_VERSION), current)
-        schemas[cloudevent_type(kind, 1)] = _with_header(cloudevent_type(kind, 1), _version_1(current))
+        if KINDS_SINCE[kind] == 1:  # the deletes came with version 2
+            schemas[cloudevent_type(kind, 1)] = _with_header(cloudevent_type(kind, 1), _version_1(current))
     schemas[BATCH_TYPE] = _with_header(BATCH_TYPE, EventBatch.model_json_schema())
     return dict(sorted(schemas.items()))
 

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     credential_timeout_s: float = Field(
         30.0, gt=0, description="How long save_secret(s) waits until its credentials are stored."
     )
+    # Retention: a workflow state written without ttl_seconds expires after this many
+    # seconds (None: never). Credentials have no default retention: they never expire
+    # unless a write asks for it.
+    ttl_workflows_s: int | None = Field(None, ge=1, description="Default expiry of workflow states.")
 
     # Subscriber.
     subscriber_port: int = Field(

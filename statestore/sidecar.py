@@ -63,6 +63,7 @@ class Upsert:
     key: str
     value: bytes
     etag: str | None
+    ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,8 @@ def _operation(op: Upsert | Delete) -> state_pb2.TransactionalStateOperation:
         if op.etag is not None:
             item.etag.value = op.etag
         return state_pb2.TransactionalStateOperation(operationType="delete", request=item)
-    item = common_pb2.StateItem(key=op.key, value=op.value, metadata=JSON_METADATA)
+    metadata = JSON_METADATA if op.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(op.ttl_s)}
+    item = common_pb2.StateItem(key=op.key, value=op.value, metadata=metadata)
     if op.etag is None:
         item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
     else:

@@ -97,7 +97,7 @@ async def get(state_id: Annotated[str, typer.Argument(metavar="ID")], type: Type
     """Print the state as JSON (exit 0), or say it was not found (exit 1)."""
     state_type = StateType(type.value)
     document = await _document(state_id, state_type, _app(app_name))
-    if document is None:
+    if document is None or not document.exists():
         raise NotFound(f"no {state_type.value} state {state_id!r} in app {_app(app_name)!r}")
     out.print_json(json.dumps(document.to_state()))
 
@@ -116,8 +116,10 @@ def describe(document: StateDocument) -> dict[str, Any]:
         return {"at": _when(wall), "logical": logical, "producer": producer, "seq": seq, "digest": digest}
 
     return {
-        "state": document.to_state(),
+        "state": document.to_state() if document.exists() else None,
         "replaced": stamp(document.replaced),
+        "written": stamp(document.written),
+        "deleted_fields": {name: stamp(at) for name, at in document.deleted.items()},
         "fields": {name: {"value": entry.value, "written": stamp(entry.stamp)} for name, entry in document.fields.items()},
         "producers": {
             name: {"processed_upto": p.upto, "ahead": list(p.ahead), "last_event_at": _when(p.last_wall_ms)}
@@ -179,7 +181,7 @@ async def watch(state_id: Annotated[str, typer.Argument(metavar="ID")], type: Ty
     try:
         while count == 0 or shown < count:
             document = await query.get_document(state_id, state_type)
-            state = document.to_state() if document else None
+            state = document.to_state() if document and document.exists() else None
             if state != seen:
                 stamp = document.latest_stamp() if document else None
                 when = _when(stamp[0]) if stamp else dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")

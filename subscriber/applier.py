@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from statestore.cutting import cut
 from statestore.document import apply_events, decode_document, encode_document
 from statestore.errors import StateDecodeError
-from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.events import AnyEvent
+from statestore.index import IndexShard, shard_key
 from subscriber.outbox import OutboxWriter
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
@@ -40,7 +41,7 @@ __all__ = ["EventApplier", "TransientError", "BatchResult"]
 
 log = logging.getLogger("statestore.subscriber")
 
-Event = FieldUpdated | ObjectReplaced
+Event = AnyEvent
 
 
 class TransientError(Exception):
@@ -66,6 +67,9 @@ class BatchResult:
 class _Prepared:
     upserts: list[Upsert]
     refused: dict[str, str]
+    # state key -> (an event of it, True if it began to exist / False if it ceased): the
+    # id index (statestore.index) changes with it, in the same transaction
+    existence: dict[str, tuple[AnyEvent, bool]] = field(default_factory=dict)
 
 
 class EventApplier:
@@ -83,6 +87,7 @@ class EventApplier:
         self._repository = repository
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
+        self._index_lock = asyncio.Lock()
         self.outbox = outbox or OutboxWriter(repository)
         self._request_max_bytes = request_max_bytes
         self._max_document_bytes = max_document_bytes
@@ -131,6 +136,7 @@ class EventApplier:
         stored = await self._repository.load(by_key)
         upserts: list[Upsert] = []
         refused: dict[str, str] = {}
+        existence: dict[str, tuple[AnyEvent, bool]] = {}
         for key, key_events in by_key.items():
             item = stored.get(key)
             try:
@@ -149,8 +155,10 @@ class EventApplier:
                     " smaller fields in one state"
                 )
                 continue
-            upserts.append(Upsert(key, encoded, item.etag if item else None))
-        return _Prepared(upserts, refused)
+            upserts.append(Upsert(key, encoded, item.etag if item else None, merged.ttl_s))
+            if merged.exists() != (current is not None and current.exists()):
+                existence[key] = (key_events[0], merged.exists())
+        return _Prepared(upserts, refused, existence)
 
     async def _commit(self, by_key: dict[str, list[Event]], prepared: _Prepared) -> tuple[int, dict[str, str]]:
         """Commit ``prepared`` in byte-bounded transactions; on a conflict, load and merge
@@ -160,7 +168,14 @@ class EventApplier:
         for attempt in range(self._max_conflict_retries + 1):
             try:
                 for piece in cut(prepared.upserts, _upsert_size, self._request_max_bytes, self._max_states):
-                    await self.outbox.commit(piece, [upsert.key for upsert in piece])
+                    changes = [prepared.existence[u.key] for u in piece if u.key in prepared.existence]
+                    if changes:
+                        # Pieces that change the index take turns: they would conflict on its shards.
+                        async with self._index_lock:
+                            index = await self._index_changes(changes)
+                            await self.outbox.commit([*piece, *index], [upsert.key for upsert in piece])
+                    else:
+                        await self.outbox.commit(piece, [upsert.key for upsert in piece])
                     written += len(piece)
                     for upsert in piece:
                         by_key.pop(upsert.key, None)  # done: not merged again after a conflict
@@ -173,6 +188,22 @@ class EventApplier:
                 prepared = await self._prepare(by_key)
                 refused.update(prepared.refused)
         raise TransientError(f"gave up after {self._max_conflict_retries} ETag conflicts in a row")
+
+
+    async def _index_changes(self, changes: list[tuple[AnyEvent, bool]]) -> list[Upsert]:
+        """The index shard writes (statestore.index) for states that began or ceased to exist."""
+        keyed = [(shard_key(e.app, e.state_type, e.state_id), e.state_id, add) for e, add in changes]
+        stored = await self._repository.load({key for key, _, _ in keyed})
+        shards = {key: IndexShard.model_validate_json(item.value) for key, item in stored.items()}
+        touched = set()
+        for key, id, add in keyed:
+            shard = shards.setdefault(key, IndexShard())
+            if shard.add(id) if add else shard.remove(id):
+                touched.add(key)
+        return [
+            Upsert(key, shards[key].model_dump_json().encode(), stored[key].etag if key in stored else None)
+            for key in sorted(touched)
+        ]
 
 
 def _upsert_size(upsert: Upsert) -> int:

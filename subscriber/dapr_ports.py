@@ -9,7 +9,7 @@ import uuid
 
 from statestore.cutting import cut
 from statestore.errors import SidecarUnavailableError
-from statestore.events import FieldUpdated, ObjectReplaced, encode_batch_cloudevent, encode_event
+from statestore.events import AnyEvent, encode_batch_cloudevent, encode_event
 from statestore.sidecar import Delete, SidecarClient, StoredItem, Upsert
 
 __all__ = ["DaprStateRepository", "DaprObjectStore", "DaprParking"]
@@ -47,6 +47,19 @@ class DaprObjectStore:
                 return None
             raise
 
+    async def delete(self, key: str) -> None:
+        try:
+            await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": key, "key": key})
+        except SidecarUnavailableError as exc:
+            if not _absent(exc):  # already gone (a redelivered delete): done
+                raise
+
+
+def _absent(exc: Exception) -> bool:
+    """Whether a binding error says the object does not exist (localstorage, S3)."""
+    text = str(exc).lower()
+    return "no such file" in text or "not found" in text or "nosuchkey" in text
+
 
 class DaprParking:
     """Parking on a pub/sub topic: events travel packed, as the publisher sends them."""
@@ -58,7 +71,7 @@ class DaprParking:
         self._pack_events = pack_events
         self._pack_max_bytes = pack_max_bytes
 
-    async def park(self, events: Sequence[FieldUpdated | ObjectReplaced]) -> None:
+    async def park(self, events: Sequence[AnyEvent]) -> None:
         encoded = [encode_event(event) for event in events]
         messages = [
             (f"parked-{uuid.uuid4().hex}", encode_batch_cloudevent(f"parked-{uuid.uuid4().hex}", piece))

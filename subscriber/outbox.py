@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from statestore.cutting import cut
-from statestore.document import decode_document
+from statestore.document import StateDocument, decode_document
 from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
 from statestore.sidecar import MessageTooLargeError
@@ -103,7 +103,11 @@ def _parse(model: type[BaseModel], item: StoredItem | None):
 
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
     """The object-store file: the state as plain JSON, as the reference system stores it."""
-    return json.dumps(decode_document(key, item.value).to_state(), indent=2).encode()
+    return _snapshot(decode_document(key, item.value))
+
+
+def _snapshot(document: StateDocument) -> bytes:
+    return json.dumps(document.to_state(), indent=2).encode()
 
 
 class OutboxWriter:
@@ -406,15 +410,18 @@ class SnapshotFlusher:
         if item is None:
             return  # named but absent: nothing to snapshot
         try:
-            data = snapshot_bytes(key, item)
+            document = decode_document(key, item.value)
         except StateDecodeError as exc:  # not ours to fix here; never block the others
             log.error("no snapshot for %s: %s", key, exc)
             return
         async with self._writes:
             if not self.holding():
                 raise _LeaseLost
+            if not document.exists():  # deleted: its snapshot goes too
+                await self._objects.delete(object_key(*parse_state_key(key)))
+                return
             try:
-                await self._objects.put(object_key(*parse_state_key(key)), data)
+                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document))
             except MessageTooLargeError as exc:  # would fail the same way forever
                 log.error("no snapshot for %s: %s", key, exc)
 

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.events import AnyEvent
 from statestore.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
 
 __all__ = [
@@ -47,11 +47,14 @@ class ObjectStore(Protocol):
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None."""
 
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key``; nothing happens when there is none."""
+
 
 class Parking(Protocol):
     """Where events stamped too far ahead wait, durably, without blocking the others."""
 
-    async def park(self, events: Sequence[FieldUpdated | ObjectReplaced]) -> None:
+    async def park(self, events: Sequence[AnyEvent]) -> None:
         """Keep ``events`` to be delivered again later; raise if they could not be kept."""
 
 
@@ -59,9 +62,9 @@ class InMemoryParking:
     """A Parking in a list."""
 
     def __init__(self) -> None:
-        self.events: list[FieldUpdated | ObjectReplaced] = []
+        self.events: list[AnyEvent] = []
 
-    async def park(self, events: Sequence[FieldUpdated | ObjectReplaced]) -> None:
+    async def park(self, events: Sequence[AnyEvent]) -> None:
         self.events.extend(events)
 
 
@@ -101,3 +104,6 @@ class InMemoryObjectStore:
 
     async def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
+
+    async def delete(self, key: str) -> None:
+        self.objects.pop(key, None)

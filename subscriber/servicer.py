@@ -16,7 +16,7 @@ from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 
 from statestore.envelope import EnvelopeError, read_structured
-from statestore.events import BATCH_TYPE, FieldUpdated, InvalidEventError, ObjectReplaced, decode_events
+from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier
 from subscriber.ports import InMemoryParking, Parking
@@ -30,7 +30,7 @@ SUCCESS, RETRY, DROP = Status.SUCCESS, Status.RETRY, Status.DROP
 YIELD_EVERY = 20  # entries (packed messages of up to 100 events) decoded between turns
 
 
-def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[FieldUpdated | ObjectReplaced], list[str]]:
+def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[AnyEvent], list[str]]:
     """The events in one delivered entry, and a reason per event refused.
 
     Raises InvalidEventError (with a reason) when the entry carries no statestore event.
@@ -51,8 +51,8 @@ def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[FieldUpdate
 
 
 def split_future(
-    events: list[FieldUpdated | ObjectReplaced], max_clock_skew_s: float, now_ms: float
-) -> tuple[list[FieldUpdated | ObjectReplaced], list[FieldUpdated | ObjectReplaced]]:
+    events: list[AnyEvent], max_clock_skew_s: float, now_ms: float
+) -> tuple[list[AnyEvent], list[AnyEvent]]:
     """(events to apply now, events stamped more than the skew bound ahead of ``now_ms``).
 
     The second kind is parked, not refused: this subscriber's clock may be the wrong one.
@@ -149,8 +149,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def _handle(self, entries: list, reparking: bool = False) -> dict[str, int]:
         statuses: dict[str, int] = {}
         decoded: list[_Entry] = []
-        ready: list[FieldUpdated | ObjectReplaced] = []
-        parked: list[FieldUpdated | ObjectReplaced] = []
+        ready: list[AnyEvent] = []
+        parked: list[AnyEvent] = []
         now_ms = time.time() * 1000
         for n, entry in enumerate(entries, 1):
             if n % YIELD_EVERY == 0:
@@ -209,7 +209,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 statuses[item.entry_id] = SUCCESS
         return statuses
 
-    def _warn_clock(self, event: FieldUpdated | ObjectReplaced, now_ms: float) -> None:
+    def _warn_clock(self, event: AnyEvent, now_ms: float) -> None:
         if self._clock_warned:
             return
         self._clock_warned = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from statestore.events import FieldUpdated, ObjectReplaced
+from statestore.events import FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
@@ -26,8 +26,17 @@ def object_replaced(value, producer="p1", seq=1, hlc=(1, 0), state_id="s1", app=
                           hlc=hlc, value=value)  # fmt: skip
 
 
+def state_deleted(producer="p1", seq=1, hlc=(1, 0), state_id="s1", app="default"):
+    return StateDeleted(app=app, state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq, hlc=hlc)
+
+
+def field_deleted(field, producer="p1", seq=1, hlc=(1, 0), state_id="s1", app="default"):
+    return FieldDeleted(app=app, state_id=state_id, state_type=StateType.WORKFLOWS, producer=producer, seq=seq,
+                        hlc=hlc, field=field)  # fmt: skip
+
+
 @st.composite
-def event_histories(draw, max_producers=4, max_events=25):
+def event_histories(draw, max_producers=4, max_events=25, deletes=True):
     """Events from several producers, each stamping its events with a rising clock.
 
     Wall clocks of different producers overlap and tie, as on real hosts.
@@ -41,9 +50,14 @@ def event_histories(draw, max_producers=4, max_events=25):
         clocks[producer] += draw(st.integers(0, 3))
         seqs[producer] += 1
         stamp = dict(producer=producer, seq=seqs[producer], hlc=(clocks[producer], seqs[producer]))
-        if draw(st.integers(0, 4)) == 0:
+        choice = draw(st.integers(0, 9))
+        if choice < 2:
             value = draw(st.dictionaries(field_names, json_values, max_size=4))
             events.append(object_replaced(value, **stamp))
+        elif deletes and choice == 2:
+            events.append(state_deleted(**stamp))
+        elif deletes and choice == 3:
+            events.append(field_deleted(draw(field_names), **stamp))
         else:
             events.append(field_updated(draw(field_names), draw(json_values), **stamp))
     return events

@@ -57,6 +57,13 @@ class ObjectStoreContract:
         await objects.put(key, b'{"a": 2}')
         assert await objects.get(key) == b'{"a": 2}'
 
+    async def test_delete_removes_and_deleting_nothing_is_fine(self, objects):
+        key = f"persistent-artifacts/apps/contract/workflows/{uuid.uuid4().hex[:8]}/config.json"
+        await objects.put(key, b'{"a": 1}')
+        await objects.delete(key)
+        assert await objects.get(key) is None
+        await objects.delete(key)  # a redelivered delete: already gone, no error
+
 
 class TestInMemoryRepository(RepositoryContract):
     @pytest.fixture

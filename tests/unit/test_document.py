@@ -9,11 +9,11 @@ from statestore.document import (
     encode_document,
     replay_in_order,
 )
-from tests.strategies import event_histories, field_updated, object_replaced
+from tests.strategies import event_histories, field_deleted, field_updated, object_replaced, state_deleted
 
 
 def state_of(document):
-    return None if document is None else document.to_state()
+    return None if document is None or not document.exists() else document.to_state()
 
 
 def apply_in_batches(events, cuts):
@@ -152,3 +152,71 @@ def test_same_producer_and_sequence_with_different_content_has_one_winner_in_eve
     assert replay_in_order([b, a]) == {"status": winner}
     assert apply_events(None, [a, b]).processed_upto("p1") == 0  # seq 5 counted once, ahead
     assert apply_events(None, [a, b]).producers["p1"].ahead == (5,)
+
+
+# -- deletes ---------------------------------------------------------------------------
+
+def test_a_state_delete_removes_every_field_written_before_it_and_a_later_write_recreates():
+    events = [
+        object_replaced({"a": 1, "b": 2}, seq=1, hlc=(1, 0)),
+        state_deleted(producer="p2", seq=1, hlc=(2, 0)),
+        field_updated("c", 3, producer="p3", seq=1, hlc=(3, 0)),
+    ]
+    for order in (events, events[::-1], [events[1], events[0]]):
+        doc = apply_events(None, order)
+        assert state_of(doc) == replay_in_order(order)
+    deleted = apply_events(None, events[:2])
+    assert not deleted.exists() and deleted.to_state() == {}
+    assert deleted.processed_upto("p1") == 1 and deleted.processed_upto("p2") == 1  # sync still works
+    assert state_of(apply_events(deleted, [events[2]])) == {"c": 3}
+
+
+def test_a_field_delete_is_a_tombstone_that_a_late_earlier_write_cannot_undo():
+    write = field_updated("a", 1, seq=1, hlc=(1, 0))
+    delete = field_deleted("a", producer="p2", seq=1, hlc=(2, 0))
+    rewrite = field_updated("a", 9, producer="p3", seq=1, hlc=(3, 0))
+    doc = apply_events(None, [delete, write])
+    assert doc.exists() and doc.to_state() == {} and "a" in doc.deleted
+    assert apply_events(doc, [rewrite]).to_state() == {"a": 9}
+    assert "a" not in apply_events(doc, [rewrite]).deleted
+
+
+def test_a_field_delete_alone_does_not_create_a_state():
+    doc = apply_events(None, [field_deleted("a")])
+    assert not doc.exists() and replay_in_order([field_deleted("a")]) is None
+
+
+def test_field_tombstones_age_out_on_the_documents_clock():
+    doc = apply_events(None, [field_updated("a", 1), field_deleted("a", seq=2, hlc=(2, 0))], tombstone_retention_ms=100)
+    assert "a" in doc.deleted
+    doc = apply_events(doc, [field_updated("b", 1, seq=3, hlc=(500, 0))], tombstone_retention_ms=100)
+    assert doc.deleted == {} and doc.to_state() == {"b": 1}
+
+
+def test_documents_from_before_deletes_still_read_as_existing():
+    old = b'{"version":1,"replaced":[1,0,"p1",1,"x"],"fields":{},"producers":{}}'
+    doc = decode_document("k", old)
+    assert doc.exists() and doc.to_state() == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=event_histories(max_events=30), data=st.data())
+def test_deletes_in_any_delivery_order_give_the_oracles_answer_and_existence(history, data):
+    delivered = data.draw(st.permutations(history + history[: data.draw(st.integers(0, 5))]))
+    document = apply_in_batches(delivered, data.draw(st.lists(st.integers(0, len(delivered)), max_size=4)))
+    assert (state_of(document) if history else None) == replay_in_order(history)
+    if history:
+        assert decode_document("k", encode_document(document)) == document
+
+
+# -- expiry ------------------------------------------------------------------------------
+
+def test_the_newest_write_decides_the_ttl_in_any_order():
+    from statestore.events import encode_event
+
+    short = field_updated("a", 1, seq=1, hlc=(1, 0)).model_copy(update={"ttl_seconds": 60})
+    permanent = field_updated("b", 2, producer="p2", seq=1, hlc=(2, 0))
+    assert apply_events(None, [short, permanent]).ttl_s is None
+    assert apply_events(None, [permanent, short]).ttl_s is None
+    assert apply_events(None, [short]).ttl_s == 60
+    assert b"ttl_seconds" not in encode_event(permanent) and b'"ttl_seconds":60' in encode_event(short)

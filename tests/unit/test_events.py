@@ -26,7 +26,22 @@ def test_cloudevent_envelope_names_kind_and_version():
     assert ce["id"] == cloudevent_id(event) == "p1:workflows/s1:1"
     assert EVENT_TYPES == {
         cloudevent_type(kind, version) for kind in ("field_updated", "object_replaced") for version in (1, 2)
-    }
+    } | {"io.statestore.state_deleted.v2", "io.statestore.field_deleted.v2"}
+
+
+def test_deletes_are_new_version_2_types_with_no_version_1():
+    from statestore.events import InvalidEventError, decode_event
+    from tests.strategies import field_deleted, state_deleted
+
+    for event in (state_deleted(), field_deleted("a")):
+        ce = envelope(event)
+        assert ce["type"] == f"io.statestore.{event.kind}.v2"
+        assert decode_event(ce["type"], json.dumps(ce["data"])) == event
+        with pytest.raises(InvalidEventError, match="unknown event type"):
+            decode_event(f"io.statestore.{event.kind}.v1", json.dumps(ce["data"]))
+        old = {k: v for k, v in ce["data"].items() if k != "app"} | {"schema_version": 1}
+        with pytest.raises(InvalidEventError, match="came with schema_version 2"):
+            decode_event(ce["type"], json.dumps(old))
 
 
 def test_the_app_name_travels_with_the_event_and_namespaces_its_key():

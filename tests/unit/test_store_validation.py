@@ -88,3 +88,21 @@ def test_sync_many_cuts_its_bulk_reads_by_count_and_bytes():
     chunks = _chunks(long_ids, {i: f"workflows/{i}" for i in long_ids})
     assert all(sum(len(f"workflows/{i}") + 16 for i in c) <= SYNC_READ_MAX_KEY_BYTES for c in chunks)
     assert [i for c in chunks for i in c] == long_ids
+
+
+@pytest.mark.parametrize("bad_id", ["", "../etc", None])
+async def test_deletes_check_ids_like_writes(bad_id):
+    with pytest.raises(InvalidStateIdError):
+        await StateStore.delete_state(bad_id, StateType.WORKFLOWS)
+    with pytest.raises(InvalidStateIdError):
+        await StateStore.delete_field("k", bad_id, StateType.WORKFLOWS)
+    with pytest.raises(InvalidValueError, match="field name"):
+        await StateStore.delete_field("", "wf", StateType.WORKFLOWS)
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 1.5, "60", True])
+async def test_bad_ttl_is_refused_before_queuing(ttl):
+    with pytest.raises(InvalidValueError, match="ttl_seconds must be a whole number"):
+        await StateStore.save_state("k", 1, "wf", StateType.WORKFLOWS, ttl_seconds=ttl)
+    with pytest.raises(InvalidValueError, match="ttl_seconds must be a whole number"):
+        await StateStore.save_state_object("wf", {}, StateType.WORKFLOWS, ttl_seconds=ttl)
