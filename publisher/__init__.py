@@ -25,6 +25,7 @@ from statestore.errors import (
     StateDecodeError,
     StateStoreError,
     SyncTimeoutError,
+    ListingDisabledError,
 )
 from statestore.paths import StateType, build_state_store_path
 
@@ -50,4 +51,5 @@ __all__ = [
     "SidecarUnavailableError",
     "StateDecodeError",
     "SyncTimeoutError",
+    "ListingDisabledError",
 ]

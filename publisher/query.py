@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from statestore.document import StateDocument, decode_document
 from statestore.errors import SidecarUnavailableError
-from statestore.index import IndexShard, all_shard_keys, page_of
+from statestore.index import ENABLED_KEY, IndexShard, all_shard_keys, page_of
 from statestore.paths import StateType, caller_app_name, state_key
 from statestore.sidecar import SidecarClient
 
@@ -45,6 +45,10 @@ class StateQueryClient:
         keys = {state_key(i, state_type, self._app): i for i in ids}
         found = await self._read(lambda: self._sidecar.get_bulk_state(self._store, keys))
         return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
+
+    async def index_enabled(self) -> bool:
+        """Whether a subscriber keeps the id index (statestore.index.ENABLED_KEY)."""
+        return await self._read(lambda: self._sidecar.get_state(self._store, ENABLED_KEY)) is not None
 
     async def index_page(self, state_type: StateType, prefix: str, after: str, size: int) -> tuple[list[str], bool]:
         """Ids of the index (statestore.index): the next ``size`` after ``after``, and

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.document import StateDocument
-from statestore.errors import InvalidValueError, SyncTimeoutError
+from statestore.errors import InvalidValueError, ListingDisabledError, SyncTimeoutError
 from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
@@ -285,7 +285,8 @@ class StateStore:
         """The ids of this app's states of ``type`` that start with ``prefix``, sorted, a
         page at a time: pass ``page.next_page_token`` back for the next page (None: done).
 
-        Reads the id index (statestore.index: 64 shard documents per app and type, one
+        Needs a subscriber started with STATESTORE_LIST_INDEX=1, else raises
+        ListingDisabledError. Reads the id index (statestore.index: 64 shard documents per app and type, one
         bulk read) and keeps the ids whose state exists now (one bulk read per 500). A
         state appears once its first write is applied and goes once its delete is
         applied or it expires. A page may hold fewer than ``page_size`` ids when some
@@ -297,6 +298,11 @@ class StateStore:
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
         query = get_runtime().loop_runtime().query
+        if not await query.index_enabled():
+            raise ListingDisabledError(
+                "listing needs the id index, which no subscriber keeps: start the subscriber with"
+                " STATESTORE_LIST_INDEX=1 (states are listed from their next write on)"
+            )
         after = "" if page_token is None else _decode_token(page_token)
         ids, more = await query.index_page(state_type, prefix, after, page_size)
         keys = {id: state_key(id, state_type) for id in ids}

@@ -20,6 +20,8 @@ Expiry uses a clock you can move: ``store.advance(seconds)``.
 
 from __future__ import annotations
 
+from statestore.index import ENABLED_KEY
+
 import base64
 import json
 import os
@@ -113,7 +115,8 @@ class MemoryStateStore:
         self._offset = 0.0
         self.repository = _ExpiringRepository(self)
         self.objects = InMemoryObjectStore()
-        self.applier = EventApplier(self.repository)
+        self.applier = EventApplier(self.repository, keep_index=True)
+        self.repository.items[ENABLED_KEY] = StoredItem(b"{}", "index")  # list_states works in memory
         self.flusher = SnapshotFlusher(self.repository, self.objects)
         self.keyring = {"active": "k1", "k1": base64.b64encode(os.urandom(32)).decode()}
         self.published = 0

@@ -9,6 +9,7 @@ __all__ = [
     "InvalidStateTypeError",
     "InvalidValueError",
     "SidecarUnavailableError",
+    "ListingDisabledError",
     "StateDecodeError",
     "PublishError",
     "SyncTimeoutError",
@@ -33,6 +34,10 @@ class InvalidStateTypeError(StateStoreError, ValueError):
 
 class InvalidValueError(StateStoreError, ValueError):
     """A key or value cannot be stored: not JSON-serialisable, or too large."""
+
+
+class ListingDisabledError(StateStoreError):
+    """list_states was called, but no subscriber keeps the id index it reads."""
 
 
 class SidecarUnavailableError(StateStoreError, ConnectionError):

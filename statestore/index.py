@@ -21,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from statestore.paths import StateType
 
-__all__ = ["INDEX_SHARDS", "IndexShard", "shard_key", "all_shard_keys", "page_of"]
+__all__ = ["ENABLED_KEY", "INDEX_SHARDS", "IndexShard", "shard_key", "all_shard_keys", "page_of"]
 
 INDEX_SHARDS = 64
+ENABLED_KEY = "statestore-index/enabled"
+"""Written by a subscriber that keeps the index (STATESTORE_LIST_INDEX), read by list_states."""
 
 
 def _shard(id: str) -> int:

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # Events stamped more than max_clock_skew_s ahead of the subscriber's clock wait here
     # (the subscriber republishes them until they are due), so they never block the topic.
     parked_topic: str = "statestore-parked"
+    # StateStore.list_states reads an id index the subscriber keeps in shard documents,
+    # changed in the transaction of every state that starts or stops existing. It costs the
+    # many-new-states load about 25-30% (docs/benchmarks.md), so it is off unless asked for.
+    list_index: bool = Field(False, description="Keep the id index that list_states reads (subscriber).")
 
     # Publishing: pending events go out in one bulk publish when this many are
     # waiting or when the oldest has waited batch_window_ms.

@@ -69,6 +69,7 @@ async def serve(stop: asyncio.Event) -> None:
         outbox=outbox,
         request_max_bytes=settings.request_max_bytes,
         max_document_bytes=settings.max_document_bytes,
+        keep_index=settings.list_index,
     )
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
     servicer = SubscriberServicer(applier, settings, parking)
@@ -105,7 +106,9 @@ async def serve(stop: asyncio.Event) -> None:
     )  # fmt: skip
     stop_flushing = asyncio.Event()
     flushing = asyncio.create_task(flusher.run(stop_flushing))
+    indexing = asyncio.create_task(_until_done(applier.enable_index, stop))
     await stop.wait()
+    indexing.cancel()
     await server.stop(grace=10)  # finish in-flight batches, then their snapshots
     stop_flushing.set()
     await flushing
@@ -118,6 +121,16 @@ async def serve(stop: asyncio.Event) -> None:
         "subscriber stopped: %d events applied, %d rejected, %d parked, %d snapshots written",
         servicer.applied_events, servicer.rejected_events, servicer.parked_events, flusher.written,
     )  # fmt: skip
+
+
+async def _until_done(step, stop: asyncio.Event, pause_s: float = 0.5) -> None:
+    """Run ``step`` until it succeeds (the sidecar may still be starting) or ``stop``."""
+    while not stop.is_set():
+        try:
+            return await step()
+        except Exception as exc:
+            log.debug("will retry %s: %s", getattr(step, "__name__", step), exc)
+            await asyncio.sleep(pause_s)
 
 
 def main() -> None:

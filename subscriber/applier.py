@@ -33,7 +33,7 @@ from statestore.cutting import cut
 from statestore.document import apply_events, decode_document, encode_document
 from statestore.errors import StateDecodeError
 from statestore.events import AnyEvent
-from statestore.index import IndexShard, shard_key
+from statestore.index import ENABLED_KEY, IndexShard, shard_key
 from subscriber.outbox import OutboxWriter
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
@@ -83,8 +83,10 @@ class EventApplier:
         outbox: OutboxWriter | None = None,
         request_max_bytes: int = 2 << 20,
         max_document_bytes: int = 12 << 20,
+        keep_index: bool = False,
     ) -> None:
         self._repository = repository
+        self._keep_index = keep_index  # the id index of list_states (statestore.index)
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
         self._index_lock = asyncio.Lock()
@@ -156,7 +158,7 @@ class EventApplier:
                 )
                 continue
             upserts.append(Upsert(key, encoded, item.etag if item else None, merged.ttl_s))
-            if merged.exists() != (current is not None and current.exists()):
+            if self._keep_index and merged.exists() != (current is not None and current.exists()):
                 existence[key] = (key_events[0], merged.exists())
         return _Prepared(upserts, refused, existence)
 
@@ -189,6 +191,17 @@ class EventApplier:
                 refused.update(prepared.refused)
         raise TransientError(f"gave up after {self._max_conflict_retries} ETag conflicts in a row")
 
+
+    async def enable_index(self) -> None:
+        """Say in the store that this subscriber keeps the id index (list_states checks)."""
+        if not self._keep_index:
+            return
+        stored = await self._repository.load([ENABLED_KEY])
+        if ENABLED_KEY not in stored:
+            try:
+                await self._repository.commit([Upsert(ENABLED_KEY, b"{}", None)])
+            except EtagMismatchError:
+                pass  # another replica wrote it first
 
     async def _index_changes(self, changes: list[tuple[AnyEvent, bool]]) -> list[Upsert]:
         """The index shard writes (statestore.index) for states that began or ceased to exist."""

@@ -28,7 +28,7 @@ def stack(profile):
     # data folder through every parent, also when it restarts mid-session.
     base = Path(tempfile.mkdtemp(prefix="statestore-stack-"))
     base.chmod(0o711)
-    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile)
+    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile, extra_env={"STATESTORE_LIST_INDEX": "1"})
     stack.up()
     yield stack
     stack.down()

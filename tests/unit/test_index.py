@@ -25,7 +25,7 @@ def test_ids_spread_over_the_shards_and_pages_are_sorted_and_complete():
 
 def test_the_applier_indexes_a_state_when_it_starts_and_stops_existing():
     repo = InMemoryStateRepository()
-    applier = EventApplier(repo)
+    applier = EventApplier(repo, keep_index=True)
 
     def indexed():
         key = shard_key("default", "workflows", "s1")
@@ -45,3 +45,11 @@ def test_the_applier_indexes_a_state_when_it_starts_and_stops_existing():
         assert indexed() == ["s1"]
 
     asyncio.run(run())
+
+
+def test_without_keep_index_the_applier_writes_no_index_at_all():
+    """The index is opt-in (STATESTORE_LIST_INDEX): it costs the many-new-states load."""
+    repo = InMemoryStateRepository()
+    asyncio.run(EventApplier(repo).apply([field_updated("a", 1)]))
+    asyncio.run(EventApplier(repo).enable_index())
+    assert not [key for key in repo.items if key.startswith("statestore-index/")]

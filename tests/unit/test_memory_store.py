@@ -22,3 +22,17 @@ def test_the_fixture_puts_the_real_runtime_back(memory_state_store):
 
 def test_outside_the_fixture_the_runtime_talks_to_a_sidecar():
     assert get_runtime().sidecar_factory is None
+
+
+async def test_listing_without_a_subscriber_that_keeps_the_index_is_a_clear_error(memory_state_store):
+    import pytest
+
+    from publisher import ListingDisabledError
+    from statestore.index import ENABLED_KEY
+
+    await StateStore.save_state("status", "done", "wf-1", W)
+    await StateStore.sync("wf-1", W, timeout=1)
+    assert (await StateStore.list_states(W)).ids == ["wf-1"]
+    del memory_state_store.repository.items[ENABLED_KEY]  # as with STATESTORE_LIST_INDEX unset
+    with pytest.raises(ListingDisabledError, match="STATESTORE_LIST_INDEX=1"):
+        await StateStore.list_states(W)
