@@ -1,0 +1,92 @@
+"""Issue 12: the subscriber's Prometheus metrics and health endpoints, on the real stack."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+from publisher import StateStore, StateType
+from statestore_cli.metrics import Scrape, scrape
+from tests.integration.conftest import eventually
+
+W = StateType.WORKFLOWS
+N = 25
+
+
+def metrics_ports(stack) -> list[int]:
+    """Every subscriber replica's metrics port (a scrape sums them)."""
+    return [stack.ports.subscriber.app_metrics_port, *(spec.app_metrics_port for spec in stack.replica_specs.values())]
+
+
+def scrape_all(stack) -> Scrape:
+    total = Scrape({})
+    for port in metrics_ports(stack):
+        total = total + scrape(f"http://127.0.0.1:{port}/metrics")
+    return total
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+async def test_n_writes_move_applied_and_staleness_by_n(stack):
+    before = scrape_all(stack)
+    wf = f"metrics-{uuid.uuid4().hex[:8]}"
+    for n in range(N):
+        await StateStore.save_state(f"f{n}", n, wf, W)
+    await StateStore.sync(wf, W)
+
+    async def moved():
+        after = scrape_all(stack)
+        return after if after.total("statestore_events_applied_total") >= before.total("statestore_events_applied_total") + N else None
+
+    after = await eventually(moved)
+    assert after.total("statestore_events_applied_total") - before.total("statestore_events_applied_total") == N
+    assert after.get("statestore_events_applied_total", kind="field_updated") - before.get(
+        "statestore_events_applied_total", kind="field_updated"
+    ) == N
+    assert after.total("statestore_event_staleness_seconds_count") - before.total("statestore_event_staleness_seconds_count") == N
+    assert after.total("statestore_states_written_total") > before.total("statestore_states_written_total")
+    assert after.total("statestore_delivery_apply_seconds_count") > before.total("statestore_delivery_apply_seconds_count")
+
+
+async def test_a_dead_letter_moves_the_dead_letter_counter(stack, caller_sidecar, settings):
+    before = scrape_all(stack).total("statestore_dead_lettered_total")
+    body = json.dumps({"specversion": "1.0", "id": f"metrics-{uuid.uuid4().hex}", "source": "test",
+                       "type": "io.statestore.deleted.v1", "datacontenttype": "application/json",
+                       "data": {"state_id": "x"}}).encode()  # fmt: skip
+    await caller_sidecar.publish(settings.pubsub_name, settings.topic, body, "application/cloudevents+json")
+
+    async def moved():
+        return scrape_all(stack).get("statestore_dead_lettered_total", reason="invalid_event") >= 1 and (
+            scrape_all(stack).total("statestore_dead_lettered_total") == before + 1
+        )
+
+    await eventually(moved)
+
+
+async def test_ready_and_live_while_up_not_ready_without_the_sidecar(stack):
+    base = f"http://127.0.0.1:{stack.ports.subscriber.app_metrics_port}"
+    assert status(f"{base}/healthz/ready") == 200
+    assert status(f"{base}/healthz/live") == 200
+    stack.subscriber_sidecar.stop()
+    try:
+
+        async def not_ready():
+            return status(f"{base}/healthz/ready") == 503
+
+        await eventually(not_ready)
+        assert status(f"{base}/healthz/live") == 200  # nothing is stuck: only the sidecar is gone
+    finally:
+        stack.start_sidecar(stack.subscriber_sidecar, stack.ports.subscriber)
+
+    async def ready():
+        return status(f"{base}/healthz/ready") == 200
+
+    await eventually(ready)
