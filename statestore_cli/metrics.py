@@ -72,3 +72,23 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
         return parse(text)
     except ValueError as exc:
         raise ScrapeError(f"{url} did not answer Prometheus text: {exc}") from None
+
+
+def summarize(first: Scrape, second: Scrape, seconds: float) -> dict[str, float | dict[str, float]]:
+    """What `statestore stats` shows, from two scrapes ``seconds`` apart."""
+    applied = "statestore_events_applied_total"
+    staleness_sum = second.total("statestore_event_staleness_seconds_sum") - first.total("statestore_event_staleness_seconds_sum")
+    staleness_n = second.total("statestore_event_staleness_seconds_count") - first.total("statestore_event_staleness_seconds_count")
+    return {
+        "applied_per_s": round((second.total(applied) - first.total(applied)) / seconds, 1),
+        "applied_total": second.total(applied),
+        "mean_staleness_s": round(staleness_sum / staleness_n, 3) if staleness_n else 0.0,
+        "deliveries_in_flight": second.total("statestore_deliveries_in_flight"),
+        "snapshot_backlog_states": second.total("statestore_snapshot_backlog_states"),
+        "dead_lettered_total": second.total("statestore_dead_lettered_total"),
+        "dead_lettered_by_reason": second.by("statestore_dead_lettered_total", "reason"),
+        "parked_total": second.total("statestore_events_parked_total"),
+        "duplicates_ignored_total": second.total("statestore_duplicates_ignored_total"),
+        "etag_conflicts_total": second.total("statestore_etag_conflicts_total"),
+        "ready_replicas": second.total("statestore_ready"),
+    }

@@ -10,6 +10,7 @@ import uuid
 from publisher import StateStore, StateType
 from statestore_cli.metrics import Scrape, scrape
 from tests.integration.conftest import eventually
+from tests.integration.test_cli import statestore
 
 W = StateType.WORKFLOWS
 N = 25
@@ -90,3 +91,26 @@ async def test_ready_and_live_while_up_not_ready_without_the_sidecar(stack):
         return status(f"{base}/healthz/ready") == 200
 
     await eventually(ready)
+
+
+async def test_statestore_stats_reads_the_subscribers_metrics(stack):
+    wf = f"metrics-{uuid.uuid4().hex[:8]}"
+    for n in range(5):
+        await StateStore.save_state(f"f{n}", n, wf, W)
+    await StateStore.sync(wf, W)
+    urls = [arg for port in metrics_ports(stack) for arg in ("--metrics", f"http://127.0.0.1:{port}/metrics")]
+    result = statestore(stack, "stats", *urls, "--interval", "0.1", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    now = scrape_all(stack)
+    assert shown["applied_total"] == now.total("statestore_events_applied_total") >= 5
+    assert shown["dead_lettered_total"] == now.total("statestore_dead_lettered_total")
+    assert shown["parked_total"] == now.total("statestore_events_parked_total")
+    assert shown["ready_replicas"] == len(metrics_ports(stack))
+    assert {"applied_per_s", "deliveries_in_flight", "snapshot_backlog_states"} <= set(shown)
+
+
+def test_statestore_stats_without_a_subscriber_says_so(stack):
+    result = statestore(stack, "stats", "--metrics", "http://127.0.0.1:1/metrics", "--interval", "0.1")
+    assert result.returncode == 2
+    assert "cannot read http://127.0.0.1:1/metrics" in result.stderr and "Traceback" not in result.stderr

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 
-from statestore_cli.metrics import parse
+from statestore_cli.metrics import parse, summarize
 from subscriber.metrics import SubscriberMetrics
 
 
@@ -74,3 +74,16 @@ def test_two_metrics_objects_never_share_counters():
     a.states_written.inc(3)
     assert parse(generate_latest(b.registry).decode()).total("statestore_states_written_total") == 0
     assert parse(generate_latest(a.registry).decode()).total("statestore_states_written_total") == 3
+
+
+def test_stats_summary_takes_rates_from_two_scrapes():
+    first = parse('statestore_events_applied_total{kind="field_updated"} 10\n'
+                  "statestore_event_staleness_seconds_sum 1\nstatestore_event_staleness_seconds_count 10\n")
+    second = parse('statestore_events_applied_total{kind="field_updated"} 30\n'
+                   'statestore_events_applied_total{kind="object_replaced"} 10\n'
+                   'statestore_dead_lettered_total{reason="invalid_event"} 2\n'
+                   "statestore_event_staleness_seconds_sum 5\nstatestore_event_staleness_seconds_count 40\n")
+    summary = summarize(first, second, seconds=2.0)
+    assert summary["applied_per_s"] == 15.0 and summary["applied_total"] == 40
+    assert summary["mean_staleness_s"] == pytest.approx(4 / 30, abs=1e-3)
+    assert summary["dead_lettered_by_reason"] == {"invalid_event": 2}
