@@ -17,8 +17,10 @@ N = 25
 
 
 def metrics_ports(stack) -> list[int]:
-    """Every subscriber replica's metrics port (a scrape sums them)."""
-    return [stack.ports.subscriber.app_metrics_port, *(spec.app_metrics_port for spec in stack.replica_specs.values())]
+    """The metrics port of every subscriber replica running now (a scrape sums them);
+    earlier tests may have added replicas and stopped them."""
+    specs = [stack.ports.subscriber, *(stack.replica_specs[app.name] for app, _ in stack.replicas)]
+    return [spec.app_metrics_port for (app, _), spec in zip(stack.subscriber_pairs(), specs) if app.alive()]
 
 
 def scrape_all(stack) -> Scrape:
