@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"stack up (profile {stack.profile.name}): {servers}; "
                 f"{len(stack.subscriber_pairs())} subscriber replica(s), the first on :{ports.subscriber.app_port} "
-                f"(sidecar HTTP {ports.subscriber.http_port}, gRPC {ports.subscriber.grpc_port}); "
+                f"(sidecar HTTP {ports.subscriber.http_port}, gRPC {ports.subscriber.grpc_port}; "
+                f"metrics and health on :{ports.subscriber.app_metrics_port}); "
                 f"caller sidecar HTTP {ports.caller.http_port}, gRPC {ports.caller.grpc_port}. "
                 f"Logs in {stack.logs}. `make down` stops it."
             )

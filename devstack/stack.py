@@ -55,6 +55,7 @@ class SidecarSpec:
     metrics_port: int
     internal_grpc_port: int
     app_port: int | None = None
+    app_metrics_port: int | None = None  # the subscriber's /metrics and /healthz/*
 
     def ports(self) -> dict[str, int]:
         named = {
@@ -65,6 +66,8 @@ class SidecarSpec:
         }
         if self.app_port is not None:
             named[f"{self.app_id} app"] = self.app_port
+        if self.app_metrics_port is not None:
+            named[f"{self.app_id} app metrics"] = self.app_metrics_port
         return named
 
 
@@ -77,7 +80,7 @@ class Ports:
     kafka_controller: int = 9093
     postgres: int = 5432
     s3: int = 9000
-    subscriber: SidecarSpec = SidecarSpec(SUBSCRIBER_APP_ID, 3501, 50002, 9091, 50012, 50051)
+    subscriber: SidecarSpec = SidecarSpec(SUBSCRIBER_APP_ID, 3501, 50002, 9091, 50012, 50051, 9464)
     caller: SidecarSpec = SidecarSpec(CALLER_APP_ID, 3500, 50001, 9090, 50011)
 
     @classmethod
@@ -90,7 +93,7 @@ class Ports:
             postgres=free_port(),
             s3=free_port(),
             subscriber=SidecarSpec(
-                SUBSCRIBER_APP_ID, free_port(), free_port(), free_port(), free_port(), free_port()
+                SUBSCRIBER_APP_ID, free_port(), free_port(), free_port(), free_port(), free_port(), free_port()
             ),
             caller=SidecarSpec(CALLER_APP_ID, free_port(), free_port(), free_port(), free_port()),
         )
@@ -159,6 +162,7 @@ class Stack:
     def _subscriber_pair(self, name: str, spec: SidecarSpec) -> tuple[ManagedProcess, ManagedProcess]:
         env = {
             "STATESTORE_SUBSCRIBER_PORT": str(spec.app_port),
+            "STATESTORE_METRICS_PORT": str(spec.app_metrics_port or 0),
             "DAPR_GRPC_PORT": str(spec.grpc_port),
             "DAPR_HTTP_PORT": str(spec.http_port),
             "PYTHONPATH": str(PROJECT_ROOT),
@@ -285,6 +289,9 @@ class Stack:
         app.start()
         app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
         self.start_sidecar(sidecar, spec)
+        if spec.app_metrics_port:  # ready: the app reads the state store through its sidecar
+            url = f"http://127.0.0.1:{spec.app_metrics_port}/healthz/ready"
+            app.wait_healthy(lambda: http_ok(url), HEALTH_TIMEOUT_S)
 
     def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         """Start one more subscriber app with its sidecar (same app id and consumer group)."""

@@ -79,6 +79,9 @@ class PipelineStats:
     failed_events: int = 0  # events handed back by PublishError
     backpressure_waits: int = 0  # times a save_state call waited on a full queue
     retries: int = 0
+    batches: int = 0  # bulk-publish requests sent to the sidecar
+    publish_seconds: float = 0.0  # their total time
+    publish_errors: int = 0  # messages a request failed to publish (each attempt)
 
 
 def pack(
@@ -320,13 +323,18 @@ class PublishPipeline:
             failed: dict[str, str] = {}
             entries = [(mid, body, events[0].event.key) for mid, (body, events) in remaining.items()]
             for request in cut_by_bytes(entries, s.bulk_publish_max_bytes):
+                sent = time.monotonic()
                 try:
-                    failed.update(await self._transport.publish_batch(request))
+                    request_failed = await self._transport.publish_batch(request)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # whatever it is, the batch is kept and retried
                     reason = f"{type(exc).__name__}: {exc}"
-                    failed.update({mid: reason for mid, *_ in request})
+                    request_failed = {mid: reason for mid, *_ in request}
+                failed.update(request_failed)
+                self.stats.batches += 1
+                self.stats.publish_seconds += time.monotonic() - sent
+                self.stats.publish_errors += len(request_failed)
             if failed and not reason:
                 reason = next(iter(failed.values()))
             self.stats.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)

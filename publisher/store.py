@@ -207,6 +207,15 @@ class StateStore:
         return get_runtime().stats()
 
     @classmethod
+    def register_metrics(cls, registry: Any = None) -> Any:
+        """Expose this process's publishing as Prometheus metrics (queue depth, publish
+        batches, errors, latency, ...) on ``registry`` (a prometheus_client
+        CollectorRegistry; default: prometheus_client's). docs/observability.md lists them."""
+        from publisher.metrics import register_metrics
+
+        return register_metrics(registry)
+
+    @classmethod
     async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
         """Wait until every event this process wrote to state ``id`` has been applied.
 

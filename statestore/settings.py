@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     request_max_bytes: int = Field(2 << 20, ge=64 << 10, description="Target size of one read or transaction.")
     max_document_bytes: int = Field(12 << 20, ge=1 << 20, description="Largest stored document; beyond: dead letter.")
     snapshot_lease_s: float = Field(5.0, gt=0, description="Snapshot flusher lease period.")
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="Port of the subscriber's /metrics and /healthz/* (0: off)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address of /metrics and /healthz/* (0.0.0.0 in a pod, for its probes)."
+    )
+    stuck_delivery_s: float = Field(
+        120.0, gt=0, description="A delivery in flight longer than this makes /healthz/live fail."
+    )
 
     @property
     def subscriber_delivery_messages(self) -> int:

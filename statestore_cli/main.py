@@ -3,6 +3,7 @@
     statestore get ID [--type workflows|credentials] [--app APP]
     statestore inspect ID        # the stored document: stamps, producers, snapshot
     statestore watch ID          # each change as it is applied, until Ctrl-C
+    statestore stats [--metrics URL ...]   # applied/s, backlog, dead letters, parked
     statestore deadletter list | redrive [--all | STREAM_ID ...]
     statestore keys init | rotate | reencrypt
 
@@ -191,6 +192,47 @@ async def watch(state_id: Annotated[str, typer.Argument(metavar="ID")], type: Ty
             await asyncio.sleep(interval)
     finally:
         await sidecar.close()
+
+
+DEFAULT_METRICS = "http://127.0.0.1:9464/metrics"
+
+
+@app.command()
+def stats(
+    metrics: Annotated[list[str] | None, typer.Option(
+        "--metrics", help=f"A subscriber's metrics URL; repeat it for each replica (summed). Default {DEFAULT_METRICS}.",
+    )] = None,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between the two scrapes applied/s is taken from.")] = 1.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:  # fmt: skip
+    """Applied/s, deliveries in flight, snapshot backlog, dead letters and parked events, from
+    the subscribers' /metrics."""
+    import time
+
+    from statestore_cli.metrics import Scrape, ScrapeError, scrape, summarize
+
+    urls = metrics or [DEFAULT_METRICS]
+
+    def scrape_all() -> Scrape:
+        total = Scrape({})
+        for url in urls:
+            total = total + scrape(url)
+        return total
+
+    try:
+        first, started = scrape_all(), time.monotonic()
+        time.sleep(interval)
+        second = scrape_all()
+    except ScrapeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    summary = summarize(first, second, time.monotonic() - started)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    for name, value in summary.items():
+        shown = ", ".join(f"{k}={v:g}" for k, v in value.items()) or "-" if isinstance(value, dict) else f"{value:g}"
+        out.print(f"{name.replace('_', ' '):<26} {shown}", highlight=False)
 
 
 deadletter = typer.Typer(help="The dead-letter topic: list, and publish again after a fix.", no_args_is_help=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -15,7 +16,9 @@ from statestore.settings import get_settings, get_sidecar_settings
 from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
 from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
-from subscriber.outbox import OutboxWriter, SnapshotFlusher
+from subscriber.metrics import SubscriberMetrics
+from subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
+from subscriber.ports import StateRepository
 from subscriber.servicer import SubscriberServicer
 
 __all__ = ["main", "serve"]
@@ -51,6 +54,32 @@ class _Health(pb_grpc.AppCallbackHealthCheckServicer):
         return pb.HealthCheckResponse()
 
 
+READY_EVERY_S = 2.0  # between readiness reads while ready; 0.25 s while not
+
+
+async def check_readiness(repository: StateRepository, metrics: SubscriberMetrics, timeout_s: float = 2.0) -> bool:
+    """One cheap read through the sidecar (the outbox registry): records and returns readiness."""
+    try:
+        await asyncio.wait_for(repository.load([REGISTRY_KEY]), timeout_s)
+    except Exception as exc:
+        reason = f"cannot read the state store through the sidecar: {type(exc).__name__}: {exc}"
+        if metrics.is_ready:
+            log.warning("not ready: %s", reason)
+        metrics.set_ready(False, reason)
+        return False
+    if not metrics.is_ready:
+        log.info("ready: the sidecar and the state store answer")
+    metrics.set_ready(True, "ok")
+    return True
+
+
+async def _keep_readiness(repository: StateRepository, metrics: SubscriberMetrics, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        ready = await check_readiness(repository, metrics)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), READY_EVERY_S if ready else 0.25)
+
+
 async def serve(stop: asyncio.Event) -> None:
     """Serve until ``stop`` is set, then finish in-flight batches and exit."""
     settings = get_settings()
@@ -61,6 +90,9 @@ async def serve(stop: asyncio.Event) -> None:
             f" below the sidecar's limit STATESTORE_SIDECAR_MAX_BODY_BYTES ({sidecar_settings.max_body_bytes},"
             " daprd --max-body-size): lower the first, or raise both."
         )
+    metrics = SubscriberMetrics(stuck_after_s=settings.stuck_delivery_s)
+    # Served first: a port in use stops the start before anything else is opened.
+    metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port else None
     sidecar = SidecarClient(sidecar_settings)
     repository = DaprStateRepository(sidecar, settings.statestore_name)
     outbox = OutboxWriter(repository, settings.subscriber_replica_id)
@@ -70,12 +102,13 @@ async def serve(stop: asyncio.Event) -> None:
         request_max_bytes=settings.request_max_bytes,
         max_document_bytes=settings.max_document_bytes,
         keep_index=settings.list_index,
+        metrics=metrics,
     )
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
-    servicer = SubscriberServicer(applier, settings, parking)
+    servicer = SubscriberServicer(applier, settings, parking, metrics)
     flusher = SnapshotFlusher(
         repository, DaprObjectStore(sidecar, settings.objectstore_name),
-        lease_s=settings.snapshot_lease_s, outbox=outbox,
+        lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics,
     )  # fmt: skip
     token = os.environ.get("APP_API_TOKEN")
     server = grpc.aio.server(
@@ -104,19 +137,26 @@ async def serve(stop: asyncio.Event) -> None:
         "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
+    if metrics_server:
+        log.info("metrics and health on http://%s:%d/metrics, /healthz/ready, /healthz/live",
+                 settings.metrics_host, metrics_server.port)  # fmt: skip
     stop_flushing = asyncio.Event()
     flushing = asyncio.create_task(flusher.run(stop_flushing))
     indexing = asyncio.create_task(_until_done(applier.enable_index, stop))
+    probing = asyncio.create_task(_keep_readiness(repository, metrics, stop_flushing))
     await stop.wait()
     indexing.cancel()
     await server.stop(grace=10)  # finish in-flight batches, then their snapshots
     stop_flushing.set()
     await flushing
+    await probing
     try:
         await outbox.deregister()
     except Exception as exc:  # the registry keeps an empty outbox: harmless
         log.info("outbox not deregistered: %s", exc)
     await sidecar.close()
+    if metrics_server:
+        metrics_server.close()
     log.info(
         "subscriber stopped: %d events applied, %d rejected, %d parked, %d snapshots written",
         servicer.applied_events, servicer.rejected_events, servicer.parked_events, flusher.written,

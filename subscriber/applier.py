@@ -34,6 +34,7 @@ from statestore.document import apply_events, decode_document, encode_document
 from statestore.errors import StateDecodeError
 from statestore.events import AnyEvent
 from statestore.index import ENABLED_KEY, IndexShard, shard_key
+from subscriber.metrics import SubscriberMetrics
 from subscriber.outbox import OutboxWriter
 from subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
@@ -84,9 +85,11 @@ class EventApplier:
         request_max_bytes: int = 2 << 20,
         max_document_bytes: int = 12 << 20,
         keep_index: bool = False,
+        metrics: SubscriberMetrics | None = None,
     ) -> None:
         self._repository = repository
         self._keep_index = keep_index  # the id index of list_states (statestore.index)
+        self.metrics = metrics or SubscriberMetrics()
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
         self._index_lock = asyncio.Lock()
@@ -148,6 +151,7 @@ class EventApplier:
                 continue
             merged = apply_events(current, key_events)
             if merged is current:
+                self.metrics.duplicates_ignored.inc(len(key_events))
                 continue  # all duplicates: already applied (and marked) before
             encoded = encode_document(merged)
             if len(encoded) > self._max_document_bytes:
@@ -179,10 +183,12 @@ class EventApplier:
                     else:
                         await self.outbox.commit(piece, [upsert.key for upsert in piece])
                     written += len(piece)
+                    self.metrics.states_written.inc(len(piece))
                     for upsert in piece:
                         by_key.pop(upsert.key, None)  # done: not merged again after a conflict
                 return written, refused
             except EtagMismatchError:
+                self.metrics.etag_conflicts.inc()
                 # Another replica wrote one of these states since we read it: merge again.
                 await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))
                 for key in refused:

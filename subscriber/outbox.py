@@ -43,6 +43,7 @@ from statestore.document import StateDocument, decode_document
 from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
 from statestore.sidecar import MessageTooLargeError
+from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
 
 __all__ = [
@@ -225,9 +226,11 @@ class SnapshotFlusher:
         keys_per_read: int = 250,
         entries_per_read: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        metrics: SubscriberMetrics | None = None,
     ) -> None:
         self._repository = repository
         self._objects = objects
+        self.metrics = metrics or SubscriberMetrics()
         self._interval_s = interval_s
         self._max_keys = max_keys_per_round
         self._writes = asyncio.Semaphore(parallel_writes)
@@ -340,9 +343,15 @@ class SnapshotFlusher:
         Returns the number of states written (0 when idle or not the lease holder)."""
         registry = _parse(Registry, (await self._repository.load([REGISTRY_KEY])).get(REGISTRY_KEY))
         heads = await self._repository.load([entry_key(r, h) for r, h in registry.heads.items()])
-        if not heads or not await self._hold():
+        if not heads:
+            self.metrics.snapshot_backlog.set(0)
             return 0
+        if not await self._hold():
+            self.metrics.snapshot_backlog.set(0)  # the lease holder reports it
+            return 0
+        started = time.monotonic()
         consumed, keys = await self._collect(registry, heads)
+        self.metrics.snapshot_backlog.set(len(keys))
         renewing = asyncio.create_task(self._keep_lease())
         written = 0
         try:
@@ -359,6 +368,8 @@ class SnapshotFlusher:
         finally:
             renewing.cancel()
         self.written += len(keys)
+        self.metrics.snapshots_written.inc(len(keys))
+        self.metrics.snapshot_flush.observe(time.monotonic() - started)
         return len(keys)
 
     async def migrate_legacy_slots(self) -> int:

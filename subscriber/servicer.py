@@ -19,6 +19,7 @@ from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier
+from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import InMemoryParking, Parking
 
 __all__ = ["SubscriberServicer", "decode_entry", "split_future"]
@@ -75,8 +76,15 @@ class _Entry:
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
     """Subscribes to the state topic with bulk delivery and a dead-letter topic."""
 
-    def __init__(self, applier: EventApplier, settings: Settings, parking: Parking | None = None) -> None:
+    def __init__(
+        self,
+        applier: EventApplier,
+        settings: Settings,
+        parking: Parking | None = None,
+        metrics: SubscriberMetrics | None = None,
+    ) -> None:
         self._applier = applier
+        self.metrics = metrics or getattr(applier, "metrics", None) or SubscriberMetrics()
         self._settings = settings
         self._parking = parking or InMemoryParking()
         self._budgets: dict[str, asyncio.Semaphore] = {}
@@ -144,7 +152,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
         async with self._budget(topic):
-            return await self._handle(entries, reparking=topic == self._settings.parked_topic)
+            with self.metrics.delivery():
+                return await self._handle(entries, reparking=topic == self._settings.parked_topic)
 
     async def _handle(self, entries: list, reparking: bool = False) -> dict[str, int]:
         statuses: dict[str, int] = {}
@@ -164,6 +173,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 log.warning("rejected event %s to the dead-letter topic: %s", _ce_id(entry), exc)
                 statuses[entry.entry_id] = DROP
                 self.rejected_events += 1
+                self.metrics.dead_lettered.labels(reason="invalid_event").inc()
                 continue
             for reason in reasons:
                 log.warning("rejected part of %s (the whole message goes to the dead-letter topic): %s",
@@ -187,11 +197,16 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             try:
                 await self._parking.park(parked)
                 self.parked_events += 0 if reparking else len(parked)
+                self.metrics.events_parked.inc(0 if reparking else len(parked))
             except Exception as exc:
                 log.warning("could not park %d events, their messages will be redelivered: %s", len(parked), exc)
                 parking_failed = True
         result = await self._applier.apply(ready)
         self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
+        applied_ms = time.time() * 1000
+        for event in ready:
+            if event.key not in result.failed and event.key not in result.refused:
+                self.metrics.applied(event.kind, event.hlc[0], applied_ms)
         for key, reason in result.refused.items():
             log.warning("refused state %s (its messages go to the dead-letter topic): %s", key, reason)
         if result.failed:
@@ -205,6 +220,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 statuses[item.entry_id] = RETRY
             elif item.bad or any(key in result.refused for key in item.keys):
                 statuses[item.entry_id] = DROP
+                reason = "invalid_event" if item.bad else "refused_state"
+                self.metrics.dead_lettered.labels(reason=reason).inc()
             else:
                 statuses[item.entry_id] = SUCCESS
         return statuses

@@ -114,3 +114,16 @@ def test_the_resiliency_policy_is_the_projects():
 def test_the_base_uses_the_default_partition_count():
     deployments = by_kind(render("base"), "Deployment")
     assert {env(d)["STATESTORE_PARTITIONS"] for d in deployments.values()} == {str(Settings().partitions)}
+
+
+def test_the_subscriber_probes_use_its_health_endpoints_on_its_metrics_port(docs):
+    from subscriber.metrics import DEFAULT_PORT
+
+    deployment = by_kind(docs, "Deployment")["statestore-subscriber"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["metrics"] == int(env(deployment)["STATESTORE_METRICS_PORT"]) == DEFAULT_PORT == Settings().metrics_port
+    # The kubelet reaches the pod address, not the container's loopback.
+    assert env(deployment)["STATESTORE_METRICS_HOST"] == "0.0.0.0"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz/live", "port": "metrics"}
