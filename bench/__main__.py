@@ -1,6 +1,6 @@
 """`make bench`: statestore vs plain Dapr state vs the reference design, one stack, one run.
 
-    python -m bench            # quick mode (under 5 minutes)
+    python -m bench            # quick mode (quick sizes of every workload)
     python -m bench --full     # the sizes the issue names (about 20 minutes)
     python -m bench --profile scale   # Kafka + PostgreSQL + S3 with 1, 2, 3 replicas (bench/scale.py)
 

@@ -91,7 +91,7 @@ def write_report(record: dict, docs: Path) -> None:
     parts = [
         "# Benchmarks",
         "",
-        "`make bench` (quick, under 5 minutes) or `make bench-full` runs this on one stack: the",
+        "`make bench` (quick sizes) or `make bench-full` runs this on one stack: the",
         "same daprd, Redis, sqlite store and object store for all three peers "
         "(see `bench/peers.py`):",
         "",

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import grpc
 from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime, WorkflowStatus
 
 from examples.workflows.app import WORKFLOW_NAME, StateStoreWriter, WorkflowApp, final_state
@@ -29,6 +30,8 @@ from examples.workflows.settings import WorkflowSettings
 from publisher import SecretStore, StateStore, StateType
 from publisher.demo import applied_events, p50_p99, probe_visible_delays
 from statestore.paths import caller_app_name
+
+log = logging.getLogger("statestore.examples.workflows")
 
 W = StateType.WORKFLOWS
 
@@ -82,7 +85,14 @@ class Run:
         deadline = start + self.settings.timeout_s
         while len(self.states) < len(self.ids) and time.perf_counter() < deadline:
             for workflow_id in [i for i in self.ids if i not in self.states]:
-                state = await asyncio.to_thread(self.client.get_workflow_state, workflow_id, fetch_payloads=True)
+                try:
+                    state = await asyncio.to_thread(self.client.get_workflow_state, workflow_id, fetch_payloads=True)
+                except grpc.RpcError as exc:
+                    # The engine can answer a status read made while it saves the
+                    # workflow with a transient error ("inbox key ... missing"): read again
+                    # next round; the deadline still bounds the wait.
+                    log.info("status of %s not readable yet (%s); polling again", workflow_id, exc.code())
+                    continue
                 if state is not None and state.runtime_status in terminal:
                     self.states[workflow_id] = state
             writer = self.app.writer
