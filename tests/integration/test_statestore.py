@@ -51,7 +51,7 @@ async def assert_snapshot_matches(state_id, state_type=W):
     async def matches():
         return snapshot(state_id, state_type) == expected
 
-    await eventually(matches, timeout=10)
+    await eventually(matches, timeout=30)  # S3 and three replicas on a loaded machine: seconds
 
 
 # -- the reference text's examples -------------------------------------------------------
