@@ -12,6 +12,8 @@ OUT=${STATESTORE_RUNTIME_DIR:-$ROOT/.runtime}
 CLI_SRC=$ROOT/runtime/cli
 
 die() { echo "runtime/build.sh: $*" >&2; exit 1; }
+# built BIN STAMPFILE STAMP: BIN exists and was built from the recipe STAMP names.
+built() { [ -x "$1" ] && [ "$(cat "$2" 2>/dev/null)" = "$3" ]; }
 
 command -v go >/dev/null || die "Go is not installed. Install Go 1.26 (https://go.dev/dl or the distribution package) and run again."
 # GOTOOLCHAIN=local: an old Go says so instead of trying to download a newer one.
@@ -25,7 +27,7 @@ build_daprd() {
   # The stamp covers this step's own recipe, not the whole script: adding another build
   # step must not rebuild daprd.
   stamp="$( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_daprd fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
-  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+  if built "$bin" "$stampfile" "$stamp"; then
     echo "daprd $dapr_version: up to date ($bin)"
     return
   fi
@@ -92,7 +94,7 @@ build_cli() {
   local bin=$OUT/bin/dapr stampfile=$OUT/bin/dapr.stamp stamp cli_version
   cli_version=$(awk '$1 == "github.com/dapr/cli" {print $2; exit}' "$CLI_SRC/go.mod")
   stamp="$(cat "$CLI_SRC/go.mod" "$CLI_SRC/go.sum" | sha256sum | cut -c1-16) $(go env GOVERSION)"
-  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+  if built "$bin" "$stampfile" "$stamp"; then
     echo "dapr CLI $cli_version: up to date ($bin)"
     return
   fi
@@ -109,7 +111,7 @@ build_kustomize() {
   # Renders deploy/kubernetes for its test. v5.8.1: later releases need a newer Go.
   local version=v5.8.1 bin=$OUT/bin/kustomize stampfile=$OUT/bin/kustomize.stamp stamp
   stamp="$version $(go env GOVERSION)"
-  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+  if built "$bin" "$stampfile" "$stamp"; then
     echo "kustomize $version: up to date ($bin)"
     return
   fi
@@ -130,7 +132,7 @@ build_temporal() {
   [ -n "$version" ] || die "runtime/temporal/VERSION is empty: put a Temporal CLI version in it (e.g. v1.5.1)."
   # The stamp covers this step's own recipe, so another step's change does not rebuild it.
   stamp="$version $(declare -f build_temporal | sha256sum | cut -c1-16) $(go env GOVERSION)"
-  if [ -x "$bin" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+  if built "$bin" "$stampfile" "$stamp"; then
     echo "temporal CLI $version: up to date ($bin)"
     return
   fi
