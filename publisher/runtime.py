@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from publisher.drain import publish_left
 from publisher.pipeline import PublishPipeline, QueuedEvent
 from publisher.query import StateQueryClient
 from statestore.errors import PublishError
@@ -285,7 +286,8 @@ class Runtime:
     # -- last-chance drain -----------------------------------------------------------------
 
     def drain(self, timeout: float | None = None) -> int:
-        """Publish every live pipeline's unpublished events now, from a helper thread.
+        """Publish every live pipeline's unpublished events now, from a helper thread,
+        over the sidecar's HTTP API (publisher.drain: nothing shared with the loop's gRPC).
 
         Safe from a signal handler and at exit (whatever loop is running or blocked);
         returns how many events were not published within ``timeout`` (default: the
@@ -300,7 +302,7 @@ class Runtime:
         outcome: dict[str, int] = {"lost": len(left)}
 
         def publish() -> None:
-            outcome["lost"] = asyncio.run(_publish_left(self.settings, left, timeout))
+            outcome["lost"] = asyncio.run(publish_left(self.settings, left, timeout))
 
         worker = threading.Thread(target=publish, name="statestore-drain", daemon=True)
         worker.start()
@@ -308,24 +310,6 @@ class Runtime:
         if outcome["lost"]:
             log.error("%d of %d queued state events were not published at shutdown", outcome["lost"], len(left))
         return outcome["lost"]
-
-
-async def _publish_left(settings: Settings, left: list[tuple[tuple[str, str], QueuedEvent]], timeout: float) -> int:
-    """Publish ``left`` ((pubsub, topic), event) through a fresh synchronous-stack client;
-    returns how many failed."""
-    sidecar = SidecarClient(blocking=True)
-    drain_settings = settings.model_copy(update={"outage_budget_s": timeout})
-    try:
-        by_route: dict[tuple[str, str], list[QueuedEvent]] = defaultdict(list)
-        for route, queued in left:
-            by_route[route].append(queued)
-        lost = 0
-        for (pubsub, topic), events in by_route.items():
-            pipeline = PublishPipeline(SidecarTransport(sidecar, pubsub, topic), drain_settings)
-            lost += await pipeline.publish_all(events)
-        return lost
-    finally:
-        await sidecar.close()
 
 
 # -- the process's runtime ---------------------------------------------------------------

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import cached_property
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, TypeVar, Union
 
 from pydantic import (
     BaseModel,
@@ -105,6 +104,30 @@ TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _SAFE_NAME = {"pattern": f"^{SAFE_ID_PATTERN.pattern}$", "maxLength": MAX_ID_LENGTH, "not": {"pattern": "[.][.]"}}
 
 
+_T = TypeVar("_T")
+
+
+def computed_once(method: Callable[[Any], _T]) -> property:
+    """A read-only property computed on first read and kept in the instance's ``__dict__``.
+
+    Not ``functools.cached_property``: on Python 3.11 that holds one lock per attribute
+    for every instance of the class, so a thread reading ``event.key`` waits for any other
+    thread computing it, and a signal handler that interrupts the main thread there (the
+    SIGTERM drain) deadlocks with it. Two threads computing the same value here at once
+    is harmless: it is a pure function of the frozen event.
+    """
+    name = method.__name__
+
+    def read(self: Any) -> _T:
+        try:
+            return self.__dict__[name]
+        except KeyError:
+            value = self.__dict__[name] = method(self)
+            return value
+
+    return property(read, doc=method.__doc__)
+
+
 class _EventBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -139,7 +162,7 @@ class _EventBase(BaseModel):
     def _safe_app(cls, value: str) -> str:
         return validate_app_name(value)
 
-    @cached_property
+    @computed_once
     def stamp(self) -> Stamp:
         return (self.hlc[0], self.hlc[1], self.producer, self.seq, self._digest())
 
@@ -150,7 +173,7 @@ class _EventBase(BaseModel):
     def _content(self) -> Any:
         raise NotImplementedError
 
-    @cached_property
+    @computed_once
     def key(self) -> str:
         """The state-store key of the state this event changes (fields already validated)."""
         return format_state_key(self.state_id, StateType(self.state_type), self.app)

@@ -82,8 +82,36 @@ async def test_sigterm_after_5000_returned_calls_publishes_all_of_them(stack, mo
     code = await asyncio.to_thread(proc.wait, 30)
     assert code == -signal.SIGTERM, proc.stderr.read()  # the default action still happens
     print(f"\nSIGTERM ({mode}) to exit, with the drain: {time.monotonic() - signalled:.2f} s")
+    stderr = proc.stderr.read()
+    assert "not published" not in stderr, stderr  # the drain says so when it ran out of time
     for s in range(50):
-        await wait_for_state(f"{tag}-{s}", {f"f{f}": f * s for f in range(100)})
+        try:
+            await wait_for_state(f"{tag}-{s}", {f"f{f}": f * s for f in range(100)})
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the caller's stderr:\n{stderr[-3000:]}") from None
+
+
+LOCKED_DRAIN_SCRIPT = """
+import asyncio, concurrent.futures.thread, os, signal, sys
+from publisher import StateStore, StateType
+tag = sys.argv[1]
+async def main():
+    for f in range(200):
+        await StateStore.save_state(f"f{f}", f, tag, StateType.WORKFLOWS)
+    # The signal lands while this thread holds the lock every executor submit takes (as
+    # when a loop starts a worker thread): the drain must not need it.
+    with concurrent.futures.thread._global_shutdown_lock:
+        os.kill(os.getpid(), signal.SIGTERM)
+asyncio.run(main())
+"""
+
+
+async def test_the_signal_drain_needs_no_lock_the_interrupted_thread_may_hold(stack):
+    tag = new_id("lockdrain")
+    done = await asyncio.to_thread(run_script, stack, LOCKED_DRAIN_SCRIPT, tag, timeout=60)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "not published" not in done.stderr, done.stderr
+    await wait_for_state(tag, {f"f{f}": f for f in range(200)})
 
 
 # -- 2. fork ---------------------------------------------------------------------------

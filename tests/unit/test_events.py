@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statestore.events import (
+    FieldUpdated,
     EVENT_TYPES,
     InvalidEventError,
     cloudevent_id,
@@ -177,3 +178,38 @@ def test_a_trace_context_travels_with_the_event_but_is_not_its_content():
 def test_a_malformed_traceparent_is_refused(bad):
     with pytest.raises(InvalidEventError, match="traceparent"):
         decode_event("io.statestore.field_updated.v2", {**envelope(field_updated("a", 1))["data"], "traceparent": bad})
+
+
+def test_reading_an_event_key_never_waits_for_another_thread_computing_one(monkeypatch):
+    """Issue 10: the SIGTERM drain reads event keys while the interrupted main thread may be
+    half way through computing one; functools.cached_property (one lock per attribute for
+    the whole class on Python 3.11) deadlocked the drain there and lost every queued event."""
+    import threading
+
+    import statestore.events as events_module
+
+    inside, release = threading.Event(), threading.Event()
+    real = events_module.format_state_key
+
+    def slow_first(*args):
+        if not inside.is_set():
+            inside.set()
+            release.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(events_module, "format_state_key", slow_first)
+    first = FieldUpdated(state_id="wf-a", state_type="workflows", field="f", value=1, producer="p", seq=1, hlc=(1, 0))
+    second = FieldUpdated(state_id="wf-b", state_type="workflows", field="f", value=1, producer="p", seq=1, hlc=(1, 0))
+    computing = threading.Thread(target=lambda: first.key)
+    computing.start()
+    assert inside.wait(5)
+    try:
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(second.key))
+        reader.start()
+        reader.join(2)
+        assert got == ["workflows/wf-b"], "a key read waited for another event's key"
+    finally:
+        release.set()
+        computing.join(5)
+    assert first.key == "workflows/wf-a" and first.key is first.key  # computed once, then kept
