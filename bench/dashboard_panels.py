@@ -81,18 +81,16 @@ def _q(kind, metric, legend, **kw) -> Query:
     return Query(kind, metric, legend, **kw)
 
 
+def _p50_p99(histogram: str, scale: float = 1.0) -> tuple[Query, Query]:
+    return (_q("quantile", histogram, "p50", q=0.5, scale=scale), _q("quantile", histogram, "p99", q=0.99, scale=scale))
+
+
 PANELS: tuple[Panel, ...] = (
     Panel("Events applied / s", "ops", (
         _q("rate", "statestore_events_applied_total", "{{kind}}", by=("kind",)),
     ), "subscriber", "statestore_events_applied_total by kind, summed over replicas."),
-    Panel("Publish-to-apply staleness", "s", (
-        _q("quantile", "statestore_event_staleness_seconds", "p50", q=0.5),
-        _q("quantile", "statestore_event_staleness_seconds", "p99", q=0.99),
-    ), "subscriber", "From an event's stamp (save_state) to its apply."),
-    Panel("Delivery apply latency", "s", (
-        _q("quantile", "statestore_delivery_apply_seconds", "p50", q=0.5),
-        _q("quantile", "statestore_delivery_apply_seconds", "p99", q=0.99),
-    ), "subscriber", "Time to decode, apply and answer one bulk delivery."),
+    Panel("Publish-to-apply staleness", "s", _p50_p99("statestore_event_staleness_seconds"), "subscriber", "From an event's stamp (save_state) to its apply."),
+    Panel("Delivery apply latency", "s", _p50_p99("statestore_delivery_apply_seconds"), "subscriber", "Time to decode, apply and answer one bulk delivery."),
     Panel("States written and snapshots / s", "ops", (
         _q("rate", "statestore_states_written_total", "states written"),
         _q("rate", "statestore_snapshots_written_total", "snapshots written"),
@@ -119,18 +117,12 @@ PANELS: tuple[Panel, ...] = (
     Panel("daprd egress: bulk publishes / s", "ops", (
         _q("rate", "dapr_component_pubsub_egress_bulk_count", "{{topic}} success={{success}}", by=("topic", "success")),
     ), "caller daprd", "The caller sidecar's bulk publishes to the broker."),
-    Panel("daprd egress: bulk publish latency", "s", (
-        _q("quantile", "dapr_component_pubsub_egress_bulk_latencies", "p50", q=0.5, scale=0.001),
-        _q("quantile", "dapr_component_pubsub_egress_bulk_latencies", "p99", q=0.99, scale=0.001),
-    ), "caller daprd"),
+    Panel("daprd egress: bulk publish latency", "s", _p50_p99("dapr_component_pubsub_egress_bulk_latencies", 0.001), "caller daprd"),
     Panel("daprd ingress: bulk deliveries and events / s", "ops", (
         _q("rate", "dapr_component_pubsub_ingress_bulk_count", "deliveries {{topic}}", by=("topic",)),
         _q("rate", "dapr_component_pubsub_ingress_bulk_event_count", "events {{process_status}}", by=("process_status",)),
     ), "subscriber daprd", "Bulk deliveries to the subscriber app and the messages in them, by the app's answer."),
-    Panel("daprd ingress: app's answer latency", "s", (
-        _q("quantile", "dapr_component_pubsub_ingress_bulk_latencies", "p50", q=0.5, scale=0.001),
-        _q("quantile", "dapr_component_pubsub_ingress_bulk_latencies", "p99", q=0.99, scale=0.001),
-    ), "subscriber daprd"),
+    Panel("daprd ingress: app's answer latency", "s", _p50_p99("dapr_component_pubsub_ingress_bulk_latencies", 0.001), "subscriber daprd"),
     Panel("daprd: state store calls / s", "ops", (
         _q("rate", "dapr_component_state_count", "{{app_id}} {{operation}}", by=("app_id", "operation")),
     ), "caller daprd, subscriber daprd", "The caller's reads, the subscriber's bulk reads and transactions."),
