@@ -99,20 +99,24 @@ PANELS: tuple[Panel, ...] = (
         _q("gauge", "statestore_deliveries_in_flight", "deliveries in flight"),
         _q("gauge", "statestore_snapshot_backlog_states", "snapshot backlog (states)"),
     ), "subscriber"),
-    Panel("Dead letters, parked, conflicts, duplicates / s", "ops", (
+    Panel("Dead letters and parked / s", "ops", (
         _q("rate", "statestore_dead_lettered_total", "dead-lettered {{reason}}", by=("reason",)),
         _q("rate", "statestore_events_parked_total", "parked"),
-        _q("rate", "statestore_etag_conflicts_total", "ETag conflicts"),
+    ), "subscriber", "Anything but zero deserves a look: `statestore deadletter list`; parked: a clock is off."),
+    Panel("Duplicates and ETag conflicts / s", "ops", (
         _q("rate", "statestore_duplicates_ignored_total", "duplicates ignored"),
-    ), "subscriber", "Anything but zero here deserves a look: `statestore deadletter list`, clocks (parked), replicas racing (conflicts)."),
+        _q("rate", "statestore_etag_conflicts_total", "ETag conflicts"),
+    ), "subscriber", "Redeliveries (a message claimed again after processingTimeout) and replicas racing on a state."),
     Panel("Caller: publishing", "ops", (
         _q("rate", "statestore_published_events_total", "events published"),
         _q("rate", "statestore_publish_batches_total", "bulk publishes"),
         _q("rate", "statestore_publish_errors_total", "publish errors"),
     ), "caller app", "The caller library's collector (StateStore.register_metrics) in the app's own /metrics."),
-    Panel("Caller: queue depth and publish time", "short", (
-        _q("gauge", "statestore_publish_queue_depth", "queue depth (events)"),
-        _q("mean", "statestore_publish_seconds", "mean bulk publish (ms)", scale=1000),
+    Panel("Caller: publish queue depth", "short", (
+        _q("gauge", "statestore_publish_queue_depth", "events queued or being published"),
+    ), "caller app"),
+    Panel("Caller: mean bulk publish time", "s", (
+        _q("mean", "statestore_publish_seconds", "mean of one bulk publish"),
     ), "caller app"),
     Panel("daprd egress: bulk publishes / s", "ops", (
         _q("rate", "dapr_component_pubsub_egress_bulk_count", "{{topic}} success={{success}}", by=("topic", "success")),

@@ -97,3 +97,19 @@ def test_quantiles_come_from_bucket_rates():
     series = [(0.0, at({"0.1": 0, "1.0": 0, "+Inf": 0})), (10.0, at({"0.1": 50, "1.0": 100, "+Inf": 100}))]
     (line,) = evaluate(Query("quantile", "statestore_event_staleness_seconds", "p99", q=0.99), series).values()
     assert line == [(10.0, pytest.approx(0.1 + 0.9 * (49 / 50)))]
+
+
+def test_scrapes_keep_sample_names_as_prometheus_stores_them():
+    from bench.dashboard import parse_exposition
+
+    text = ("# TYPE dapr_component_state_count counter\n"
+            'dapr_component_state_count{app_id="a",operation="bulk_get",success="true"} 10\n'
+            'dapr_component_state_count{app_id="b",operation="bulk_get",success="true"} 3\n'
+            'statestore_events_applied_total{kind="field_updated"} 7.0\n'
+            'dapr_x_bucket{le="+Inf",note="a \\"quoted\\" value"} 2\n')  # fmt: skip
+    samples = parse_exposition(text)
+    assert samples["dapr_component_state_count"][(("app_id", "b"), ("operation", "bulk_get"), ("success", "true"))] == 3
+    assert samples["statestore_events_applied_total"] == {(("kind", "field_updated"),): 7.0}
+    assert samples["dapr_x_bucket"] == {(("le", "+Inf"), ("note", 'a \\"quoted\\" value')): 2.0}
+    assert parse_exposition(text, samples)["dapr_component_state_count"][(("app_id", "a"), ("operation", "bulk_get"),
+                                                                           ("success", "true"))] == 20  # summed
