@@ -106,7 +106,7 @@ async def serve(stop: asyncio.Event) -> None:
         metrics=metrics,
     )
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
-    servicer = SubscriberServicer(applier, settings, parking, metrics, DeadLetterBox(repository))
+    servicer = SubscriberServicer(applier, settings, parking, metrics, DeadLetterBox(repository, settings.request_max_bytes))
     flusher = SnapshotFlusher(
         repository, DaprObjectStore(sidecar, settings.objectstore_name),
         lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics,

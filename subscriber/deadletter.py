@@ -34,6 +34,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from statestore.cutting import cut
 from statestore.envelope import CONTENT_TYPE, EnvelopeError, read_structured
 from statestore.errors import StateStoreError
 from statestore.index import IndexShard
@@ -130,12 +131,20 @@ def _shards(found: dict[str, StoredItem], keys: Iterable[str]) -> dict[str, Inde
 class DeadLetterBox:
     """The dead letters in a state store (any ``StateRepository``: Dapr's or in memory)."""
 
-    def __init__(self, repository: StateRepository) -> None:
+    def __init__(self, repository: StateRepository, request_max_bytes: int = 2 << 20) -> None:
         self._repository = repository
+        self._request_max_bytes = request_max_bytes
 
     async def keep(self, letters: Sequence[DeadLetter]) -> int:
-        """Store ``letters`` (those already stored are left as they are); returns how many were new."""
-        letters = list({letter.id: letter for letter in letters}.values())
+        """Store ``letters`` (those already stored are left as they are); returns how many were new.
+
+        One transaction per piece of about ``request_max_bytes`` (a delivery of 64 packed
+        messages of 1 MiB would not fit the sidecar's message limit in one)."""
+        unique = list({letter.id: letter for letter in letters}.values())
+        pieces = cut(unique, lambda letter: len(letter.body) * 4 // 3 + 1024, self._request_max_bytes, 100)
+        return sum([await self._keep(piece) for piece in pieces])
+
+    async def _keep(self, letters: list[DeadLetter]) -> int:
         for _ in range(_ATTEMPTS):
             shard_keys = sorted({shard_key(letter.id) for letter in letters})
             found = await self._repository.load([*shard_keys, *(record_key(letter.id) for letter in letters)])

@@ -160,3 +160,20 @@ async def test_a_shard_that_keeps_changing_gives_up_with_a_clear_error():
 
     with pytest.raises(EtagMismatchError, match="kept changing"):
         await DeadLetterBox(AlwaysRaced()).keep([dead_letter(b"x", S, "r")])
+
+
+async def test_large_dead_letters_are_kept_in_transactions_that_fit():
+    repo = InMemoryStateRepository()
+    sizes = []
+    commit = repo.commit
+
+    async def measured(ops):
+        sizes.append(sum(len(op.value) for op in ops))
+        await commit(ops)
+
+    repo.commit = measured
+    box = DeadLetterBox(repo, request_max_bytes=3 << 20)
+    letters = [dead_letter(bytes([n]) * (1 << 20), S, "r", now_ms=n) for n in range(8)]  # 8 messages of 1 MiB
+    assert await box.keep(letters) == 8
+    assert len(sizes) == 4 and max(sizes) < 4 << 20  # two a transaction (base64: 1.4 MB each)
+    assert [letter.body for letter in await box.stored()] == [letter.body for letter in letters]
