@@ -111,9 +111,9 @@ def origin(body: bytes, settings: Settings) -> tuple[str, str]:
              settings.credentials_topic: settings.credentials_pubsub_name}  # fmt: skip
     try:
         topic = json.loads(body).get("topic")
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested too deeply
         topic = None
-    topic = topic if topic in lanes else settings.topic
+    topic = topic if isinstance(topic, str) and topic in lanes else settings.topic
     return lanes[topic], topic
 
 

@@ -77,6 +77,9 @@ def test_a_dead_letter_goes_back_to_the_topic_and_component_it_came_from():
     assert origin(b'{"specversion": "1.0", "type": ', S) == (S.pubsub_name, S.topic)
     assert origin(good_body("elsewhere"), S) == (S.pubsub_name, S.topic)
     assert origin(b"[1, 2]", S) == (S.pubsub_name, S.topic)
+    assert origin(b'{"topic": ["not", "a", "name"]}', S) == (S.pubsub_name, S.topic)
+    assert origin(b"[" * 100_000 + b"]" * 100_000, S) == (S.pubsub_name, S.topic)
+    assert origin(b"\xff\xfe", S) == (S.pubsub_name, S.topic)
 
 
 async def test_the_subscriber_keeps_what_the_dead_letter_topic_delivers_with_a_reason():
@@ -84,9 +87,13 @@ async def test_the_subscriber_keeps_what_the_dead_letter_topic_delivers_with_a_r
     bad = json.loads(good_body(S.topic))
     bad["data"]["seq"] = "seven"
     bad_body, good = json.dumps(bad).encode(), good_body(S.credentials_topic)
-    statuses = await servicer.handle(S.deadletter_topic, [raw("1", b"{not json"), raw("2", bad_body), raw("3", good)])
-    assert statuses == {"1": SUCCESS, "2": SUCCESS, "3": SUCCESS}
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000  # past Python's recursion limit
+    statuses = await servicer.handle(S.deadletter_topic, [raw("1", b"{not json"), raw("2", bad_body), raw("3", good),
+                                                          raw("4", deep)])  # fmt: skip
+    assert statuses == {"1": SUCCESS, "2": SUCCESS, "3": SUCCESS, "4": SUCCESS}
     kept = {letter.body: letter for letter in await servicer.dead_letters.stored()}
+    assert kept[deep].reason == "invalid event: not a structured CloudEvent: the JSON is nested too deeply"
+    assert "not a CloudEvent" in kept[deep].describe()
     assert kept[b"{not json"].reason.startswith("invalid event: not a structured CloudEvent")
     assert kept[bad_body].reason.startswith("invalid event:") and "seq" in kept[bad_body].reason
     assert kept[good].reason == REFUSED_STATE and kept[good].topic == S.credentials_topic
