@@ -21,7 +21,7 @@ from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
 from subscriber.applier import EventApplier
-from subscriber.deadletter import DeadLetterBox, dead_letter
+from subscriber.deadletter import DeadLetter, DeadLetterBox, dead_letter
 from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import InMemoryParking, InMemoryStateRepository, Parking
 
@@ -270,7 +270,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def _keep_dead_letters(self, entries: list) -> dict[str, int]:
         """Keep each dead letter in the state store: SUCCESS once stored, RETRY if the
         store did not take them (redelivered: nothing is lost)."""
-        letters = [dead_letter(_raw(entry), self._settings, refusal(entry)) for entry in entries]
+        letters = [self._dead_letter(entry) for entry in entries]
         try:
             new = await self.dead_letters.keep(letters)
         except Exception as exc:
@@ -279,6 +279,13 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         if new:
             log.info("kept %d dead letters (statestore deadletter list)", new)
         return {entry.entry_id: SUCCESS for entry in entries}
+
+    def _dead_letter(self, entry: pb.TopicEventBulkRequestEntry) -> DeadLetter:
+        try:
+            reason = refusal(entry)
+        except Exception as exc:  # a message nothing can read must not hold up the dead-letter topic
+            reason = f"unreadable: {type(exc).__name__}"
+        return dead_letter(_raw(entry), self._settings, reason)
 
     def _warn_clock(self, event: AnyEvent, now_ms: float) -> None:
         if self._clock_warned:

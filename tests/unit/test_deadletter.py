@@ -100,6 +100,18 @@ async def test_the_subscriber_keeps_what_the_dead_letter_topic_delivers_with_a_r
     assert kept[good].id == letter_id(good)
 
 
+async def test_a_dead_letter_the_decoder_chokes_on_is_kept_all_the_same(monkeypatch):
+    import subscriber.servicer
+
+    def choke(entry):
+        raise RuntimeError("a decoder bug")
+
+    monkeypatch.setattr(subscriber.servicer, "decode_entry", choke)
+    servicer = SubscriberServicer(applier=None, settings=S)
+    assert await servicer.handle(S.deadletter_topic, [raw("1", b"x")]) == {"1": SUCCESS}
+    assert [letter.reason for letter in await servicer.dead_letters.stored()] == ["unreadable: RuntimeError"]
+
+
 async def test_a_dead_letter_the_store_does_not_take_is_redelivered():
     class Down(InMemoryStateRepository):
         async def load(self, keys):
