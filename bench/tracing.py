@@ -1,0 +1,182 @@
+"""What tracing costs (issue 12.3): apply throughput with tracing off and on.
+
+    python -m bench.tracing            # both parts below (about 2 minutes)
+    python -m bench.tracing --cpu      # part 1 only (no stack)
+
+1. **Subscriber CPU, in process**: the servicer decodes and applies deliveries of 64
+   packed messages x 100 events into an in-memory store (no sidecar, so the subscriber's
+   own CPU per event is all there is: an upper bound of the overhead's share). Off with
+   untraced events (as before tracing existed), off with traced events (callers trace,
+   the subscriber exports nothing), on (the SDK with the JSON-lines file exporter).
+2. **The real stack**: `bench.measures.throughput` (1,000 states x 10 fields, 16
+   producers) on a fresh local stack with tracing off (no caller span, no subscriber
+   exporter), then on (each producer inside a span of an SDK tracer; the subscriber
+   exports to a file). Off and on alternate, twice each.
+
+Prints a Markdown table. Timings on a shared machine are noisy: run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+EVENTS_PER_MESSAGE = 100
+MESSAGES = 64
+
+
+def _deliveries(count: int, traced: bool) -> list[list]:
+    from dapr.proto.runtime.v1 import appcallback_pb2 as pb
+
+    from statestore.events import BATCH_TYPE, FieldUpdated, encode_event
+    from statestore.paths import StateType
+
+    now = int(time.time() * 1000)
+    deliveries = []
+    for d in range(count):
+        entries = []
+        for m in range(MESSAGES):
+            events = []
+            for n in range(EVENTS_PER_MESSAGE):
+                i = (m * EVENTS_PER_MESSAGE + n)
+                # 10 callers a message (spelled out: this also runs against code from before tracing)
+                tp = f"00-{d * 1000 + m + 1:032x}-{n % 10 + 1:016x}-01" if traced else None
+                events.append(FieldUpdated(state_id=f"s{d}-{i % 2000}", state_type=StateType.WORKFLOWS, producer="bench",
+                                           seq=i // 2000 + 1, hlc=(now, i), field=f"f{i}", value=i, traceparent=tp))  # fmt: skip
+            data = b'{"schema_version":1,"events":[' + b",".join(encode_event(e) for e in events) + b"]}"
+            entries.append(pb.TopicEventBulkRequestEntry(
+                entry_id=f"{d}-{m}", cloud_event=pb.TopicEventCERequest(id=f"{d}-{m}", type=BATCH_TYPE, data=data)))  # fmt: skip
+        deliveries.append(entries)
+    return deliveries
+
+
+async def _apply_rate(deliveries: list[list], tracer, flush: bool) -> float:
+    from statestore.settings import Settings
+    from subscriber.applier import EventApplier
+    from subscriber.outbox import SnapshotFlusher
+    from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+    from subscriber.servicer import SubscriberServicer
+
+    settings = Settings()
+    repo = InMemoryStateRepository()
+    applier = EventApplier(repo)
+    kwargs = {"tracer": tracer} if tracer is not None else {}  # runs on code without tracing too
+    servicer = SubscriberServicer(applier, settings, **kwargs)
+    flusher = SnapshotFlusher(repo, InMemoryObjectStore(), outbox=applier.outbox, **kwargs)
+    start = time.perf_counter()
+    for entries in deliveries:
+        await servicer.handle(settings.topic, entries)
+        if flush:
+            while await flusher.flush_once():
+                pass
+    return len(deliveries) * MESSAGES * EVENTS_PER_MESSAGE / (time.perf_counter() - start)
+
+
+def cpu_part(repeats: int = 5, deliveries: int = 6) -> list[tuple[str, float, float]]:
+    """(configuration, median events/s, spread) of the in-process apply."""
+    from subscriber.tracing import configure_tracing
+
+    plain, traced = _deliveries(deliveries, False), _deliveries(deliveries, True)
+    spans = Path(tempfile.mkdtemp(prefix="statestore-trace-bench-")) / "spans.jsonl"
+    tracing = configure_tracing(str(spans), {})
+    configs = [("off, untraced events", plain, None), ("off, traced events", traced, None),
+               ("on (file exporter), traced events", traced, tracing.tracer)]  # fmt: skip
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    for _ in range(repeats):  # interleaved: drift on a noisy machine hits every configuration alike
+        for name, work, tracer in configs:
+            rates[name].append(asyncio.run(_apply_rate(work, tracer, flush=True)))
+    tracing.shutdown()
+    return [(name, statistics.median(r), (max(r) - min(r)) / statistics.median(r)) for name, r in rates.items()]
+
+
+class _Discard:
+    """A span exporter that drops spans (an app that traces, exporting elsewhere)."""
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self):
+        pass
+
+    def force_flush(self, timeout_millis=30_000):
+        return True
+
+
+async def _stack_throughput(traced: bool) -> dict:
+    from bench import measures as m
+    from bench.peers import StateStorePeer
+
+    peer = StateStorePeer()
+    if not traced:
+        return await m.throughput(peer, 1000, 10, 16)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    tracer = provider.get_tracer("bench")
+
+    class TracedPeer(StateStorePeer):
+        async def save_field(self, state_id, key, value):
+            with tracer.start_as_current_span("request"):
+                await super().save_field(state_id, key, value)
+
+    result = await m.throughput(TracedPeer(), 1000, 10, 16)
+    provider.shutdown()
+    return result
+
+
+def stack_part(rounds: int = 2) -> list[tuple[str, list[int]]]:
+    """Applied/s on the real stack, tracing off and on (fresh stack each)."""
+    from devstack import Ports, Stack
+    from statestore.settings import get_settings, get_sidecar_settings
+
+    results: dict[str, list[int]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        for mode in ("off", "on"):
+            base = Path(tempfile.mkdtemp(prefix="statestore-trace-bench-"))
+            env = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl")} if mode == "on" else {}
+            stack = Stack(base, Ports.free(), extra_env=env)
+            stack.up()
+            try:
+                os.environ.update(stack.caller_env())
+                get_settings.cache_clear()
+                get_sidecar_settings.cache_clear()
+                from publisher.runtime import Runtime, set_runtime
+
+                set_runtime(Runtime())  # a fresh runtime for this stack's sidecar
+                result = asyncio.run(_stack_throughput(mode == "on"))
+                assert result["complete"], result
+                results[mode].append(result["applied_per_s"])
+                print(f"{mode}: {result['applied_per_s']} applied/s", flush=True)
+            finally:
+                stack.down()
+    return list(results.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cpu", action="store_true", help="only the in-process part (no stack)")
+    args = parser.parse_args()
+    print("| subscriber, in process (64 x 100 events a delivery) | events/s (median of 5) | spread |")
+    print("| --- | --- | --- |")
+    for name, rate, spread in cpu_part():
+        print(f"| {name} | {rate:,.0f} | {spread:.0%} |", flush=True)
+    if args.cpu:
+        return
+    rows = stack_part()
+    print("\n| real stack, 1,000 states x 10 fields, 16 producers | applied/s (each run) |")
+    print("| --- | --- |")
+    for mode, rates in rows:
+        print(f"| tracing {mode} | {', '.join(f'{r:,}' for r in rates)} |")
+
+
+if __name__ == "__main__":
+    main()
