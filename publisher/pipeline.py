@@ -34,7 +34,7 @@ from statestore.events import (
 )
 from statestore.partitioning import partition_for
 from statestore.settings import Settings
-from statestore.tracing import publisher_span
+from statestore.tracing import mark_error, publisher_span
 
 __all__ = ["PublishPipeline", "PipelineStats", "Transport", "QueuedEvent", "pack", "cut_by_bytes"]
 
@@ -323,8 +323,11 @@ class PublishPipeline:
         with publisher_span("statestore.publish", traced, {"statestore.events": len(batch)}) as span:
             failed_before = self.stats.failed_events
             await self._publish_batch(batch, budget_s)
+            held = self.stats.failed_events - failed_before
             if span is not None:
-                span.set_attribute("statestore.events_held", self.stats.failed_events - failed_before)
+                span.set_attribute("statestore.events_held", held)
+                if held:
+                    mark_error(span, f"{held} events not published within the outage budget (PublishError)")
 
     async def _publish_batch(self, batch: list[QueuedEvent], budget_s: float | None) -> None:
         s = self._settings

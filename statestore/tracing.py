@@ -30,6 +30,7 @@ __all__ = [
     "linked_span",
     "publisher_span",
     "otel_available",
+    "mark_error",
 ]
 
 MAX_LINKS = 32
@@ -139,6 +140,12 @@ def linked_span(
         start_time=start_time,
     ) as span:
         yield span
+
+
+def mark_error(span: Any, description: str) -> None:
+    """Set ``span``'s status to ERROR with ``description`` (an opentelemetry span)."""
+    trace = _otel()
+    span.set_status(trace.Status(trace.StatusCode.ERROR, description))
 
 
 def publisher_span(

@@ -20,7 +20,7 @@ from google.protobuf import empty_pb2
 from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
-from statestore.tracing import MAX_KEYS_SHOWN, linked_span
+from statestore.tracing import MAX_KEYS_SHOWN, linked_span, mark_error
 from subscriber.applier import EventApplier
 from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import InMemoryParking, Parking
@@ -213,6 +213,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             if span is not None:
                 span.set_attributes({"statestore.states": result.states, "statestore.written": result.written,
                                      "statestore.failed": len(result.failed), "statestore.refused": len(result.refused)})  # fmt: skip
+                if result.failed:
+                    mark_error(span, f"{len(result.failed)} states not applied now (their messages are redelivered)")
         self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
         applied_ms = time.time() * 1000
         for event in ready:

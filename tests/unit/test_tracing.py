@@ -349,3 +349,36 @@ async def test_a_subscriber_with_a_bad_export_setting_stops_with_a_message(monke
             await serve(asyncio.Event())
     finally:
         get_settings.cache_clear()
+
+
+async def test_an_apply_with_failed_states_is_an_error_span():
+    class FailingFor(InMemoryStateRepository):
+        async def commit(self, upserts):
+            if any(u.key == "workflows/bad" for u in upserts):
+                raise OSError("disk I/O error")
+            await super().commit(upserts)
+
+    tracer, exporter = memory_tracer()
+    settings = Settings()
+    servicer = SubscriberServicer(EventApplier(FailingFor(), max_states_per_commit=1), settings, tracer=tracer)
+    now = int(time.time() * 1000)
+    await servicer.handle(settings.topic, [entry("m1", [field_updated("f", 1, state_id="good", hlc=(now, 0))]),
+                                           entry("m2", [traced(field_updated("f", 1, state_id="bad", hlc=(now, 0)), TP)])])
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code.name == "ERROR" and "1 states not applied" in span.status.description
+    assert span.attributes["statestore.failed"] == 1 and span.attributes["statestore.written"] == 1
+
+
+async def test_a_batch_handed_back_by_publish_error_is_an_error_publish_span():
+    from publisher.pipeline import PublishPipeline
+    from statestore.errors import PublishError
+    from tests.unit.test_pipeline import FakeTransport
+
+    exporter = global_memory_exporter()
+    pipeline = PublishPipeline(FakeTransport(failures=1000), Settings(outage_budget_s=0, publish_backoff_ms=1, batch_window_ms=1))
+    await pipeline.submit(QueuedEvent.of(traced(field_updated("f", 1), TP)))
+    with pytest.raises(PublishError):
+        await pipeline.flush()
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "statestore.publish" and span.attributes["statestore.events_held"] == 1
+    assert span.status.status_code.name == "ERROR" and ids(span.parent) == parse_traceparent(TP)[:2]
