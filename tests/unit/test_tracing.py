@@ -352,11 +352,7 @@ async def test_a_subscriber_with_a_bad_export_setting_stops_with_a_message(monke
 
 
 async def test_an_apply_with_failed_states_is_an_error_span():
-    class FailingFor(InMemoryStateRepository):
-        async def commit(self, upserts):
-            if any(u.key == "workflows/bad" for u in upserts):
-                raise OSError("disk I/O error")
-            await super().commit(upserts)
+    from tests.unit.test_servicer import FailingFor
 
     tracer, exporter = memory_tracer()
     settings = Settings()
