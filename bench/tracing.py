@@ -58,14 +58,14 @@ def _deliveries(count: int, traced: bool) -> list[list]:
 async def _apply_rate(deliveries: list[list], tracer, flush: bool) -> float:
     from statestore.settings import Settings
     from subscriber.applier import EventApplier
-    from subscriber.outbox import SnapshotFlusher
+    from subscriber.outbox import OutboxWriter, SnapshotFlusher
     from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
     from subscriber.servicer import SubscriberServicer
 
     settings = Settings()
     repo = InMemoryStateRepository()
-    applier = EventApplier(repo)
     kwargs = {"tracer": tracer} if tracer is not None else {}  # runs on code without tracing too
+    applier = EventApplier(repo, **({"outbox": OutboxWriter(repo, traced=True)} if tracer is not None else {}))
     servicer = SubscriberServicer(applier, settings, **kwargs)
     flusher = SnapshotFlusher(repo, InMemoryObjectStore(), outbox=applier.outbox, **kwargs)
     start = time.perf_counter()

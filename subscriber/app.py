@@ -101,7 +101,7 @@ async def serve(stop: asyncio.Event) -> None:
     metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port else None
     sidecar = SidecarClient(sidecar_settings)
     repository = DaprStateRepository(sidecar, settings.statestore_name)
-    outbox = OutboxWriter(repository, settings.subscriber_replica_id)
+    outbox = OutboxWriter(repository, settings.subscriber_replica_id, traced=tracer is not None)
     applier = EventApplier(
         repository,
         outbox=outbox,

@@ -84,9 +84,9 @@ class OutboxEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys: list[str]
-    # The apply span that committed it (W3C traceparent), only while tracing is on: the
-    # snapshot span links to it. Written only when set, so a replica of an earlier
-    # version (no such field) still reads the entries of an untraced subscriber.
+    # The apply span that committed it (W3C traceparent), only while the subscriber
+    # traces: the snapshot span links to it. Written only when set, so a replica of an
+    # earlier version (no such field) still reads the entries of an untraced subscriber.
     trace: str | None = None
 
 
@@ -124,9 +124,10 @@ class OutboxWriter:
     only wait for each other inside the store, or fail with SQLITE_BUSY).
     """
 
-    def __init__(self, repository: StateRepository, replica: str = "") -> None:
+    def __init__(self, repository: StateRepository, replica: str = "", traced: bool = False) -> None:
         self.replica = replica or uuid.uuid4().hex[:12]
         self._repository = repository
+        self._traced = traced  # name the current (apply) span in each entry
         self._next = 0
         self._registered = False
         self._lane = asyncio.Lock()
@@ -140,7 +141,8 @@ class OutboxWriter:
             if not self._registered:
                 await self._register()
             key = entry_key(self.replica, self._next)
-            entry_json = OutboxEntry(keys=keys, trace=current_traceparent()).model_dump_json(exclude_none=True)
+            trace = current_traceparent() if self._traced else None
+            entry_json = OutboxEntry(keys=keys, trace=trace).model_dump_json(exclude_none=True)
             entry = Upsert(key, entry_json.encode(), None)
             try:
                 await self._repository.commit([*operations, entry])

@@ -19,7 +19,7 @@ from statestore.events import BATCH_TYPE, decode_events, encode_event
 from statestore.settings import Settings
 from statestore.tracing import MAX_LINKS, current_traceparent, format_traceparent, linked_span, parse_traceparent
 from subscriber.applier import EventApplier
-from subscriber.outbox import OutboxEntry, SnapshotFlusher, entry_key
+from subscriber.outbox import OutboxEntry, OutboxWriter, SnapshotFlusher, entry_key
 from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
 from subscriber.servicer import SubscriberServicer
 from subscriber.tracing import JsonLinesSpanExporter, TracingConfigError, chosen_exporters, configure_tracing
@@ -204,7 +204,7 @@ async def test_apply_and_snapshot_spans_continue_one_callers_trace():
     tracer, exporter = memory_tracer()
     settings = Settings()
     repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
-    applier = EventApplier(repo)
+    applier = EventApplier(repo, outbox=OutboxWriter(repo, traced=True))
     servicer = SubscriberServicer(applier, settings, tracer=tracer)
     flusher = SnapshotFlusher(repo, objects, outbox=applier.outbox, tracer=tracer)
     now = int(time.time() * 1000)
@@ -230,7 +230,7 @@ async def test_a_delivery_from_two_callers_links_both_and_its_snapshot_links_the
     tracer, exporter = memory_tracer()
     settings = Settings()
     repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
-    applier = EventApplier(repo, max_states_per_commit=1)
+    applier = EventApplier(repo, max_states_per_commit=1, outbox=OutboxWriter(repo, traced=True))
     servicer = SubscriberServicer(applier, settings, tracer=tracer)
     flusher = SnapshotFlusher(repo, objects, outbox=applier.outbox, tracer=tracer)
     now = int(time.time() * 1000)
@@ -258,10 +258,11 @@ async def test_without_a_tracer_no_span_and_no_trace_in_the_outbox():
     applier = EventApplier(repo)
     servicer = SubscriberServicer(applier, settings)  # tracing off
     now = int(time.time() * 1000)
-    await servicer.handle(settings.topic, [entry("m1", [traced(field_updated("f", 1, hlc=(now, 0)), TP)])])
+    with tracer.start_as_current_span("ambient"):  # e.g. an auto-instrumented gRPC server's span
+        await servicer.handle(settings.topic, [entry("m1", [traced(field_updated("f", 1, hlc=(now, 0)), TP)])])
     raw = repo.items[entry_key(applier.outbox.replica, 0)].value
     assert json.loads(raw) == {"keys": ["workflows/s1"]}  # an earlier version's reader takes it
-    assert not exporter.get_finished_spans()
+    assert [s.name for s in exporter.get_finished_spans()] == ["ambient"]
 
 
 # -- the subscriber's export settings ------------------------------------------------------
