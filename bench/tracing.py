@@ -1,19 +1,22 @@
 """What tracing costs (issue 12.3): apply throughput with tracing off and on.
 
-    python -m bench.tracing            # both parts below (about 2 minutes)
-    python -m bench.tracing --cpu      # part 1 only (no stack)
+    python -m bench.tracing            # every part below (about 2 minutes)
+    python -m bench.tracing --cpu      # parts 1 and 2 only (no stack)
 
-1. **Subscriber CPU, in process**: the servicer decodes and applies deliveries of 64
-   packed messages x 100 events into an in-memory store (no sidecar, so the subscriber's
-   own CPU per event is all there is: an upper bound of the overhead's share). Off with
-   untraced events (as before tracing existed), off with traced events (callers trace,
-   the subscriber exports nothing), on (the SDK with the JSON-lines file exporter).
-2. **The real stack**: `bench.measures.throughput` (1,000 states x 10 fields, 16
+1. **Caller**: the time ``current_traceparent()`` adds to each write, without
+   opentelemetry-api, with it and no span, inside a span.
+2. **Subscriber CPU, in process**: the servicer decodes and applies deliveries of 64
+   packed messages x 100 events into an in-memory store, and the flusher writes their
+   snapshots (no sidecar, so the subscriber's own CPU per event is all there is: an upper
+   bound of the overhead's share). Off with untraced events (as before tracing existed),
+   off with traced events (callers trace, the subscriber exports nothing), on (the SDK
+   with the JSON-lines file exporter). The three alternate, 7 rounds.
+3. **The real stack**: ``bench.measures.throughput`` (1,000 states x 10 fields, 16
    producers) on a fresh local stack with tracing off (no caller span, no subscriber
-   exporter), then on (each producer inside a span of an SDK tracer; the subscriber
-   exports to a file). Off and on alternate, twice each.
+   exporter), then on (the run inside one span of an SDK tracer in the caller, so every
+   event carries it; the subscriber exports to a file). Off and on alternate, twice each.
 
-Prints a Markdown table. Timings on a shared machine are noisy: run it on a quiet one.
+Prints Markdown tables. Timings on a shared machine are noisy: run it on a quiet one.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ async def _apply_rate(deliveries: list[list], tracer, flush: bool) -> float:
     return len(deliveries) * MESSAGES * EVENTS_PER_MESSAGE / (time.perf_counter() - start)
 
 
-def cpu_part(repeats: int = 5, deliveries: int = 6) -> list[tuple[str, float, float]]:
-    """(configuration, median events/s, spread) of the in-process apply."""
+def cpu_part(repeats: int = 7, deliveries: int = 6) -> list[tuple[str, float, float]]:
+    """(configuration, median events/s, best events/s) of the in-process apply."""
     from subscriber.tracing import configure_tracing
 
     plain, traced = _deliveries(deliveries, False), _deliveries(deliveries, True)
@@ -91,7 +94,36 @@ def cpu_part(repeats: int = 5, deliveries: int = 6) -> list[tuple[str, float, fl
         for name, work, tracer in configs:
             rates[name].append(asyncio.run(_apply_rate(work, tracer, flush=True)))
     tracing.shutdown()
-    return [(name, statistics.median(r), (max(r) - min(r)) / statistics.median(r)) for name, r in rates.items()]
+    return [(name, statistics.median(r), max(r)) for name, r in rates.items()]
+
+
+def off_rate(repeats: int = 7, deliveries: int = 6) -> list[float]:
+    """Events/s of the in-process apply, untraced events, no tracer: the figure to
+    compare with the code from before tracing (this function runs on it too)."""
+    work = _deliveries(deliveries, False)
+    return [asyncio.run(_apply_rate(work, None, flush=True)) for _ in range(repeats)]
+
+
+def caller_part(calls: int = 200_000) -> list[tuple[str, float]]:
+    """Nanoseconds per ``current_traceparent()`` call, the whole per-write cost in the caller."""
+    import timeit
+
+    import statestore.tracing as tracing
+    from opentelemetry.sdk.trace import TracerProvider
+
+    def per_call() -> float:
+        return min(timeit.repeat(tracing.current_traceparent, number=calls, repeat=5)) / calls * 1e9
+
+    rows = []
+    saved = tracing._trace
+    tracing._trace = None  # as without opentelemetry-api
+    rows.append(("opentelemetry-api not installed", per_call()))
+    tracing._trace = saved
+    tracing._otel()
+    rows.append(("installed, no current span", per_call()))
+    with TracerProvider().get_tracer("bench").start_as_current_span("request"):
+        rows.append(("installed, inside a span", per_call()))
+    return rows
 
 
 class _Discard:
@@ -123,12 +155,10 @@ async def _stack_throughput(traced: bool) -> dict:
     provider.add_span_processor(BatchSpanProcessor(_Discard()))
     tracer = provider.get_tracer("bench")
 
-    class TracedPeer(StateStorePeer):
-        async def save_field(self, state_id, key, value):
-            with tracer.start_as_current_span("request"):
-                await super().save_field(state_id, key, value)
-
-    result = await m.throughput(TracedPeer(), 1000, 10, 16)
+            # One span around the run (the producer tasks inherit it): the app's own cost of a
+    # span per call is not statestore's, and is left out.
+    with tracer.start_as_current_span("bench run"):
+        result = await m.throughput(peer, 1000, 10, 16)
     provider.shutdown()
     return result
 
@@ -165,10 +195,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="only the in-process part (no stack)")
     args = parser.parse_args()
-    print("| subscriber, in process (64 x 100 events a delivery) | events/s (median of 5) | spread |")
+    print("| caller: current_traceparent() per write | ns per call (best of 5) |")
+    print("| --- | --- |")
+    for name, ns in caller_part():
+        print(f"| {name} | {ns:,.0f} |", flush=True)
+    print("\n| subscriber, in process (64 x 100 events a delivery) | events/s (median of 7) | best of 7 |")
     print("| --- | --- | --- |")
-    for name, rate, spread in cpu_part():
-        print(f"| {name} | {rate:,.0f} | {spread:.0%} |", flush=True)
+    for name, rate, best in cpu_part():
+        print(f"| {name} | {rate:,.0f} | {best:,.0f} |", flush=True)
     if args.cpu:
         return
     rows = stack_part()

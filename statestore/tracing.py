@@ -44,6 +44,7 @@ _TRACEPARENT = re.compile(TRACEPARENT_PATTERN)
 _UNSET: Any = object()
 _trace: Any = _UNSET  # the opentelemetry.trace module once imported, None without it
 _publisher_tracer: Any = None
+_last: tuple[Any, str] = (None, "")  # the span context current_traceparent formatted last
 
 
 def _otel() -> Any:
@@ -82,13 +83,19 @@ def parse_traceparent(value: object) -> tuple[int, int, int] | None:
 def current_traceparent() -> str | None:
     """The ``traceparent`` of the current OpenTelemetry span (sampled or not), or None
     when opentelemetry-api is not installed or no valid span is current."""
+    global _last
     trace = _otel()
     if trace is None:
         return None
     context = trace.get_current_span().get_span_context()
+    last_context, last_value = _last
+    if context is last_context:  # the same span writing again: formatting is most of the cost
+        return last_value
     if not context.is_valid:
         return None
-    return format_traceparent(context.trace_id, context.span_id, context.trace_flags)
+    value = format_traceparent(context.trace_id, context.span_id, context.trace_flags)
+    _last = (context, value)  # one tuple, replaced whole: safe from any thread
+    return value
 
 
 def _span_contexts(traceparents: Iterable[str | None]) -> list[Any]:

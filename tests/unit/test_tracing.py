@@ -379,3 +379,13 @@ async def test_a_batch_handed_back_by_publish_error_is_an_error_publish_span():
     (span,) = exporter.get_finished_spans()
     assert span.name == "statestore.publish" and span.attributes["statestore.events_held"] == 1
     assert span.status.status_code.name == "ERROR" and ids(span.parent) == parse_traceparent(TP)[:2]
+
+
+def test_the_last_traceparent_is_reused_only_for_the_same_span():
+    tracer, _ = memory_tracer()
+    with tracer.start_as_current_span("one") as one:
+        assert current_traceparent() == current_traceparent() == traceparent_of(one)
+        with tracer.start_as_current_span("two") as two:
+            assert current_traceparent() == traceparent_of(two)
+        assert current_traceparent() == traceparent_of(one)
+    assert current_traceparent() is None
