@@ -12,9 +12,10 @@
    off with traced events (callers trace, the subscriber exports nothing), on (the SDK
    with the JSON-lines file exporter). The three alternate, 7 rounds.
 3. **The real stack**: ``bench.measures.throughput`` (1,000 states x 10 fields, 16
-   producers) on a fresh local stack with tracing off (no caller span, no subscriber
-   exporter), then on (the run inside one span of an SDK tracer in the caller, so every
-   event carries it; the subscriber exports to a file). Off and on alternate, twice each.
+   producers) on a fresh local stack per run, in four modes (``MODES``): off (no caller
+   span, no subscriber exporter), the caller's writes traced only (the run inside one
+   span of an SDK tracer, so every event carries it), the subscriber exporting only (to
+   a file), both. The modes alternate, ``--rounds`` (3) runs each.
 
 Prints Markdown tables. Timings on a shared machine are noisy: run it on a quiet one.
 """
@@ -141,6 +142,14 @@ class _Discard:
         return True
 
 
+MODES = {  # name: (the caller's writes carry a span context, the subscriber exports spans)
+    "off": (False, False),
+    "caller traces only": (True, False),
+    "subscriber exports only": (False, True),
+    "on": (True, True),
+}
+
+
 async def _stack_throughput(traced: bool) -> dict:
     from bench import measures as m
     from bench.peers import StateStorePeer
@@ -154,8 +163,7 @@ async def _stack_throughput(traced: bool) -> dict:
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_Discard()))
     tracer = provider.get_tracer("bench")
-
-            # One span around the run (the producer tasks inherit it): the app's own cost of a
+    # One span around the run (the producer tasks inherit it): the app's own cost of a
     # span per call is not statestore's, and is left out.
     with tracer.start_as_current_span("bench run"):
         result = await m.throughput(peer, 1000, 10, 16)
@@ -163,16 +171,17 @@ async def _stack_throughput(traced: bool) -> dict:
     return result
 
 
-def stack_part(rounds: int = 2) -> list[tuple[str, list[int]]]:
-    """Applied/s on the real stack, tracing off and on (fresh stack each)."""
+def stack_part(rounds: int = 2, modes: tuple[str, ...] = ("off", "on")) -> list[tuple[str, list[int]]]:
+    """Applied/s on the real stack per mode of MODES (a fresh stack each, modes alternating)."""
     from devstack import Ports, Stack
     from statestore.settings import get_settings, get_sidecar_settings
 
-    results: dict[str, list[int]] = {"off": [], "on": []}
+    results: dict[str, list[int]] = {mode: [] for mode in modes}
     for _ in range(rounds):
-        for mode in ("off", "on"):
+        for mode in modes:
+            caller_traces, subscriber_exports = MODES[mode]
             base = Path(tempfile.mkdtemp(prefix="statestore-trace-bench-"))
-            env = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl")} if mode == "on" else {}
+            env = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl")} if subscriber_exports else {}
             stack = Stack(base, Ports.free(), extra_env=env)
             stack.up()
             try:
@@ -182,7 +191,7 @@ def stack_part(rounds: int = 2) -> list[tuple[str, list[int]]]:
                 from publisher.runtime import Runtime, set_runtime
 
                 set_runtime(Runtime())  # a fresh runtime for this stack's sidecar
-                result = asyncio.run(_stack_throughput(mode == "on"))
+                result = asyncio.run(_stack_throughput(caller_traces))
                 assert result["complete"], result
                 results[mode].append(result["applied_per_s"])
                 print(f"{mode}: {result['applied_per_s']} applied/s", flush=True)
@@ -193,7 +202,8 @@ def stack_part(rounds: int = 2) -> list[tuple[str, list[int]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu", action="store_true", help="only the in-process part (no stack)")
+    parser.add_argument("--cpu", action="store_true", help="only the in-process parts (no stack)")
+    parser.add_argument("--rounds", type=int, default=3, help="stacks per mode on the real stack (default 3)")
     args = parser.parse_args()
     print("| caller: current_traceparent() per write | ns per call (best of 5) |")
     print("| --- | --- |")
@@ -205,11 +215,11 @@ def main() -> None:
         print(f"| {name} | {rate:,.0f} | {best:,.0f} |", flush=True)
     if args.cpu:
         return
-    rows = stack_part()
-    print("\n| real stack, 1,000 states x 10 fields, 16 producers | applied/s (each run) |")
-    print("| --- | --- |")
+    rows = stack_part(args.rounds, tuple(MODES))
+    print("\n| real stack, 1,000 states x 10 fields, 16 producers | applied/s (each run) | median |")
+    print("| --- | --- | --- |")
     for mode, rates in rows:
-        print(f"| tracing {mode} | {', '.join(f'{r:,}' for r in rates)} |")
+        print(f"| {mode} | {', '.join(f'{r:,}' for r in rates)} | {statistics.median(rates):,.0f} |")
 
 
 if __name__ == "__main__":
