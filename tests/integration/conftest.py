@@ -28,7 +28,10 @@ def stack(profile):
     # data folder through every parent, also when it restarts mid-session.
     base = Path(tempfile.mkdtemp(prefix="statestore-stack-"))
     base.chmod(0o711)
-    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile, extra_env={"STATESTORE_LIST_INDEX": "1"})
+    # Tracing on for the whole session (the traced path under every test): the
+    # subscribers append their spans to one file, exported within 0.2 s (test_traces).
+    tracing = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl"), "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile, extra_env={"STATESTORE_LIST_INDEX": "1", **tracing})
     stack.up()
     yield stack
     stack.down()
