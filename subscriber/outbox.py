@@ -324,7 +324,7 @@ class SnapshotFlusher:
         5 s) and a failure is logged once until it changes or the flusher recovers."""
         backoff = self._interval_s
         last_error = ""
-        next_sweep = self._clock()
+        next_sweep = self._clock() + self._sweep_interval_s  # the sidecar may still be starting
         while not stop.is_set():
             if self._clock() >= next_sweep:
                 more = await self._sweep_logged()

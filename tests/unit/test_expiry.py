@@ -215,3 +215,24 @@ def test_marker_keys_parse_back_and_other_keys_do_not():
     assert parse_marker(marker_key(20, "orders/workflows/wf-1")) == (20, "orders/workflows/wf-1")
     for key in ("statestore-expiry/x/workflows/s1", "other/000000000020/workflows/s1", f"{PREFIX}/000000000020/nope/s1"):
         assert parse_marker(key) is None
+
+
+async def test_the_flushers_run_loop_sweeps_every_interval():
+    import asyncio
+
+    s = Setup()
+    s.flusher = SnapshotFlusher(s.repo, s.objects, expiry=s.expiry, sweep_interval_s=0.05)
+    await s.write(1, ttl=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(s.flusher.run(stop))
+    try:
+        s.wall.now += 100
+        s.expire()
+        for _ in range(200):
+            if SNAPSHOT not in s.objects.objects:
+                break
+            await asyncio.sleep(0.01)
+        assert SNAPSHOT not in s.objects.objects and s.markers() == []
+    finally:
+        stop.set()
+        await running
