@@ -239,9 +239,14 @@ class ExpiryMarkers:
             markers.append((key, parsed[1]))
         for piece in cut(markers, lambda m: len(m[1]), 1 << 20, 250):
             documents = await self._repository.load([state for _, state in piece])
-            await asyncio.gather(
-                *(self._one(bucket, key, state, documents.get(state), now, guard, result) for key, state in piece)
+            # Every one finishes before a failure is raised: what was deleted is in ``result``.
+            outcomes = await asyncio.gather(
+                *(self._one(bucket, key, state, documents.get(state), now, guard, result) for key, state in piece),
+                return_exceptions=True,
             )
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if failed is not None:
+                raise failed
 
     async def _one(
         self, bucket: int, key: str, state: str, item: StoredItem | None, now: float, guard: Callable[[], None], result: Sweep
@@ -251,9 +256,9 @@ class ExpiryMarkers:
             if item is None:  # expired (or never there): its snapshot goes
                 snapshot = _snapshot_key(state)
                 await self._objects.delete(snapshot)
-                await self._objects.remove_folders([snapshot.rsplit("/", 1)[0]])
                 result.expired.append(state)
                 self.removed += 1
+                await self._objects.remove_folders([snapshot.rsplit("/", 1)[0]])
             else:
                 try:
                     document = decode_document(state, item.value)
