@@ -15,7 +15,8 @@ and snapshot flusher (statestore.document's merge) over in-memory ports, so the 
 store cannot drift from the real one: delete, ordering, TTL and listing behave alike.
 Events are applied as they are published, so ``sync`` returns at once.
 
-Expiry uses a clock you can move: ``store.advance(seconds)``.
+Expiry uses a clock you can move: ``store.advance(seconds)``; ``await store.sweep_expired()``
+then runs the subscriber's expiry sweep (the snapshots of expired states go).
 """
 
 from __future__ import annotations
