@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -175,6 +176,40 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, out: Path) -> None:
+    """docs/scaling.png: applied/s by replica count (both workloads, with the plain peer),
+    and the fleet's CPU per 1,000 updates by process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    replicas = [int(r) for r in results]
+    first = next(iter(results.values()))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, colour in (("fleet", "tab:blue"), ("hot keys", "tab:orange")):
+        left.plot(replicas, [r[name]["applied_per_s"] for r in results.values()], "o-", color=colour, label=f"statestore, {name}")
+        plain = first.get(f"plain {name}", {}).get("applied_per_s")
+        if plain:
+            left.axhline(plain, color=colour, linestyle="--", label=f"plain Dapr RMW, {name}")
+    left.set(xlabel="subscriber replicas", ylabel="applied updates/s", xticks=replicas, title="Throughput on Kafka + PostgreSQL + S3")
+    left.set_ylim(bottom=0), left.legend(fontsize=8)
+    processes = sorted({_process_group(n) for r in results.values() for n in r["fleet"]["cpu_s_per_1000"]})
+    bottom = [0.0] * len(replicas)
+    for process in processes:
+        values = [sum(v for n, v in r["fleet"]["cpu_s_per_1000"].items() if _process_group(n) == process) for r in results.values()]
+        right.bar([str(r) for r in replicas], values, bottom=bottom, label=process)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    right.set(xlabel="subscriber replicas", ylabel="CPU s per 1,000 updates", title="Fleet: CPU by process (all replicas summed)")
+    right.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(out, dpi=100), plt.close(fig)
+
+
+def _process_group(name: str) -> str:
+    """Every replica's process of one kind is one bar segment ('subscriber-2-daprd' -> 'subscriber-daprd')."""
+    return re.sub(r"-\d+", "", name)
+
+
 def main(mode: str) -> int:
     started = time.time()
     results = run(mode)
@@ -185,5 +220,6 @@ def main(mode: str) -> int:
     out = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-scale-{mode}.json"
     out.write_text(json.dumps(record, indent=2))
     print(table(results))
+    plot(results, PROJECT_ROOT / "docs" / "scaling.png")
     say(f"done in {record['seconds']} s: {out}")
     return 0
