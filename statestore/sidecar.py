@@ -259,13 +259,22 @@ class SidecarClient:
         await self._call(self._stub.ExecuteStateTransaction, request, "state transaction")
 
     async def invoke_binding(
-        self, name: str, operation: str, data: bytes = b"", metadata: dict[str, str] | None = None
+        self,
+        name: str,
+        operation: str,
+        data: bytes = b"",
+        metadata: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> bytes:
-        """Invoke an output binding; returns the binding's response data."""
+        """Invoke an output binding; returns the binding's response data.
+
+        ``timeout`` is the call's gRPC deadline; daprd hands the request's context to the
+        binding (S3: the upload's context), so the operation is cancelled, not just
+        abandoned, when it passes."""
         request = binding_pb2.InvokeBindingRequest(
             name=name, operation=operation, data=data, metadata=metadata or {}
         )
-        response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}")
+        response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}", timeout)
         return response.data
 
     async def component_type(self, name: str) -> str | None:

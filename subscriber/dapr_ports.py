@@ -39,8 +39,8 @@ class DaprObjectStore:
         self._binding = binding
         self._has_folders: bool | None = None
 
-    async def put(self, key: str, data: bytes) -> None:
-        await self._sidecar.invoke_binding(self._binding, "create", data, {"fileName": key, "key": key})
+    async def put(self, key: str, data: bytes, timeout: float | None = None) -> None:
+        await self._sidecar.invoke_binding(self._binding, "create", data, {"fileName": key, "key": key}, timeout)
 
     async def get(self, key: str) -> bytes | None:
         try:
@@ -50,9 +50,9 @@ class DaprObjectStore:
                 return None
             raise
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, timeout: float | None = None) -> None:
         try:
-            await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": key, "key": key})
+            await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": key, "key": key}, timeout)
         except SidecarUnavailableError as exc:
             if not _absent(exc):  # already gone (a redelivered delete): done
                 raise

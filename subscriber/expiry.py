@@ -119,7 +119,10 @@ class Sweep:
 class ExpiryMarkers:
     """Files markers for the flusher and sweeps due buckets (one lease holder at a time).
 
-    ``guard`` (given to ``sweep``) raises when this replica may no longer write.
+    ``window`` (given to ``sweep``) returns how long this replica may still write, the
+    deadline of each object-store call (a call cut at it never lands), and raises when
+    it may no longer write: as the flusher's snapshot writes, no sweep delete can land
+    after a successor started writing.
     """
 
     def __init__(
@@ -160,18 +163,19 @@ class ExpiryMarkers:
         """The lease changed hands: what this replica filed before may have been swept."""
         self._filed.clear()
 
-    async def mark(self, state_key: str, ttl_s: int) -> None:
-        """File ``state_key`` under the bucket in which it is due (its snapshot was just written)."""
+    async def mark(self, state_key: str, ttl_s: int, timeout: float | None = None) -> None:
+        """File ``state_key`` under the bucket in which it is due (its snapshot was just
+        written); ``timeout``: the put's deadline."""
         cursor = self._cursor or await self._create_cursor()
         due = self._wall() + ttl_s
         bucket = max(cursor.bucket_of(due), cursor.next)
         if self._filed.get(state_key) == bucket:
             return  # filed there already (a state rewritten within one bucket)
-        await self._file(bucket, state_key, due)
+        await self._file(bucket, state_key, due, timeout)
 
-    async def _file(self, bucket: int, state_key: str, due: float) -> None:
+    async def _file(self, bucket: int, state_key: str, due: float, timeout: float | None) -> None:
         body = json.dumps({"state": state_key, "due": round(due, 3)}).encode()
-        await self._objects.put(marker_key(bucket, state_key), body)
+        await self._objects.put(marker_key(bucket, state_key), body, timeout=timeout)
         self._filed.pop(state_key, None)
         self._filed[state_key] = bucket
         if len(self._filed) > self._remembered:  # the oldest go; a sweep then moves, not drops
@@ -192,7 +196,7 @@ class ExpiryMarkers:
 
     # -- the sweep -------------------------------------------------------------------
 
-    async def sweep(self, guard: Callable[[], None], result: Sweep, max_markers: int = 1000, max_buckets: int = 1000) -> None:
+    async def sweep(self, window: Callable[[], float], result: Sweep, max_markers: int = 1000, max_buckets: int = 1000) -> None:
         """Handle the markers of due buckets, from the cursor on, into ``result``; the
         caller stores ``result.cursor`` (fenced). Buckets are due once they have ended."""
         cursor = self._cursor
@@ -204,7 +208,7 @@ class ExpiryMarkers:
             folder = bucket_folder(bucket)
             keys = sorted(await self._objects.list(folder))
             todo = keys[: max_markers - result.markers]
-            await self._handle(bucket, todo, now, guard, result)
+            await self._handle(bucket, todo, now, window, result)
             if len(todo) < len(keys):
                 result.more = True
                 break
@@ -227,21 +231,20 @@ class ExpiryMarkers:
         """The sweep's cursor was stored."""
         self._cursor = cursor
 
-    async def _handle(self, bucket: int, keys: list[str], now: float, guard: Callable[[], None], result: Sweep) -> None:
+    async def _handle(self, bucket: int, keys: list[str], now: float, window: Callable[[], float], result: Sweep) -> None:
         markers: list[tuple[str, str]] = []
         for key in keys:
             parsed = parse_marker(key)
             if parsed is None:
                 log.error("%s is not an expiry marker; removed", key)
-                guard()
-                await self._objects.delete(key)
+                await self._objects.delete(key, timeout=window())
                 continue
             markers.append((key, parsed[1]))
         for piece in cut(markers, lambda m: len(m[1]), 1 << 20, 250):
             documents = await self._repository.load([state for _, state in piece])
             # Every one finishes before a failure is raised: what was deleted is in ``result``.
             outcomes = await asyncio.gather(
-                *(self._one(bucket, key, state, documents.get(state), now, guard, result) for key, state in piece),
+                *(self._one(bucket, key, state, documents.get(state), now, window, result) for key, state in piece),
                 return_exceptions=True,
             )
             failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
@@ -249,13 +252,12 @@ class ExpiryMarkers:
                 raise failed
 
     async def _one(
-        self, bucket: int, key: str, state: str, item: StoredItem | None, now: float, guard: Callable[[], None], result: Sweep
+        self, bucket: int, key: str, state: str, item: StoredItem | None, now: float, window: Callable[[], float], result: Sweep
     ) -> None:
         async with self._parallel:
-            guard()
             if item is None:  # expired (or never there): its snapshot goes
                 snapshot = _snapshot_key(state)
-                await self._objects.delete(snapshot)
+                await self._objects.delete(snapshot, timeout=window())
                 result.expired.append(state)
                 self.removed += 1
                 await self._objects.remove_folders([snapshot.rsplit("/", 1)[0]])
@@ -266,13 +268,13 @@ class ExpiryMarkers:
                     log.error("expiry marker %s dropped: %s", key, exc)
                     document = None
                 if document is not None and document.exists() and document.ttl_s is not None:
-                    await self._move(bucket, state, document.ttl_s, now)
-            await self._objects.delete(key)
+                    await self._move(bucket, state, document.ttl_s, now, window())
+            await self._objects.delete(key, timeout=window())
             if self._filed.get(state) == bucket:
                 del self._filed[state]
             result.markers += 1
 
-    async def _move(self, bucket: int, state: str, ttl_s: int, now: float) -> None:
+    async def _move(self, bucket: int, state: str, ttl_s: int, now: float, timeout: float) -> None:
         """The state still exists with a TTL: keep a marker where it will be found."""
         cursor = self._cursor
         assert cursor is not None
@@ -283,4 +285,4 @@ class ExpiryMarkers:
         # Our latest marker: the store has not expired it yet, look again soon. Unknown (a
         # new lease holder): at the latest the store expires it ttl_s from now.
         target = soon if latest == bucket else max(soon, cursor.bucket_of(now + ttl_s))
-        await self._file(target, state, now + ttl_s)
+        await self._file(target, state, now + ttl_s, timeout)

@@ -23,10 +23,18 @@ The lease does not depend on clocks agreeing. Its record carries a nonce that th
 rewrites at least every quarter lease period while it works. Another flusher takes over
 only after it has seen the same record, unchanged, for a whole lease period on its own
 monotonic clock; the holder stops writing half a lease period after its last renewal
-began. A holder deposed in the middle of a round (a stalled process, an object store
-slower than the lease) may still land a put after its successor's: its fenced commit
-fails, so it marks those states again in its own outbox, and the successor writes them
-once more from the current document. A snapshot is therefore never left behind for good.
+began. Snapshots never go backwards: every put and delete carries the holder's remaining
+write window as its gRPC deadline, and daprd hands that deadline to the binding (the S3
+upload's context), so a write is cancelled rather than landing after the window closed.
+A successor starts writing at least half a lease period after that (it waited a whole
+period; the holder's window ends half a period after its last renewal began), so an
+older holder's snapshot cannot overwrite a newer one, as long as the two monotonic
+clocks run at rates within a factor of two (the assumption of every lease). A write
+cut at its deadline fails the round and is written again by the next. As a second line,
+a holder deposed mid-round (its fenced commit fails) marks its states again in its own
+outbox and the successor rewrites them from the current documents. The window is a
+quarter to half a lease period (STATESTORE_SNAPSHOT_LEASE_S, 5 s): an object store
+slower than that per write needs a longer lease.
 """
 
 from __future__ import annotations
@@ -261,7 +269,14 @@ class SnapshotFlusher:
 
     def holding(self) -> bool:
         """True while this flusher may write: half a lease period after its last renewal began."""
-        return self._nonce is not None and self._clock() < self._renewed_at + self._lease_s / 2
+        return self.write_window() > 0
+
+    def write_window(self) -> float:
+        """Seconds this flusher may still write (<= 0: not the holder). Every snapshot
+        write carries this as its deadline, so none can land after the window closes."""
+        if self._nonce is None:
+            return 0.0
+        return self._renewed_at + self._lease_s / 2 - self._clock()
 
     async def _hold(self) -> bool:
         """Take the lease, or renew it when a quarter period has passed; True if held."""
@@ -295,9 +310,12 @@ class SnapshotFlusher:
             self._nonce, self._renewed_at, self._seen = nonce, started, None
             return True
 
-    def _guard(self) -> None:
-        if not self.holding():
+    def _window(self) -> float:
+        """``write_window()``, the deadline of an object-store write; _LeaseLost when closed."""
+        window = self.write_window()
+        if window <= 0:
             raise _LeaseLost
+        return window
 
     async def _keep_lease(self) -> None:
         """Renew while a round works (a slow object store must not let the lease lapse)."""
@@ -382,7 +400,7 @@ class SnapshotFlusher:
         result = Sweep()
         renewing = asyncio.create_task(self._keep_lease())
         try:
-            await self.expiry.sweep(self._guard, result)
+            await self.expiry.sweep(self._window, result)
             if result.cursor is not None or result.expired:
                 await self._fenced_commit([CURSOR_KEY], lambda stored: self._cursor_write(stored, result))
         except _LeaseLost:
@@ -495,18 +513,19 @@ class SnapshotFlusher:
             log.error("no snapshot for %s: %s", key, exc)
             return
         async with self._writes:
-            if not self.holding():
-                raise _LeaseLost
-            if not document.exists():  # deleted: its snapshot goes too
-                await self._objects.delete(object_key(*parse_state_key(key)))
-                return
+            window = self._window()
             try:
-                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document))
+                if not document.exists():  # deleted: its snapshot goes too
+                    await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
+                else:
+                    await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document), timeout=window)
             except MessageTooLargeError as exc:  # would fail the same way forever
                 log.error("no snapshot for %s: %s", key, exc)
                 return
-            if document.ttl_s is not None:  # the sweep removes the snapshot once the store expired it
-                await self.expiry.mark(key, document.ttl_s)
+            # A write cut at its deadline never lands: the round fails like any store error,
+            # its entries stay, and the next round writes those states again.
+            if document.exists() and document.ttl_s is not None:  # the sweep removes it once expired
+                await self.expiry.mark(key, document.ttl_s, timeout=self._window())
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""

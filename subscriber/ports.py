@@ -41,14 +41,15 @@ class StateRepository(Protocol):
 class ObjectStore(Protocol):
     """Files by key (the state snapshots)."""
 
-    async def put(self, key: str, data: bytes) -> None:
-        """Create or overwrite the object at ``key``."""
+    async def put(self, key: str, data: bytes, timeout: float | None = None) -> None:
+        """Create or overwrite the object at ``key``; with ``timeout``, the write is
+        cancelled (never lands) if it has not finished by then."""
 
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None."""
 
-    async def delete(self, key: str) -> None:
-        """Remove the object at ``key``; nothing happens when there is none."""
+    async def delete(self, key: str, timeout: float | None = None) -> None:
+        """Remove the object at ``key``; nothing happens when there is none (``timeout``: as put)."""
 
     async def list(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (a folder, ending with '/'); [] when there is none."""
@@ -106,13 +107,13 @@ class InMemoryObjectStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    async def put(self, key: str, data: bytes) -> None:
+    async def put(self, key: str, data: bytes, timeout: float | None = None) -> None:
         self.objects[key] = data
 
     async def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, timeout: float | None = None) -> None:
         self.objects.pop(key, None)
 
     async def list(self, prefix: str) -> list[str]:

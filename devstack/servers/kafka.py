@@ -48,6 +48,12 @@ def topics() -> list[str]:
     return [name for name in dict.fromkeys(names) if name]
 
 
+
+def storage_format_args(cluster_id: str, properties: Path) -> list[str]:
+    """StorageTool's format command. The id is joined to its option with ``=``: a random
+    base64url id starts with ``-`` one time in 64, and argparse would read it as an option."""
+    return ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", f"--config={properties}"]
+
 class KafkaServer(Server):
     name = "kafka"
     label = "Kafka"
@@ -116,7 +122,7 @@ class KafkaServer(Server):
 
     def _format(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties))
+        self._java(*storage_format_args(cluster_id, self.properties))
 
     def tool(self, main_class: str, *args: str) -> str:
         """Run one of Kafka's command-line tools against this broker; its stdout."""

@@ -75,7 +75,7 @@ class FlakyObjects(InMemoryObjectStore):
         super().__init__()
         self.failures = failures
 
-    async def put(self, key, data):
+    async def put(self, key, data, timeout=None):
         if self.failures:
             self.failures -= 1
             raise OSError("disk full")
@@ -108,7 +108,7 @@ async def test_a_state_changed_during_a_flush_stays_marked():
     await applier.apply([field_updated("a", 1)])
 
     class RacingObjects(InMemoryObjectStore):
-        async def put(self, key, data):
+        async def put(self, key, data, timeout=None):
             await super().put(key, data)
             if not hasattr(self, "raced"):
                 self.raced = True

@@ -32,9 +32,9 @@ class CountingObjects(InMemoryObjectStore):
         super().__init__()
         self.puts: list[str] = []
 
-    async def put(self, key, data):
+    async def put(self, key, data, timeout=None):
         self.puts.append(key)
-        await super().put(key, data)
+        await super().put(key, data, timeout)
 
 
 class Setup:
@@ -174,7 +174,7 @@ async def test_a_sweep_handles_at_most_its_budget_and_continues_from_where_it_st
     for key in keys:
         s.expire(key)
     result = Sweep()
-    await s.expiry.sweep(lambda: None, result, max_markers=3)
+    await s.expiry.sweep(lambda: 1.0, result, max_markers=3)
     assert result.more and result.markers == 3 and result.cursor is None
     assert len(s.markers()) == 4
     await s.sweep()
@@ -199,8 +199,8 @@ async def test_only_the_lease_holder_sweeps_and_a_holder_deposed_mid_sweep_names
     def deposed():
         s2.repo.items[LEASE_KEY] = s2.repo.items[LEASE_KEY].__class__(other.model_dump_json().encode(), "y")
 
-    async def delete_then_lose(key, _delete=s2.objects.delete):
-        await _delete(key)
+    async def delete_then_lose(key, timeout=None, _delete=s2.objects.delete):
+        await _delete(key, timeout)
         if key == SNAPSHOT:
             deposed()
 

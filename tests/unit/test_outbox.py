@@ -4,6 +4,8 @@ in-memory ports with a controllable clock and a slow object store."""
 import asyncio
 import json
 
+import pytest
+
 from statestore.paths import object_key
 from subscriber.applier import EventApplier
 from subscriber.outbox import LEASE_KEY, REGISTRY_KEY, Lease, OutboxWriter, Registry, SnapshotFlusher, pending_keys
@@ -27,8 +29,18 @@ class SlowObjects(InMemoryObjectStore):
         self.delay = delay
         self.gate: asyncio.Event | None = None
         self.log: list[tuple[str, bytes]] = []
+        self.honour_deadlines = True
+        self.cut = 0  # writes cancelled at their deadline
 
-    async def put(self, key, data):
+    async def put(self, key, data, timeout=None):
+        # As daprd does with the call's deadline: a write not done by then is cancelled.
+        try:
+            await asyncio.wait_for(self._slow_put(key, data), timeout if self.honour_deadlines else None)
+        except asyncio.TimeoutError:
+            self.cut += 1
+            raise
+
+    async def _slow_put(self, key, data):
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
@@ -131,8 +143,8 @@ async def test_a_slow_object_store_does_not_lose_the_lease_while_working():
     repo, objects = InMemoryStateRepository(), SlowObjects(delay=0.05)
     applier = EventApplier(repo)
     await applier.apply([field_updated("f", n, state_id=f"s{n}") for n in range(40)])
-    holder = SnapshotFlusher(repo, objects, lease_s=0.2, parallel_writes=1)  # the round takes 2 s = 10 leases
-    watcher = SnapshotFlusher(repo, objects, lease_s=0.2)
+    holder = SnapshotFlusher(repo, objects, lease_s=0.4, parallel_writes=1)  # the round takes 2 s = 5 leases
+    watcher = SnapshotFlusher(repo, objects, lease_s=0.4)
     round_ = asyncio.create_task(holder.flush_once())
     await asyncio.sleep(0.01)  # the holder takes the lease first
     taken = 0
@@ -153,6 +165,9 @@ async def test_a_deposed_holder_cannot_leave_a_snapshot_behind_for_good():
     new = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
     await applier.apply([field_updated("f", "v1")])
     objects.gate = asyncio.Event()
+    # The second line of defence: a put that lands late although its deadline passed
+    # (this test's clock is not the one the deadline runs on).
+    objects.honour_deadlines = False
     stalled = asyncio.create_task(old.flush_once())  # reads v1, its put is held
     await asyncio.sleep(0.01)
     await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0))])
@@ -169,11 +184,36 @@ async def test_a_deposed_holder_cannot_leave_a_snapshot_behind_for_good():
     assert repo.items[LEASE_KEY] and not old.holding()
 
 
+async def test_a_snapshot_write_is_cut_when_the_holders_window_closes_and_never_lands_later():
+    """Issue 10.6: snapshots never go backwards. The old holder's put of v1 is held up
+    past its write window: it is cancelled at its deadline (as daprd cancels the binding
+    call), so when the store is fast again only the successor's v2 is ever written."""
+    repo, objects = InMemoryStateRepository(), SlowObjects()
+    applier = EventApplier(repo)
+    old = SnapshotFlusher(repo, objects, lease_s=0.4)
+    new = SnapshotFlusher(repo, objects, lease_s=0.4)
+    await applier.apply([field_updated("f", "v1")])
+    objects.gate = asyncio.Event()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(old.flush_once(), 5)  # its put waited past the window: cut, the round fails
+    assert objects.cut == 1
+    await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0))])
+    objects.gate.set()
+    objects.gate = None
+    for _ in range(200):  # the successor takes over after a lease period unchanged
+        if await new.flush_once():
+            break
+        await asyncio.sleep(0.01)
+    assert await snapshot(objects) == {"f": "v2"}
+    assert [json.loads(data) for _, data in objects.log] == [{"f": "v2"}]  # v1 never landed, not even late
+    assert await pending_keys(repo) == set()
+
+
 async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
     class Broken(InMemoryObjectStore):
         puts = 0
 
-        async def put(self, key, data):
+        async def put(self, key, data, timeout=None):
             Broken.puts += 1
             raise OSError("binding down")
 
