@@ -34,6 +34,7 @@ from statestore.events import (
 )
 from statestore.partitioning import partition_for
 from statestore.settings import Settings
+from statestore.tracing import mark_error, publisher_span
 
 __all__ = ["PublishPipeline", "PipelineStats", "Transport", "QueuedEvent", "pack", "cut_by_bytes"]
 
@@ -261,7 +262,9 @@ class PublishPipeline:
 
     async def publish_all(self, events: list[QueuedEvent]) -> int:
         """Publish ``events`` now, without the queue (a last-chance drain); returns how many failed."""
-        await self._publish(events)
+        # No span: the drain may run in a signal handler that interrupted the app inside
+        # its tracing SDK (a lock held there would deadlock the drain).
+        await self._publish_batch(events, None)
         lost, self._failed = len(self._failed), []
         return lost
 
@@ -312,7 +315,21 @@ class PublishPipeline:
             )  # fmt: skip
 
     async def _publish(self, batch: list[QueuedEvent], budget_s: float | None = None) -> None:
-        """Publish ``batch``; retry through an outage of up to the budget, then keep what failed."""
+        """Publish ``batch``; retry through an outage of up to the budget, then keep what failed.
+
+        When the batch's events carry trace contexts, a producer span ``statestore.publish``
+        covers it (retries included), linked to them."""
+        traced = [q.event.traceparent for q in batch if q.event.traceparent]
+        with publisher_span("statestore.publish", traced, {"statestore.events": len(batch)}) as span:
+            failed_before = self.stats.failed_events
+            await self._publish_batch(batch, budget_s)
+            held = self.stats.failed_events - failed_before
+            if span is not None:
+                span.set_attribute("statestore.events_held", held)
+                if held:
+                    mark_error(span, f"{held} events not published within the outage budget (PublishError)")
+
+    async def _publish_batch(self, batch: list[QueuedEvent], budget_s: float | None) -> None:
         s = self._settings
         budget = s.outage_budget_s if budget_s is None else budget_s
         remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids, s.partitions)

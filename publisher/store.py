@@ -19,6 +19,7 @@ from statestore.errors import InvalidValueError, ListingDisabledError, SyncTimeo
 from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.settings import get_settings
+from statestore.tracing import current_traceparent
 
 __all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
 
@@ -87,6 +88,9 @@ class StateStore:
             "producer": stamp.producer,
             "seq": stamp.seq,
             "hlc": stamp.hlc,
+            # The caller's OpenTelemetry span, when it has one: the subscriber's apply
+            # span continues or links to it (docs/observability.md#traces).
+            "traceparent": current_traceparent(),
         }
 
     # -- writes ----------------------------------------------------------------------

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="Address of /metrics and /healthz/* (0.0.0.0 in a pod, for its probes)."
     )
+    trace_file: str = Field(
+        "", description="Append the subscriber's finished spans to this file as JSON lines (empty: no file)."
+    )
     stuck_delivery_s: float = Field(
         120.0, gt=0, description="A delivery in flight longer than this makes /healthz/live fail."
     )

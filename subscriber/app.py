@@ -21,6 +21,7 @@ from subscriber.metrics import SubscriberMetrics
 from subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
 from subscriber.ports import StateRepository
 from subscriber.servicer import SubscriberServicer
+from subscriber.tracing import TracingConfigError, configure_tracing
 
 __all__ = ["main", "serve"]
 
@@ -91,12 +92,17 @@ async def serve(stop: asyncio.Event) -> None:
             f" below the sidecar's limit STATESTORE_SIDECAR_MAX_BODY_BYTES ({sidecar_settings.max_body_bytes},"
             " daprd --max-body-size): lower the first, or raise both."
         )
+    try:
+        tracing = configure_tracing(settings.trace_file)
+    except TracingConfigError as exc:
+        raise SystemExit(f"subscriber: {exc}") from None
+    tracer = tracing.tracer if tracing else None
     metrics = SubscriberMetrics(stuck_after_s=settings.stuck_delivery_s)
     # Served first: a port in use stops the start before anything else is opened.
     metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port else None
     sidecar = SidecarClient(sidecar_settings)
     repository = DaprStateRepository(sidecar, settings.statestore_name)
-    outbox = OutboxWriter(repository, settings.subscriber_replica_id)
+    outbox = OutboxWriter(repository, settings.subscriber_replica_id, traced=tracer is not None)
     applier = EventApplier(
         repository,
         outbox=outbox,
@@ -106,10 +112,10 @@ async def serve(stop: asyncio.Event) -> None:
         metrics=metrics,
     )
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
-    servicer = SubscriberServicer(applier, settings, parking, metrics)
+    servicer = SubscriberServicer(applier, settings, parking, metrics, tracer=tracer)
     objects = DaprObjectStore(sidecar, settings.objectstore_name)
     flusher = SnapshotFlusher(
-        repository, objects, lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics,
+        repository, objects, lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics, tracer=tracer,
         expiry=ExpiryMarkers(repository, objects, bucket_s=settings.expiry_bucket_s),
         sweep_interval_s=settings.expiry_sweep_s,
     )  # fmt: skip
@@ -140,6 +146,9 @@ async def serve(stop: asyncio.Event) -> None:
         "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
+    if tracing:
+        log.info("traces: apply and snapshot spans exported to %s", ", ".join(
+            f"{name} {settings.trace_file}" if name == "file" else name for name in tracing.exporters))  # fmt: skip
     if metrics_server:
         log.info("metrics and health on http://%s:%d/metrics, /healthz/ready, /healthz/live",
                  settings.metrics_host, metrics_server.port)  # fmt: skip
@@ -160,6 +169,8 @@ async def serve(stop: asyncio.Event) -> None:
     await sidecar.close()
     if metrics_server:
         metrics_server.close()
+    if tracing:
+        tracing.shutdown()  # export the spans still queued
     log.info(
         "subscriber stopped: %d events applied, %d rejected, %d parked, %d snapshots written",
         servicer.applied_events, servicer.rejected_events, servicer.parked_events, flusher.written,

@@ -47,6 +47,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,6 +56,7 @@ from statestore.document import StateDocument, decode_document
 from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
 from statestore.sidecar import MessageTooLargeError
+from statestore.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
 from subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
 from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
@@ -95,6 +97,10 @@ class OutboxEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keys: list[str]
+    # The apply span that committed it (W3C traceparent), only while the subscriber
+    # traces: the snapshot span links to it. Written only when set, so a replica of an
+    # earlier version (no such field) still reads the entries of an untraced subscriber.
+    trace: str | None = None
 
 
 class Registry(BaseModel):
@@ -131,9 +137,10 @@ class OutboxWriter:
     only wait for each other inside the store, or fail with SQLITE_BUSY).
     """
 
-    def __init__(self, repository: StateRepository, replica: str = "") -> None:
+    def __init__(self, repository: StateRepository, replica: str = "", traced: bool = False) -> None:
         self.replica = replica or uuid.uuid4().hex[:12]
         self._repository = repository
+        self._traced = traced  # name the current (apply) span in each entry
         self._next = 0
         self._registered = False
         self._lane = asyncio.Lock()
@@ -147,7 +154,9 @@ class OutboxWriter:
             if not self._registered:
                 await self._register()
             key = entry_key(self.replica, self._next)
-            entry = Upsert(key, OutboxEntry(keys=keys).model_dump_json().encode(), None)
+            trace = current_traceparent() if self._traced else None
+            entry_json = OutboxEntry(keys=keys, trace=trace).model_dump_json(exclude_none=True)
+            entry = Upsert(key, entry_json.encode(), None)
             try:
                 await self._repository.commit([*operations, entry])
             except EtagMismatchError:
@@ -242,11 +251,13 @@ class SnapshotFlusher:
         metrics: SubscriberMetrics | None = None,
         expiry: ExpiryMarkers | None = None,
         sweep_interval_s: float = 60.0,
+        tracer: Any = None,
     ) -> None:
         self._repository = repository
         self._objects = objects
         self.expiry = expiry or ExpiryMarkers(repository, objects)
         self._sweep_interval_s = sweep_interval_s
+        self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
         self.metrics = metrics or SubscriberMetrics()
         self._interval_s = interval_s
         self._max_keys = max_keys_per_round
@@ -437,27 +448,44 @@ class SnapshotFlusher:
             self.metrics.snapshot_backlog.set(0)  # the lease holder reports it
             return 0
         started = time.monotonic()
-        consumed, keys = await self._collect(registry, heads)
+        consumed, keys, traces = await self._collect(registry, heads)
         self.metrics.snapshot_backlog.set(len(keys))
-        renewing = asyncio.create_task(self._keep_lease())
-        written = 0
-        try:
-            for piece in cut(keys, len, 1 << 20, self._keys_per_read):
-                if not self.holding():
-                    raise _LeaseLost
-                documents = await self._repository.load(piece)
-                await asyncio.gather(*(self._write(key, documents.get(key)) for key in piece))
-                written += len(piece)
-            await self._advance(consumed)
-        except _LeaseLost:
-            await self._lost(keys if written else [])
-            return 0
-        finally:
-            renewing.cancel()
+        with self._snapshot_span(consumed, keys, traces) as span:
+            renewing = asyncio.create_task(self._keep_lease())
+            written = 0
+            try:
+                for piece in cut(keys, len, 1 << 20, self._keys_per_read):
+                    if not self.holding():
+                        raise _LeaseLost
+                    documents = await self._repository.load(piece)
+                    await asyncio.gather(*(self._write(key, documents.get(key)) for key in piece))
+                    written += len(piece)
+                await self._advance(consumed)
+            except _LeaseLost:
+                if span is not None:
+                    span.set_attribute("statestore.lease_lost", True)
+                await self._lost(keys if written else [])
+                return 0
+            finally:
+                renewing.cancel()
         self.written += len(keys)
         self.metrics.snapshots_written.inc(len(keys))
         self.metrics.snapshot_flush.observe(time.monotonic() - started)
         return len(keys)
+
+    def _snapshot_span(
+        self, consumed: dict[str, tuple[int, int]], keys: list[str], traces: list[str]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """One span per round, linked to (or, with one, continuing) the apply spans that
+        committed its outbox entries."""
+        if self._tracer is None:
+            return contextlib.nullcontext()
+        attributes = {
+            "statestore.states": len(keys),
+            "statestore.entries": sum(new - head for head, new in consumed.values()),
+            "statestore.state_keys": keys[:MAX_KEYS_SHOWN],
+        }
+        return linked_span(self._tracer, "statestore.snapshot", traces, attributes=attributes)
 
     async def migrate_legacy_slots(self) -> int:
         """Move the marks of old shared slot documents into this replica's outbox (each
@@ -484,9 +512,10 @@ class SnapshotFlusher:
 
     async def _collect(
         self, registry: Registry, heads: dict[str, StoredItem]
-    ) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    ) -> tuple[dict[str, tuple[int, int]], list[str], list[str]]:
         """Entries to flush this round, from each head on: replica -> (head, new head),
-        and the distinct keys they name (at most max_keys_per_round, unless one entry has more)."""
+        the distinct keys they name (at most max_keys_per_round, unless one entry has
+        more), and the trace contexts of the apply spans that wrote them."""
         ready = {r: h for r, h in registry.heads.items() if entry_key(r, h) in heads}
         after = await self._repository.load(
             [entry_key(r, h + i) for r, h in ready.items() for i in range(1, self._entries_per_read)]
@@ -494,15 +523,19 @@ class SnapshotFlusher:
         found = {**heads, **after}
         consumed: dict[str, tuple[int, int]] = {}
         keys: dict[str, None] = {}
+        traces: list[str] = []
         for replica, head in ready.items():
             n = head
             while (item := found.get(entry_key(replica, n))) is not None and (n == head or len(keys) < self._max_keys):
-                keys.update(dict.fromkeys(OutboxEntry.model_validate_json(item.value).keys))
+                entry = OutboxEntry.model_validate_json(item.value)
+                keys.update(dict.fromkeys(entry.keys))
+                if entry.trace:
+                    traces.append(entry.trace)
                 n += 1
             consumed[replica] = (head, n)
             if len(keys) >= self._max_keys:
                 break
-        return consumed, list(keys)
+        return consumed, list(keys), traces
 
     async def _write(self, key: str, item: StoredItem | None) -> None:
         if item is None:

@@ -7,9 +7,11 @@ statestore.document, storage in subscriber.applier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
@@ -18,6 +20,7 @@ from google.protobuf import empty_pb2
 from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
+from statestore.tracing import MAX_KEYS_SHOWN, linked_span, mark_error
 from subscriber.applier import EventApplier
 from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import InMemoryParking, Parking
@@ -82,8 +85,10 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         settings: Settings,
         parking: Parking | None = None,
         metrics: SubscriberMetrics | None = None,
+        tracer: Any = None,
     ) -> None:
         self._applier = applier
+        self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
         self.metrics = metrics or getattr(applier, "metrics", None) or SubscriberMetrics()
         self._settings = settings
         self._parking = parking or InMemoryParking()
@@ -153,9 +158,11 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             return {entry.entry_id: DROP for entry in entries}
         async with self._budget(topic):
             with self.metrics.delivery():
-                return await self._handle(entries, reparking=topic == self._settings.parked_topic)
+                return await self._handle(entries, topic)
 
-    async def _handle(self, entries: list, reparking: bool = False) -> dict[str, int]:
+    async def _handle(self, entries: list, topic: str) -> dict[str, int]:
+        reparking = topic == self._settings.parked_topic
+        received_ns = time.time_ns() if self._tracer is not None else None
         statuses: dict[str, int] = {}
         decoded: list[_Entry] = []
         ready: list[AnyEvent] = []
@@ -201,7 +208,13 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             except Exception as exc:
                 log.warning("could not park %d events, their messages will be redelivered: %s", len(parked), exc)
                 parking_failed = True
-        result = await self._applier.apply(ready)
+        with self._apply_span(topic, len(entries), ready, received_ns) as span:
+            result = await self._applier.apply(ready)
+            if span is not None:
+                span.set_attributes({"statestore.states": result.states, "statestore.written": result.written,
+                                     "statestore.failed": len(result.failed), "statestore.refused": len(result.refused)})  # fmt: skip
+                if result.failed:
+                    mark_error(span, f"{len(result.failed)} states not applied now (their messages are redelivered)")
         self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
         applied_ms = time.time() * 1000
         for event in ready:
@@ -225,6 +238,28 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             else:
                 statuses[item.entry_id] = SUCCESS
         return statuses
+
+    def _apply_span(
+        self, topic: str, messages: int, events: list[AnyEvent], received_ns: int | None
+    ) -> contextlib.AbstractContextManager[Any]:
+        """One consumer span per delivery (from its receipt), linked to (or, with one,
+        continuing) the trace contexts its events carry; current while the delivery is
+        applied, so the outbox entries it commits name it (the snapshot span links to it)."""
+        if self._tracer is None:
+            return contextlib.nullcontext()
+        keys: dict[str, None] = {}
+        for event in events:
+            if len(keys) >= MAX_KEYS_SHOWN:
+                break
+            keys[event.key] = None
+        attributes = {
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": messages,
+            "statestore.events": len(events),
+            "statestore.state_keys": list(keys),
+        }
+        return linked_span(self._tracer, "statestore.apply", (e.traceparent for e in events),
+                           kind="consumer", attributes=attributes, start_time=received_ns)  # fmt: skip
 
     def _warn_clock(self, event: AnyEvent, now_ms: float) -> None:
         if self._clock_warned:

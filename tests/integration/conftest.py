@@ -33,8 +33,11 @@ def stack(profile):
     # data folder through every parent, also when it restarts mid-session.
     base = Path(tempfile.mkdtemp(prefix="statestore-stack-"))
     base.chmod(0o711)
+    # Tracing on for the whole session (the traced path under every test): the
+    # subscribers append their spans to one file, exported within 0.2 s (test_traces).
+    tracing = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl"), "OTEL_BSP_SCHEDULE_DELAY": "200"}
     stack = Stack(
-        base, Ports.free(), api_tokens=True, profile=profile, extra_env=TEST_SUBSCRIBER_ENV,
+        base, Ports.free(), api_tokens=True, profile=profile, extra_env={**TEST_SUBSCRIBER_ENV, **tracing},
         component_metadata={"cleanupInterval": "1s"},  # expired rows leave the store within seconds
     )  # fmt: skip
     stack.up()

@@ -58,13 +58,16 @@ async def test_a_state_too_large_is_dead_lettered_and_the_rest_of_the_delivery_a
     assert "workflows/small" in repo.items
 
 
-async def test_only_messages_with_failed_states_are_redelivered():
-    class FailingFor(InMemoryStateRepository):
-        async def commit(self, upserts):
-            if any(u.key == "workflows/bad" for u in upserts):
-                raise OSError("disk I/O error")
-            await super().commit(upserts)
+class FailingFor(InMemoryStateRepository):
+    """A store whose commits fail while they hold the state ``bad``."""
 
+    async def commit(self, upserts):
+        if any(u.key == "workflows/bad" for u in upserts):
+            raise OSError("disk I/O error")
+        await super().commit(upserts)
+
+
+async def test_only_messages_with_failed_states_are_redelivered():
     repo = FailingFor()
     servicer = SubscriberServicer(EventApplier(repo, max_states_per_commit=1), SETTINGS)
     good = field_updated("f", 1, hlc=(now_ms(), 0), state_id="good")
