@@ -114,6 +114,9 @@ class Stack:
     api_tokens: bool = False  # DAPR_API_TOKEN on every sidecar, APP_API_TOKEN for the subscriber
     profile: Profile | str = "local"
     replicas_wanted: int | None = None
+    # Component metadata values to override by name (e.g. {"cleanupInterval": "1s"} so tests
+    # see the store's TTL cleanup in seconds); only items the components already have.
+    component_metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.base = Path(self.base).resolve()
@@ -229,6 +232,7 @@ class Stack:
         shutil.rmtree(self.resources, ignore_errors=True)
         self.resources.mkdir(parents=True)
         values = {name: value for server in self.servers.values() for name, value in server.component_metadata().items()}
+        values.update(self.component_metadata)
         for name, doc in self.profile.component_documents().items():
             for item in doc.get("spec", {}).get("metadata", []) or []:
                 if item.get("name") in values:

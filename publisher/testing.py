@@ -15,7 +15,8 @@ and snapshot flusher (statestore.document's merge) over in-memory ports, so the 
 store cannot drift from the real one: delete, ordering, TTL and listing behave alike.
 Events are applied as they are published, so ``sync`` returns at once.
 
-Expiry uses a clock you can move: ``store.advance(seconds)``.
+Expiry uses a clock you can move: ``store.advance(seconds)``; ``await store.sweep_expired()``
+then runs the subscriber's expiry sweep (the snapshots of expired states go).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from statestore.events import decode_events
 from statestore.sidecar import StoredItem, Upsert
 from statestore.settings import get_settings
 from subscriber.applier import EventApplier
+from subscriber.expiry import ExpiryMarkers
 from subscriber.outbox import SnapshotFlusher
 from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
 
@@ -117,7 +119,10 @@ class MemoryStateStore:
         self.objects = InMemoryObjectStore()
         self.applier = EventApplier(self.repository, keep_index=True)
         self.repository.items[ENABLED_KEY] = StoredItem(b"{}", "index")  # list_states works in memory
-        self.flusher = SnapshotFlusher(self.repository, self.objects)
+        # Expiry markers on the memory clock, in 1-second buckets: sweep_expired() after
+        # advance() removes the snapshots of expired states, as the subscriber's sweep does.
+        expiry = ExpiryMarkers(self.repository, self.objects, bucket_s=1, wall=self.wall)
+        self.flusher = SnapshotFlusher(self.repository, self.objects, expiry=expiry)
         self.keyring = {"active": "k1", "k1": base64.b64encode(os.urandom(32)).decode()}
         self.published = 0
 
@@ -125,9 +130,22 @@ class MemoryStateStore:
         """The memory store's clock (seconds): real time plus ``advance``."""
         return time.monotonic() + self._offset
 
+    def wall(self) -> float:
+        """Unix time on the memory store's clock."""
+        return time.time() + self._offset
+
     def advance(self, seconds: float) -> None:
-        """Move the clock on: states whose TTL passed expire."""
+        """Move the clock on: states whose TTL passed expire (their snapshots stay until
+        ``sweep_expired``)."""
         self._offset += seconds
+
+    async def sweep_expired(self) -> int:
+        """Run the subscriber's expiry sweep now: the snapshots of expired states go.
+        Returns how many were removed."""
+        removed = self.flusher.expiry.removed
+        while await self.flusher.sweep_once():
+            pass
+        return self.flusher.expiry.removed - removed
 
     def snapshot(self, key: str) -> Any:
         """The object-store snapshot at ``key`` (statestore.paths.object_key) as JSON, or None."""

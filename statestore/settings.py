@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     request_max_bytes: int = Field(2 << 20, ge=64 << 10, description="Target size of one read or transaction.")
     max_document_bytes: int = Field(12 << 20, ge=1 << 20, description="Largest stored document; beyond: dead letter.")
     snapshot_lease_s: float = Field(5.0, gt=0, description="Snapshot flusher lease period.")
+    # Expired states' snapshots: the lease holder sweeps due expiry markers this often;
+    # markers are filed in time buckets this wide (fixed when the first marker is filed).
+    expiry_sweep_s: float = Field(60.0, gt=0, description="How often expired states' snapshots are swept.")
+    expiry_bucket_s: int = Field(60, ge=1, le=86_400, description="Width of an expiry marker bucket.")
     metrics_port: int = Field(
         9464, ge=0, le=65535, description="Port of the subscriber's /metrics and /healthz/* (0: off)."
     )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import dapr_pb2_grpc
-from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
+from dapr.proto.runtime.v1 import binding_pb2, metadata_pb2, pubsub_pb2, secret_pb2, state_pb2
 
 from statestore.envelope import CONTENT_TYPE
 from statestore.errors import SidecarUnavailableError
@@ -276,6 +276,15 @@ class SidecarClient:
         )
         response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}", timeout)
         return response.data
+
+    async def component_type(self, name: str) -> str | None:
+        """The type of the sidecar's component ``name`` (e.g. ``bindings.localstorage``),
+        or None when the sidecar has no such component or cannot say now."""
+        try:
+            response = await self._call(self._stub.GetMetadata, metadata_pb2.GetMetadataRequest(), "metadata")
+        except SidecarUnavailableError:
+            return None
+        return next((c.type for c in response.registered_components if c.name == name), None)
 
     async def get_secret(self, store: str, name: str) -> dict[str, str]:
         """A secret (all its values) from a Dapr secret store."""

@@ -17,6 +17,7 @@ from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
 from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
 from subscriber.deadletter import DeadLetterBox
+from subscriber.expiry import ExpiryMarkers
 from subscriber.metrics import SubscriberMetrics
 from subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
 from subscriber.ports import StateRepository
@@ -114,9 +115,11 @@ async def serve(stop: asyncio.Event) -> None:
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
     servicer = SubscriberServicer(applier, settings, parking, metrics, DeadLetterBox(repository, settings.request_max_bytes),
                                   tracer=tracer)  # fmt: skip
+    objects = DaprObjectStore(sidecar, settings.objectstore_name)
     flusher = SnapshotFlusher(
-        repository, DaprObjectStore(sidecar, settings.objectstore_name),
-        lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics, tracer=tracer,
+        repository, objects, lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics, tracer=tracer,
+        expiry=ExpiryMarkers(repository, objects, bucket_s=settings.expiry_bucket_s),
+        sweep_interval_s=settings.expiry_sweep_s,
     )  # fmt: skip
     token = os.environ.get("APP_API_TOKEN")
     server = grpc.aio.server(

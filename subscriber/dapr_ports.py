@@ -3,13 +3,14 @@ object-store binding."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
+import contextlib
 import uuid
+from collections.abc import Iterable, Sequence
 
 from statestore.cutting import cut
 from statestore.errors import SidecarUnavailableError
 from statestore.events import AnyEvent, encode_batch_cloudevent, encode_event
+from statestore.objectlist import list_object_keys
 from statestore.sidecar import Delete, SidecarClient, StoredItem, Upsert
 
 __all__ = ["DaprStateRepository", "DaprObjectStore", "DaprParking"]
@@ -30,11 +31,13 @@ class DaprStateRepository:
 
 
 class DaprObjectStore:
-    """ObjectStore on a Dapr output binding with create/get (bindings.localstorage, S3)."""
+    """ObjectStore on a Dapr output binding with create/get/delete/list
+    (bindings.localstorage, bindings.aws.s3)."""
 
     def __init__(self, sidecar: SidecarClient, binding: str) -> None:
         self._sidecar = sidecar
         self._binding = binding
+        self._has_folders: bool | None = None
 
     async def put(self, key: str, data: bytes, timeout: float | None = None) -> None:
         await self._sidecar.invoke_binding(self._binding, "create", data, {"fileName": key, "key": key}, timeout)
@@ -53,6 +56,23 @@ class DaprObjectStore:
         except SidecarUnavailableError as exc:
             if not _absent(exc):  # already gone (a redelivered delete): done
                 raise
+
+    async def list(self, prefix: str) -> list[str]:
+        return await list_object_keys(self._sidecar, self._binding, prefix)
+
+    async def remove_folders(self, folders: Iterable[str]) -> None:
+        # bindings.localstorage's delete is os.Remove: it removes an empty folder and
+        # refuses a full one. S3 has no folders (nothing to send).
+        if self._has_folders is None:
+            kind = await self._sidecar.component_type(self._binding)
+            if kind is None:
+                return  # not known yet: ask again next time
+            self._has_folders = kind == "bindings.localstorage"
+        if not self._has_folders:
+            return
+        for folder in sorted(set(folders), key=lambda f: f.count("/"), reverse=True):
+            with contextlib.suppress(SidecarUnavailableError):  # not empty (or gone): it stays
+                await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": folder})
 
 
 def _absent(exc: Exception) -> bool:

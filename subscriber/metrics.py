@@ -77,6 +77,9 @@ class SubscriberMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.snapshots_written = Counter("statestore_snapshots_written", "Snapshot files written.", registry=r)
+        self.expired_snapshots_removed = Counter(
+            "statestore_expired_snapshots_removed", "Snapshots of expired states removed by the expiry sweep.", registry=r
+        )
         self.ready = Gauge("statestore_ready", "1 while the sidecar and state store answer.", registry=r)
         self.ready_reason = "not checked yet"
         self.is_ready = False

@@ -15,6 +15,10 @@ lease record (the fence: if another flusher took the lease meanwhile, the transa
 fails and nothing moves). A crash anywhere leaves the entries, and the next flusher
 writes the files again: snapshots trail the state store by one flush round.
 
+The lease holder also files an expiry marker for each snapshot of a state with a TTL,
+and sweeps the due ones every ``sweep_interval_s`` between rounds: the snapshots of
+states the store expired go too (subscriber.expiry).
+
 The lease does not depend on clocks agreeing. Its record carries a nonce that the holder
 rewrites at least every quarter lease period while it works. Another flusher takes over
 only after it has seen the same record, unchanged, for a whole lease period on its own
@@ -53,6 +57,7 @@ from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
 from statestore.sidecar import MessageTooLargeError
 from statestore.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
+from subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
 from subscriber.metrics import SubscriberMetrics
 from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
 
@@ -244,10 +249,14 @@ class SnapshotFlusher:
         entries_per_read: int = 64,
         clock: Callable[[], float] = time.monotonic,
         metrics: SubscriberMetrics | None = None,
+        expiry: ExpiryMarkers | None = None,
+        sweep_interval_s: float = 60.0,
         tracer: Any = None,
     ) -> None:
         self._repository = repository
         self._objects = objects
+        self.expiry = expiry or ExpiryMarkers(repository, objects)
+        self._sweep_interval_s = sweep_interval_s
         self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
         self.metrics = metrics or SubscriberMetrics()
         self._interval_s = interval_s
@@ -264,6 +273,7 @@ class SnapshotFlusher:
         self._seen: tuple[str, float] | None = None  # another holder's record: (etag, first seen)
         self._lease_lock = asyncio.Lock()
         self._rounds = 0
+        self._sweep_error = ""
         self.written = 0
 
     # -- the lease -------------------------------------------------------------------
@@ -306,8 +316,17 @@ class SnapshotFlusher:
             except EtagMismatchError:
                 self._nonce = None
                 return False
+            if not ours:  # what we filed before may have been swept by another holder since
+                self.expiry.forget()
             self._nonce, self._renewed_at, self._seen = nonce, started, None
             return True
+
+    def _window(self) -> float:
+        """``write_window()``, the deadline of an object-store write; _LeaseLost when closed."""
+        window = self.write_window()
+        if window <= 0:
+            raise _LeaseLost
+        return window
 
     async def _keep_lease(self) -> None:
         """Renew while a round works (a slow object store must not let the lease lapse)."""
@@ -334,7 +353,11 @@ class SnapshotFlusher:
         5 s) and a failure is logged once until it changes or the flusher recovers."""
         backoff = self._interval_s
         last_error = ""
+        next_sweep = self._clock() + self._sweep_interval_s  # the sidecar may still be starting
         while not stop.is_set():
+            if self._clock() >= next_sweep:
+                more = await self._sweep_logged()
+                next_sweep = self._clock() + (0 if more else self._sweep_interval_s)
             try:
                 if self._rounds % 50 == 0:
                     await self.migrate_legacy_slots()
@@ -364,10 +387,59 @@ class SnapshotFlusher:
                 break
         await self.release()
 
+    async def _sweep_logged(self) -> bool:
+        """``sweep_once``, a failure logged once until it changes (the markers stay)."""
+        try:
+            more = await self.sweep_once()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._sweep_error:
+                log.warning("expiry sweep failed, trying again next interval (logged once): %s", error)
+                self._sweep_error = error
+            return False
+        if self._sweep_error:
+            log.info("expiry sweep recovered")
+            self._sweep_error = ""
+        return more
+
+    async def sweep_once(self) -> bool:
+        """Remove the snapshots of states whose expiry markers are due and that the store
+        expired (subscriber.expiry); lease holder only. True when more is due already."""
+        if not await self._hold():
+            return False
+        self.expiry.observe_cursor((await self._repository.load([CURSOR_KEY])).get(CURSOR_KEY))
+        result = Sweep()
+        renewing = asyncio.create_task(self._keep_lease())
+        try:
+            await self.expiry.sweep(self._window, result)
+            if result.cursor is not None or result.expired:
+                await self._fenced_commit([CURSOR_KEY], lambda stored: self._cursor_write(stored, result))
+        except _LeaseLost:
+            await self._lost(result.expired)  # the new holder rewrites any that exist again
+            return False
+        finally:
+            renewing.cancel()
+        if result.cursor is not None:
+            self.expiry.swept(result.cursor)
+        if result.expired:
+            self.metrics.expired_snapshots_removed.inc(len(result.expired))
+            log.info("expiry sweep: removed the snapshots of %d expired states", len(result.expired))
+        return result.more
+
+    def _cursor_write(self, stored: dict[str, StoredItem], result: Sweep) -> list[Upsert | Delete]:
+        if result.cursor is None:
+            return []  # only the fence: we held the lease while deleting
+        item = stored.get(CURSOR_KEY)
+        if item is None or self.expiry.cursor_next(item) >= result.cursor.next:
+            raise _LeaseLost  # another holder swept meanwhile
+        return [Upsert(CURSOR_KEY, result.cursor.model_dump_json().encode(), item.etag)]
+
     async def flush_once(self) -> int:
         """One round: read the outboxes, write the named snapshots, move the heads.
         Returns the number of states written (0 when idle or not the lease holder)."""
-        registry = _parse(Registry, (await self._repository.load([REGISTRY_KEY])).get(REGISTRY_KEY))
+        stored = await self._repository.load([REGISTRY_KEY, CURSOR_KEY])
+        registry = _parse(Registry, stored.get(REGISTRY_KEY))
+        self.expiry.observe_cursor(stored.get(CURSOR_KEY))
         heads = await self._repository.load([entry_key(r, h) for r, h in registry.heads.items()])
         if not heads:
             self.metrics.snapshot_backlog.set(0)
@@ -474,9 +546,7 @@ class SnapshotFlusher:
             log.error("no snapshot for %s: %s", key, exc)
             return
         async with self._writes:
-            window = self.write_window()
-            if window <= 0:
-                raise _LeaseLost
+            window = self._window()
             try:
                 if not document.exists():  # deleted: its snapshot goes too
                     await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
@@ -484,32 +554,45 @@ class SnapshotFlusher:
                     await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document), timeout=window)
             except MessageTooLargeError as exc:  # would fail the same way forever
                 log.error("no snapshot for %s: %s", key, exc)
+                return
             # A write cut at its deadline never lands: the round fails like any store error,
             # its entries stay, and the next round writes those states again.
+            if document.exists() and document.ttl_s is not None:  # the sweep removes it once expired
+                await self.expiry.mark(key, document.ttl_s, timeout=self._window())
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""
         deletes = [Delete(entry_key(r, n)) for r, (head, new) in consumed.items() for n in range(head, new)]
-        for _ in range(20):
-            started = self._clock()
-            stored = await self._repository.load([REGISTRY_KEY, LEASE_KEY])
-            lease_item, registry_item = stored.get(LEASE_KEY), stored.get(REGISTRY_KEY)
-            lease = _parse(Lease, lease_item)
-            if lease_item is None or lease.nonce != self._nonce:
-                raise _LeaseLost
+
+        def heads_moved(stored: dict[str, StoredItem]) -> list[Upsert | Delete]:
+            registry_item = stored.get(REGISTRY_KEY)
             registry = _parse(Registry, registry_item)
             for replica, (head, new) in consumed.items():
                 if registry.heads.get(replica) != head:
                     raise _LeaseLost  # another flusher moved this head
                 registry.heads[replica] = new
+            etag = registry_item.etag if registry_item else None
+            return [Upsert(REGISTRY_KEY, registry.model_dump_json().encode(), etag), *deletes]
+
+        await self._fenced_commit([REGISTRY_KEY], heads_moved)
+
+    async def _fenced_commit(
+        self, keys: list[str], operations: Callable[[dict[str, StoredItem]], list[Upsert | Delete]]
+    ) -> None:
+        """Commit ``operations(stored keys)`` with a rewrite of the lease record, in one
+        transaction that fails if the lease is no longer ours (_LeaseLost)."""
+        for _ in range(20):
+            started = self._clock()
+            stored = await self._repository.load([*keys, LEASE_KEY])
+            lease_item = stored.get(LEASE_KEY)
+            lease = _parse(Lease, lease_item)
+            if lease_item is None or lease.nonce != self._nonce:
+                raise _LeaseLost
+            writes = operations(stored)
             nonce = uuid.uuid4().hex
             fence = Lease(owner=self.owner, nonce=nonce, epoch=lease.epoch)
             try:
-                await self._repository.commit([
-                    Upsert(REGISTRY_KEY, registry.model_dump_json().encode(), registry_item.etag if registry_item else None),
-                    Upsert(LEASE_KEY, fence.model_dump_json().encode(), lease_item.etag),
-                    *deletes,
-                ])  # fmt: skip
+                await self._repository.commit([*writes, Upsert(LEASE_KEY, fence.model_dump_json().encode(), lease_item.etag)])
             except EtagMismatchError:
                 continue  # a replica registered meanwhile, or we lost the lease: read again
             self._nonce, self._renewed_at = nonce, started

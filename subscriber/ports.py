@@ -51,6 +51,13 @@ class ObjectStore(Protocol):
     async def delete(self, key: str, timeout: float | None = None) -> None:
         """Remove the object at ``key``; nothing happens when there is none (``timeout``: as put)."""
 
+    async def list(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (a folder, ending with '/'); [] when there is none."""
+
+    async def remove_folders(self, folders: Iterable[str]) -> None:
+        """Remove these folders where they are empty, deepest first. Only a store with real
+        folders (local files) has any: elsewhere this does nothing."""
+
 
 class Parking(Protocol):
     """Where events stamped too far ahead wait, durably, without blocking the others."""
@@ -108,3 +115,9 @@ class InMemoryObjectStore:
 
     async def delete(self, key: str, timeout: float | None = None) -> None:
         self.objects.pop(key, None)
+
+    async def list(self, prefix: str) -> list[str]:
+        return sorted(key for key in self.objects if key.startswith(prefix))
+
+    async def remove_folders(self, folders: Iterable[str]) -> None:
+        pass  # keys, no folders

@@ -64,6 +64,23 @@ class ObjectStoreContract:
         assert await objects.get(key) is None
         await objects.delete(key)  # a redelivered delete: already gone, no error
 
+    async def test_list_gives_the_keys_under_a_folder_and_removing_folders_keeps_every_object(self, objects):
+        folder = f"statestore-expiry/contract-{uuid.uuid4().hex[:8]}/"
+        assert await objects.list(folder) == []  # nothing there yet
+        keys = [f"{folder}workflows/a", f"{folder}workflows/b", f"{folder}orders/workflows/c"]
+        for key in keys:
+            await objects.put(key, b"{}")
+        await objects.put(f"{folder[:-1]}x/workflows/d", b"{}")  # a sibling with the same start: not listed
+        assert sorted(await objects.list(folder)) == sorted(keys)
+        await objects.delete(keys[0])
+        await objects.remove_folders([f"{folder}workflows", f"{folder}orders/workflows", f"{folder}orders", folder[:-1]])
+        assert sorted(await objects.list(folder)) == sorted(keys[1:])  # full folders stay, and their objects
+        for key in keys[1:]:
+            await objects.delete(key)
+        await objects.remove_folders([f"{folder}workflows", f"{folder}orders/workflows", f"{folder}orders", folder[:-1]])
+        assert await objects.list(folder) == []
+        await objects.delete(f"{folder[:-1]}x/workflows/d")
+
 
 class TestInMemoryRepository(RepositoryContract):
     @pytest.fixture

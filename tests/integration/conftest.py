@@ -21,6 +21,11 @@ from statestore.settings import Settings, SidecarSettings, get_settings, get_sid
 from statestore.sidecar import SidecarClient
 
 
+# The list index on, and expiry swept every second in 1-second buckets: an expired state's
+# snapshot goes within seconds (test_state_lifecycle.py), not minutes.
+TEST_SUBSCRIBER_ENV = {"STATESTORE_LIST_INDEX": "1", "STATESTORE_EXPIRY_SWEEP_S": "1", "STATESTORE_EXPIRY_BUCKET_S": "1"}
+
+
 @pytest.fixture(scope="session")
 def stack(profile):
     # Not under pytest's basetemp: pytest resets that folder to 0700 whenever a session
@@ -31,7 +36,10 @@ def stack(profile):
     # Tracing on for the whole session (the traced path under every test): the
     # subscribers append their spans to one file, exported within 0.2 s (test_traces).
     tracing = {"STATESTORE_TRACE_FILE": str(base / "spans.jsonl"), "OTEL_BSP_SCHEDULE_DELAY": "200"}
-    stack = Stack(base, Ports.free(), api_tokens=True, profile=profile, extra_env={"STATESTORE_LIST_INDEX": "1", **tracing})
+    stack = Stack(
+        base, Ports.free(), api_tokens=True, profile=profile, extra_env={**TEST_SUBSCRIBER_ENV, **tracing},
+        component_metadata={"cleanupInterval": "1s"},  # expired rows leave the store within seconds
+    )  # fmt: skip
     stack.up()
     yield stack
     stack.down()

@@ -36,6 +36,9 @@ class StackBackend:
 
         await eventually(gone, timeout=seconds + 15)
 
+    async def sweep(self) -> None:
+        pass  # the subscriber sweeps every second on the test stack (conftest)
+
 
 class MemoryBackend:
     name = "memory"
@@ -48,6 +51,10 @@ class MemoryBackend:
 
     async def let_expire(self, seconds: int, id: str) -> None:
         self.store.advance(seconds + 0.001)
+
+    async def sweep(self) -> None:
+        self.store.advance(1)  # the end of the marker's 1-second bucket
+        await self.store.sweep_expired()
 
 
 @pytest.fixture(params=["stack", "memory"])
@@ -63,11 +70,11 @@ def new_id(prefix: str = "acc") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-async def snapshot_is(backend, id: str, expected, state_type: StateType = W) -> None:
+async def snapshot_is(backend, id: str, expected, state_type: StateType = W, timeout: float = 10) -> None:
     async def matches():
         return backend.snapshot(id, state_type) == expected
 
-    await eventually(matches, timeout=10)
+    await eventually(matches, timeout=timeout)
 
 
 async def test_save_sync_get_and_snapshot(backend):
@@ -107,16 +114,20 @@ async def test_delete_state_and_delete_field(backend):
     await snapshot_is(backend, wf, {"c": 3})
 
 
-async def test_ttl_expires_the_state_and_a_later_write_recreates_it(backend):
+async def test_ttl_expires_the_state_and_its_snapshot_and_a_later_write_recreates_it(backend):
     wf = new_id()
     await StateStore.save_state("a", 1, wf, W, ttl_seconds=2)
     await StateStore.sync(wf, W)
     assert await StateStore.get_state(wf, W) == {"a": 1}
+    await snapshot_is(backend, wf, {"a": 1})
     await backend.let_expire(2, wf)
     assert await StateStore.get_state(wf, W) is None
+    await backend.sweep()
+    await snapshot_is(backend, wf, None, timeout=30)  # the expiry sweep
     await StateStore.save_state("a", 2, wf, W)
     await StateStore.sync(wf, W)
     assert await StateStore.get_state(wf, W) == {"a": 2}
+    await snapshot_is(backend, wf, {"a": 2})
 
 
 async def test_list_states_pages_sorted_ids_of_existing_states(backend):

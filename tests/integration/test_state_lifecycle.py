@@ -1,14 +1,21 @@
-"""Issue 13 on the real stack: delete_state / delete_field, ordered like writes."""
+"""Issue 13 on the real stack: delete_state / delete_field, ordered like writes; expiry
+(the store's TTL, then the sweep of expired snapshots); listing."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
+import subprocess
 import uuid
+from pathlib import Path
 
-from publisher import StateStore, StateType
+from devstack.servers.postgres import bindir
+from publisher import StateStore, StateType, build_state_store_path
 from publisher.query import StateQueryClient
 from statestore.document import replay_in_order
+from subscriber.dapr_ports import DaprStateRepository
+from subscriber.outbox import pending_keys
 from tests.integration.conftest import eventually
 from tests.integration.test_statestore import raw_publish, snapshot, wait_applied
 from tests.strategies import field_deleted, field_updated, object_replaced, state_deleted
@@ -113,20 +120,75 @@ async def test_deletes_racing_writes_from_eight_producers_give_the_oracles_answe
 # -- expiry ------------------------------------------------------------------------------
 
 
-async def test_a_state_written_with_ttl_expires_from_get_state_and_the_store_and_a_later_write_recreates(caller_sidecar):
+def stored_rows(stack, key: str) -> int:
+    """Rows the state store's table holds for ``key``, expired or not: reads hide an
+    expired row at once; the store's cleanup (cleanupInterval, 1 s here) deletes it."""
+    full = f"statestore||{key}"  # keyPrefix: name
+    postgres = stack.servers.get("postgres")
+    if postgres is None:
+        with sqlite3.connect(f"file:{stack.local / 'dapr' / 'statestore.db'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT count(*) FROM state WHERE key = ?", (full,)).fetchone()[0]
+    query = f"SELECT count(*) FROM state WHERE key = '{full}'"
+    psql = [str(bindir() / "psql"), "-h", "127.0.0.1", "-p", str(postgres.main_port), "-U", "postgres", "-d", "postgres"]
+    return int(subprocess.run([*psql, "-tAc", query], capture_output=True, text=True, check=True).stdout.strip())
+
+
+def expiry_markers(stack, state_id: str) -> list[Path]:
+    """The expiry markers of a workflow state in the object store (subscriber.expiry)."""
+    return list((stack.object_root / "statestore-expiry").glob(f"*/workflows/{state_id}"))
+
+
+async def marker_filed(stack, state_id: str) -> None:
+    async def filed():  # right after the snapshot
+        return bool(expiry_markers(stack, state_id))
+
+    await eventually(filed, timeout=10)
+
+
+async def test_a_state_written_with_ttl_expires_from_get_state_the_store_and_the_object_store_and_a_later_write_recreates(
+    caller_sidecar, stack
+):
     wf = new_id("ttl")
     await StateStore.save_state_object(wf, {"status": "done"}, W, ttl_seconds=2)
     await StateStore.sync(wf, W)
     assert await StateStore.get_state(wf, W) == {"status": "done"}
+    await snapshot_is(wf, {"status": "done"})
+    await marker_filed(stack, wf)
     query = StateQueryClient(caller_sidecar, "statestore")
 
     async def expired():
         return await StateStore.get_state(wf, W) is None and await query.get_document(wf, W) is None
 
     await eventually(expired, timeout=15)  # the store's own TTL: the entry is gone, not emptied
+
+    async def removed_everywhere():
+        return stored_rows(stack, f"workflows/{wf}") == 0 and snapshot(wf) is None and not expiry_markers(stack, wf)
+
+    await eventually(removed_everywhere, timeout=30)  # the store's cleanup, then the expiry sweep
+    if "s3" not in stack.servers:  # local files: the emptied folder went too (S3 has none)
+        assert not Path(build_state_store_path(wf, W)).parent.exists()
     await StateStore.save_state("status", "again", wf, W)
     await StateStore.sync(wf, W, timeout=20)
     assert await StateStore.get_state(wf, W) == {"status": "again"}
+    await snapshot_is(wf, {"status": "again"})
+
+
+async def test_a_state_rewritten_without_ttl_before_its_marker_is_due_keeps_its_snapshot(stack):
+    wf = new_id("ttl")
+    await StateStore.save_state("a", 1, wf, W, ttl_seconds=3)
+    await StateStore.sync(wf, W)
+    await snapshot_is(wf, {"a": 1})
+    await marker_filed(stack, wf)
+    await StateStore.save_state("b", 2, wf, W)  # no TTL: the state is permanent again
+    await StateStore.sync(wf, W)
+
+    async def marker_swept():
+        return not expiry_markers(stack, wf)
+
+    await eventually(marker_swept, timeout=30)  # due and swept: the state was still there
+    assert await StateStore.get_state(wf, W) == {"a": 1, "b": 2}
+    assert snapshot(wf) == {"a": 1, "b": 2}
+    assert stored_rows(stack, f"workflows/{wf}") == 1
 
 
 async def test_a_later_write_without_ttl_makes_the_state_permanent_again(caller_sidecar):
@@ -143,7 +205,7 @@ async def test_a_later_write_without_ttl_makes_the_state_permanent_again(caller_
 # -- listing -----------------------------------------------------------------------------
 
 
-async def test_listing_ten_thousand_ids_paged():
+async def test_listing_ten_thousand_ids_paged(subscriber_sidecar):
     run = uuid.uuid4().hex[:6]
     ids = [f"list-{run}-{n:05d}" for n in range(10_000)]
     for id in ids:
@@ -163,6 +225,13 @@ async def test_listing_ten_thousand_ids_paged():
             break
     assert listed == [id for id in ids if id != ids[7]]  # sorted, each once
     assert pages == 10
+    # Leave no snapshot backlog to the tests that follow (they wait on snapshots).
+    repository = DaprStateRepository(subscriber_sidecar, "statestore")
+
+    async def snapshots_caught_up():
+        return not await pending_keys(repository)
+
+    await eventually(snapshots_caught_up, timeout=300, interval=0.5)
 
 
 async def test_a_listing_drops_deleted_states_and_a_recreated_state_is_listed_again():

@@ -36,3 +36,57 @@ async def test_listing_without_a_subscriber_that_keeps_the_index_is_a_clear_erro
     del memory_state_store.repository.items[ENABLED_KEY]  # as with STATESTORE_LIST_INDEX unset
     with pytest.raises(ListingDisabledError, match="STATESTORE_LIST_INDEX=1"):
         await StateStore.list_states(W)
+
+
+async def test_an_expired_states_snapshot_goes_with_the_sweep_and_a_rewritten_one_stays(memory_state_store):
+    from statestore.paths import object_key
+
+    await StateStore.save_state("status", "done", "wf-gone", W, ttl_seconds=60)
+    await StateStore.save_state("status", "done", "wf-kept", W, ttl_seconds=60)
+    await StateStore.save_state("status", "forever", "wf-kept", W)  # rewritten without a TTL
+    await StateStore.sync_many(["wf-gone", "wf-kept"], W, timeout=1)
+    memory_state_store.advance(30)
+    assert await memory_state_store.sweep_expired() == 0  # nothing due yet
+    memory_state_store.advance(32)
+    assert await StateStore.get_state("wf-gone", W) is None
+    assert memory_state_store.snapshot(object_key("wf-gone", W)) == {"status": "done"}  # until the sweep
+    assert await memory_state_store.sweep_expired() == 1
+    assert memory_state_store.snapshot(object_key("wf-gone", W)) is None
+    assert memory_state_store.snapshot(object_key("wf-kept", W)) == {"status": "forever"}
+    assert not [k for k in memory_state_store.objects.objects if k.startswith("statestore-expiry/")]
+
+
+async def test_default_retention_per_type_applies_when_a_write_gives_no_ttl(monkeypatch):
+    """STATESTORE_TTL_WORKFLOWS_S: workflow writes without ttl_seconds expire after it;
+    an explicit ttl_seconds wins; credentials have no default retention."""
+    from publisher import SecretStore
+    from publisher.testing import memory_state_store
+    from statestore.document import decode_document
+    from statestore.settings import get_settings
+
+    monkeypatch.setenv("STATESTORE_TTL_WORKFLOWS_S", "86400")
+    get_settings.cache_clear()
+    try:
+        with memory_state_store() as store:
+
+            def ttl(key):
+                return decode_document(key, store.repository.items[key].value).ttl_s
+
+            await StateStore.save_state("status", "done", "wf-default", W)
+            await StateStore.save_state_object("wf-explicit", {"status": "done"}, W, ttl_seconds=60)
+            guid = await SecretStore.save_secret({"password": "s3cret"})
+            await StateStore.sync_many(["wf-default", "wf-explicit"], W, timeout=1)
+            assert ttl("workflows/wf-default") == 86400
+            assert ttl("workflows/wf-explicit") == 60
+            assert ttl(f"credentials/{guid}") is None
+            store.advance(86401)
+            assert await StateStore.get_state("wf-default", W) is None
+            assert await SecretStore.get_credentials(guid) == {"password": "s3cret"}
+    finally:
+        monkeypatch.delenv("STATESTORE_TTL_WORKFLOWS_S")
+        get_settings.cache_clear()
+    with memory_state_store() as store:  # unset: no default, states stay
+        await StateStore.save_state("status", "done", "wf-default", W)
+        await StateStore.sync("wf-default", W, timeout=1)
+        store.advance(10**7)
+        assert await StateStore.get_state("wf-default", W) == {"status": "done"}
