@@ -64,6 +64,8 @@ def read_structured(body: bytes | str) -> tuple[str, str, Any]:
         raise EnvelopeError(f"not a structured CloudEvent: {type(exc).__name__}: {_first_line(exc)}") from None
     except AttributeError:  # valid JSON, but not an object
         raise EnvelopeError("not a structured CloudEvent: the JSON is not an object") from None
+    except RecursionError:  # JSON nested deeper than the decoder goes (daprd dead-letters such messages)
+        raise EnvelopeError("not a structured CloudEvent: the JSON is nested too deeply") from None
     if event.get_specversion() != "1.0":
         raise EnvelopeError(f"CloudEvents spec version {event.get_specversion()!r}; statestore reads 1.0")
     return event.get_id(), event.get_type(), event.get_data()

@@ -4,7 +4,7 @@
     statestore inspect ID        # the stored document: stamps, producers, snapshot
     statestore watch ID          # each change as it is applied, until Ctrl-C
     statestore stats [--metrics URL ...]   # applied/s, backlog, dead letters, parked
-    statestore deadletter list | redrive [--all | STREAM_ID ...]
+    statestore deadletter list | redrive [--all | ID ...]
     statestore keys init | rotate | reencrypt
 
 It talks to the caller's own sidecar (DAPR_GRPC_PORT, DAPR_API_TOKEN) like an app does.
@@ -235,22 +235,23 @@ def stats(
         out.print(f"{name.replace('_', ' '):<26} {shown}", highlight=False)
 
 
-deadletter = typer.Typer(help="The dead-letter topic: list, and publish again after a fix.", no_args_is_help=True)
+deadletter = typer.Typer(help="Dead letters (kept in the state store): list, and publish again after a fix.",
+                         no_args_is_help=True)  # fmt: skip
 app.add_typer(deadletter, name="deadletter")
 
 
 @deadletter.command("list")
 def deadletter_list() -> None:
-    """List dead letters, oldest first (id, type, app, size; never values)."""
+    """List dead letters, oldest first (id, time, origin topic, type, app, size, reason; never values)."""
     from subscriber.deadletter import main as deadletter_main
 
     raise typer.Exit(deadletter_main(["list"]))
 
 
 @deadletter.command("redrive")
-def deadletter_redrive(ids: Annotated[list[str] | None, typer.Argument(help="Stream ids from `list`.")] = None,
+def deadletter_redrive(ids: Annotated[list[str] | None, typer.Argument(help="Ids from `list`.")] = None,
                        all: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False) -> None:  # fmt: skip
-    """Publish dead letters to the state topic again, then remove them."""
+    """Publish dead letters again to the topic each came from, then remove them."""
     from subscriber.deadletter import main as deadletter_main
 
     raise typer.Exit(deadletter_main(["redrive", *(ids or []), *(["--all"] if all else [])]))

@@ -16,6 +16,7 @@ from statestore.settings import get_settings, get_sidecar_settings
 from statestore.sidecar import SidecarClient
 from subscriber.applier import EventApplier
 from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
+from subscriber.deadletter import DeadLetterBox
 from subscriber.expiry import ExpiryMarkers
 from subscriber.metrics import SubscriberMetrics
 from subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
@@ -112,7 +113,8 @@ async def serve(stop: asyncio.Event) -> None:
         metrics=metrics,
     )
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
-    servicer = SubscriberServicer(applier, settings, parking, metrics, tracer=tracer)
+    servicer = SubscriberServicer(applier, settings, parking, metrics, DeadLetterBox(repository, settings.request_max_bytes),
+                                  tracer=tracer)  # fmt: skip
     objects = DaprObjectStore(sidecar, settings.objectstore_name)
     flusher = SnapshotFlusher(
         repository, objects, lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics, tracer=tracer,
@@ -143,7 +145,7 @@ async def serve(stop: asyncio.Event) -> None:
         ) from None
     await server.start()
     log.info(
-        "subscriber listening on %s for topic %r (dead letters to %r), sidecar %s",
+        "subscriber listening on %s for topic %r (dead letters to %r, kept in the state store), sidecar %s",
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
     if tracing:

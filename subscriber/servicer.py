@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -16,16 +17,18 @@ from typing import Any
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
+from google.protobuf.json_format import MessageToDict
 
 from statestore.envelope import EnvelopeError, read_structured
 from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
 from statestore.settings import Settings
 from statestore.tracing import MAX_KEYS_SHOWN, linked_span, mark_error
 from subscriber.applier import EventApplier
+from subscriber.deadletter import DeadLetter, DeadLetterBox, dead_letter
 from subscriber.metrics import SubscriberMetrics
-from subscriber.ports import InMemoryParking, Parking
+from subscriber.ports import InMemoryParking, InMemoryStateRepository, Parking
 
-__all__ = ["SubscriberServicer", "decode_entry", "split_future"]
+__all__ = ["SubscriberServicer", "decode_entry", "refusal", "split_future"]
 
 log = logging.getLogger("statestore.subscriber")
 
@@ -54,6 +57,24 @@ def decode_entry(entry: pb.TopicEventBulkRequestEntry) -> tuple[list[AnyEvent], 
     return events, reasons
 
 
+REFUSED_STATE = (
+    "its events decode: a state it changes was refused (its document would exceed"
+    " STATESTORE_MAX_DOCUMENT_BYTES, or the stored one cannot be decoded; the subscriber log names it),"
+    " or an older subscriber could not read it"
+)
+
+
+def refusal(entry: pb.TopicEventBulkRequestEntry) -> str:
+    """Why this subscriber refuses a dead-lettered message, as its decoder says now (no values)."""
+    try:
+        reasons = decode_entry(entry)[1]
+    except InvalidEventError as exc:
+        return f"invalid event: {exc}"
+    if reasons:
+        return f"invalid event ({len(reasons)} of the message's events): {reasons[0]}"
+    return REFUSED_STATE
+
+
 def split_future(
     events: list[AnyEvent], max_clock_skew_s: float, now_ms: float
 ) -> tuple[list[AnyEvent], list[AnyEvent]]:
@@ -77,7 +98,8 @@ class _Entry:
 
 
 class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaServicer):
-    """Subscribes to the state topic with bulk delivery and a dead-letter topic."""
+    """Subscribes to the state topics with bulk delivery and a dead-letter topic, and to the
+    dead-letter topic itself, whose messages it keeps in ``dead_letters``."""
 
     def __init__(
         self,
@@ -85,10 +107,12 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         settings: Settings,
         parking: Parking | None = None,
         metrics: SubscriberMetrics | None = None,
+        dead_letters: DeadLetterBox | None = None,
         tracer: Any = None,
     ) -> None:
         self._applier = applier
         self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
+        self.dead_letters = dead_letters or DeadLetterBox(InMemoryStateRepository())
         self.metrics = metrics or getattr(applier, "metrics", None) or SubscriberMetrics()
         self._settings = settings
         self._parking = parking or InMemoryParking()
@@ -123,6 +147,21 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
             for pubsub, topic in ((s.pubsub_name, s.topic), (s.pubsub_name, s.parked_topic),
                                   (s.credentials_pubsub_name, s.credentials_topic))  # fmt: skip
         ]
+        # The dead-letter topic of each component, read as raw bytes: a dead letter may
+        # not be JSON at all (daprd dead-letters what it cannot parse), and it is kept
+        # exactly as it was. No dead-letter topic of its own: a failure is retried.
+        subscriptions += [
+            pb.TopicSubscription(
+                pubsub_name=pubsub,
+                topic=s.deadletter_topic,
+                metadata={"rawPayload": "true"},
+                bulk_subscribe=pb.BulkSubscribeConfig(
+                    enabled=True, max_messages_count=s.subscriber_delivery_messages,
+                    max_await_duration_ms=s.subscriber_batch_wait_ms,
+                ),
+            )  # fmt: skip
+            for pubsub in dict.fromkeys((s.pubsub_name, s.credentials_pubsub_name))
+        ]
         return pb.ListTopicSubscriptionsResponse(subscriptions=subscriptions)
 
     async def ListInputBindings(self, request, context):
@@ -153,6 +192,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
     async def handle(self, topic: str, entries: list) -> dict[str, int]:
         """Per-entry status: DROP for invalid events and refused states, RETRY for events
         not applied (or not parked) now, SUCCESS for the rest."""
+        if topic == self._settings.deadletter_topic:
+            return await self._keep_dead_letters(entries)
         if topic not in (self._settings.topic, self._settings.parked_topic, self._settings.credentials_topic):
             log.warning("dropping %d entries from unexpected topic %r", len(entries), topic)
             return {entry.entry_id: DROP for entry in entries}
@@ -239,6 +280,26 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 statuses[item.entry_id] = SUCCESS
         return statuses
 
+    async def _keep_dead_letters(self, entries: list) -> dict[str, int]:
+        """Keep each dead letter in the state store: SUCCESS once stored, RETRY if the
+        store did not take them (redelivered: nothing is lost)."""
+        letters = [self._dead_letter(entry) for entry in entries]
+        try:
+            new = await self.dead_letters.keep(letters)
+        except Exception as exc:
+            log.warning("could not keep %d dead letters, they will be redelivered: %s", len(letters), exc)
+            return {entry.entry_id: RETRY for entry in entries}
+        if new:
+            log.info("kept %d dead letters (statestore deadletter list)", new)
+        return {entry.entry_id: SUCCESS for entry in entries}
+
+    def _dead_letter(self, entry: pb.TopicEventBulkRequestEntry) -> DeadLetter:
+        try:
+            reason = refusal(entry)
+        except Exception as exc:  # a message nothing can read must not hold up the dead-letter topic
+            reason = f"unreadable: {type(exc).__name__}"
+        return dead_letter(_raw(entry), self._settings, reason)
+
     def _apply_span(
         self, topic: str, messages: int, events: list[AnyEvent], received_ns: int | None
     ) -> contextlib.AbstractContextManager[Any]:
@@ -275,6 +336,21 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
 
     async def OnInvoke(self, request, context):
         return empty_pb2.Empty()
+
+
+def _raw(entry: pb.TopicEventBulkRequestEntry) -> bytes:
+    """The message as it travelled (the dead-letter subscription asks for raw payloads;
+    a parsed CloudEvent is written back as structured JSON)."""
+    if not entry.HasField("cloud_event"):
+        return entry.bytes
+    ce = entry.cloud_event
+    body = {**MessageToDict(ce.extensions), "specversion": ce.spec_version or "1.0", "id": ce.id,
+            "source": ce.source, "type": ce.type, "datacontenttype": ce.data_content_type}  # fmt: skip
+    try:
+        body["data"] = json.loads(ce.data) if ce.data else None
+    except ValueError:
+        body["data"] = ce.data.decode("utf-8", "replace")
+    return json.dumps(body).encode()
 
 
 def _ce_id(entry) -> str:

@@ -82,5 +82,5 @@ def test_the_subscription_asks_for_deliveries_that_fit_and_subscribes_the_parked
     servicer = SubscriberServicer(EventApplier(InMemoryStateRepository()), SETTINGS)
     response = asyncio.run(servicer.ListTopicSubscriptions(None, None))
     topics = {s.topic: s for s in response.subscriptions}
-    assert set(topics) == {SETTINGS.topic, SETTINGS.parked_topic, SETTINGS.credentials_topic}
+    assert set(topics) == {SETTINGS.topic, SETTINGS.parked_topic, SETTINGS.credentials_topic, SETTINGS.deadletter_topic}
     assert all(s.bulk_subscribe.max_messages_count == SETTINGS.subscriber_delivery_messages for s in topics.values())
