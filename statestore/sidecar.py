@@ -121,7 +121,9 @@ class SidecarClient:
             await self._channel.close()
 
     async def _call(self, method, request, what: str, timeout: float | None = None):
-        options = {"timeout": timeout or self._settings.call_timeout_s, "metadata": self._metadata}
+        # `is None`, not `or`: a deadline already at 0 (a write window just closed) must
+        # stay 0, not become the default 10 s.
+        options = {"timeout": self._settings.call_timeout_s if timeout is None else timeout, "metadata": self._metadata}
         try:
             if self._blocking:
                 return await asyncio.to_thread(method, request, **options)
