@@ -89,6 +89,22 @@ async def probe_delays(peer, stop: asyncio.Event, delays: list[float], pause_s: 
         await asyncio.sleep(pause_s)
 
 
+async def _load_until_visible(peer, writers: list, state_ids: list[str]) -> tuple[float, float]:
+    """Run ``writers`` (coroutines) at once; seconds until every call returned, and until
+    every update is visible through reads."""
+    start = time.perf_counter()
+    await asyncio.gather(*writers)
+    called = time.perf_counter() - start
+    await peer.settle(state_ids)
+    return called, time.perf_counter() - start
+
+
+async def _complete(peer, state_ids: list[str], fields: int) -> bool:
+    """Whether a sample of about 50 states reads back with all ``fields``."""
+    sample = [await peer.get(s) for s in state_ids[:: max(1, len(state_ids) // 50)]]
+    return all(s is not None and len(s) == fields for s in sample)
+
+
 async def throughput(peer, ids: int, fields: int, producers: int, probe: bool = False) -> dict:
     """Updates per second, counted when all are applied and visible through reads.
 
@@ -100,21 +116,16 @@ async def throughput(peer, ids: int, fields: int, producers: int, probe: bool = 
     delays: list[float] = []
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_delays(peer, stop, delays)) if probe else None
-    start = time.perf_counter()
 
     async def producer(k: int) -> None:
         for state_id, key, value in work[k::producers]:
             await peer.save_field(state_id, key, value)
 
-    await asyncio.gather(*(producer(k) for k in range(producers)))
-    called = time.perf_counter() - start
-    await peer.settle(state_ids)
-    visible = time.perf_counter() - start
+    called, visible = await _load_until_visible(peer, [producer(k) for k in range(producers)], state_ids)
     stop.set()
     if prober:
         await prober
-    sample = [await peer.get(s) for s in state_ids[:: max(1, ids // 50)]]
-    complete = all(s is not None and len(s) == fields for s in sample)
+    complete = await _complete(peer, state_ids, fields)
     return {
         "updates": len(work), "producers": producers, "ids": ids,
         "calls_per_s": round(len(work) / called), "applied_per_s": round(len(work) / visible),
@@ -232,30 +243,26 @@ async def fleet(peer, ids: int, fields: int, pids: dict[str, int], concurrency: 
     delays: list[float] = []
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_delays(peer, stop, delays, pause_s=0.05))
-    start = time.perf_counter()
 
     async def caller(k: int) -> None:
         for name in names:
             for state_id in state_ids[k::concurrency]:
                 await peer.save_field(state_id, name, name)
 
-    await asyncio.gather(*(caller(k) for k in range(concurrency)))
-    called = time.perf_counter() - start
-    await peer.settle(state_ids)
-    visible = time.perf_counter() - start
+    called, visible = await _load_until_visible(peer, [caller(k) for k in range(concurrency)], state_ids)
+    visible_at = time.perf_counter()
     stop.set()
     await prober
     snapshots_s = None
     if snapshots_done is not None:
         while not snapshots_done(state_ids, names):
-            if time.perf_counter() - start - visible > snapshot_timeout_s:
+            if time.perf_counter() - visible_at > snapshot_timeout_s:
                 break
             await asyncio.sleep(0.5)
         else:
-            snapshots_s = round(time.perf_counter() - start - visible, 1)
+            snapshots_s = round(time.perf_counter() - visible_at, 1)
     peaks = rss.stop()
-    sample = [await peer.get(s) for s in state_ids[:: max(1, ids // 50)]]
-    complete = all(s is not None and len(s) == fields for s in sample)
+    complete = await _complete(peer, state_ids, fields)
     return {
         "ids": ids, "fields": fields, "updates": ids * fields, "concurrency": concurrency,
         "calls_per_s": round(ids * fields / called), "applied_per_s": round(ids * fields / visible),
