@@ -12,14 +12,11 @@ from statestore.document import StateDocument, decode_document
 from statestore.errors import SidecarUnavailableError
 from statestore.index import ENABLED_KEY, IndexShard, all_shard_keys, page_of
 from statestore.paths import StateType, caller_app_name, state_key
-from statestore.sidecar import SidecarClient
+from statestore.sidecar import RECONNECT_WITHIN_S, SidecarClient
 
 __all__ = ["StateQueryClient"]
 
 T = TypeVar("T")
-# A sidecar that just came back may still be behind the channel's reconnect backoff
-# (at most 1 s): a read waits that long for it once, then fails.
-RECONNECT_WAIT_S = 1.0
 
 
 class StateQueryClient:
@@ -62,7 +59,9 @@ class StateQueryClient:
         try:
             return await call()
         except SidecarUnavailableError:
-            if not await self._sidecar.is_ready(RECONNECT_WAIT_S):
+            # A sidecar that just came back may still be behind the channel's reconnect
+            # backoff: wait for it once, then fail.
+            if not await self._sidecar.is_ready(RECONNECT_WITHIN_S):
                 raise
             return await call()
 

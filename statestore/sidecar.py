@@ -85,12 +85,16 @@ def is_write_conflict(details: str) -> bool:
 # A restarted sidecar is reached within about a second: gRPC's default reconnect backoff
 # grows to two minutes. (Not grpc.min_reconnect_backoff_ms: gRPC also uses it as the
 # connect timeout, and 100 ms fails connections to a busy sidecar.)
+MAX_RECONNECT_BACKOFF_S = 1.0
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
 ]
+# How long a channel may take to reach a sidecar that is back: gRPC adds up to 20% jitter
+# to the longest backoff, and the connect itself takes time on a busy machine.
+RECONNECT_WITHIN_S = MAX_RECONNECT_BACKOFF_S * 1.2 + 1.0
 
 
 class SidecarClient:
