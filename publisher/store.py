@@ -51,6 +51,8 @@ MAX_FIELD_LENGTH = 1024
 # The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
 # than JSON's), so the API refuses them first.
 MAX_NESTING = 64
+# sync_many polls at most this many of the states it waits for (the newest) until they are applied.
+SYNC_PROBE_STATES = 50
 # One bulk read per poll of sync_many holds at most this many keys (sqlite takes at most
 # 32,766 at once) and this many bytes of keys.
 SYNC_READ_MAX_KEYS = 500
@@ -261,11 +263,16 @@ class StateStore:
         wanted = {id: dict(w) for id, w in waiting.items()}
         query = loop_runtime.query
         delay = 0.002
+        probing = True
         while waiting:
+            # While the newest states are behind, poll only them: re-reading every waiting
+            # state each round would cost the store more reads than the subscriber has
+            # writes to make. Once they are applied, one pass reads the rest.
+            batch = list(waiting)[-SYNC_PROBE_STATES:] if probing else list(waiting)
             documents = {}
-            for chunk in _chunks(list(waiting), keys):
+            for chunk in _chunks(batch, keys):
                 documents.update(await query.get_documents(chunk, state_type))
-            for id in list(waiting):
+            for id in batch:
                 document = documents.get(id)
                 behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
                 if behind:
@@ -275,8 +282,13 @@ class StateStore:
                     runtime.confirm(keys[id], wanted[id])
             if not waiting:
                 return
+            if probing and not any(id in waiting for id in batch):
+                probing = False
+                continue
+            probing = True
             if loop.time() + delay > deadline:
-                id, behind = next(iter(waiting.items()))
+                id = next(i for i in batch if i in waiting)
+                behind = waiting[id]
                 document = documents.get(id)
                 done = {p: (document.processed_upto(p) if document else 0) for p in behind}
                 raise SyncTimeoutError(
