@@ -458,7 +458,14 @@ class SnapshotFlusher:
                     if not self.holding():
                         raise _LeaseLost
                     documents = await self._repository.load(piece)
-                    await asyncio.gather(*(self._write(key, documents.get(key)) for key in piece))
+                    # Every write of the piece ends before a failure is raised: one still
+                    # running after its round failed would land after the retry's newer
+                    # write of the same state, and the retry has consumed the entry naming it.
+                    outcomes = await asyncio.gather(
+                        *(self._write(key, documents.get(key)) for key in piece), return_exceptions=True
+                    )
+                    if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+                        raise failed
                     written += len(piece)
                 await self._advance(consumed)
             except _LeaseLost:
