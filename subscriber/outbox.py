@@ -165,6 +165,13 @@ class OutboxWriter:
                 if key in await self._repository.load([key]):
                     self._next += 1
                 raise
+            except BaseException:
+                # Outcome unknown (the sidecar died mid-call): the entry may have landed,
+                # and a flusher may even have consumed and deleted it since. Reusing its
+                # number would put the next entry behind the head, never flushed: find
+                # the tail from the registry's head before the next commit.
+                self._registered = False
+                raise
             self._next += 1
 
     async def _register(self) -> None:

@@ -281,3 +281,32 @@ async def test_a_failed_round_ends_only_after_its_other_writes_so_none_lands_aft
         await first
     assert await flusher.flush_once() == 2  # the retry
     assert await snapshot(objects, "y") == {"v": 2} and await snapshot(objects, "x") == {"v": 1}
+
+
+class LostReply(InMemoryStateRepository):
+    """The next commit lands, then fails as if the sidecar died before it answered."""
+
+    lose_next = False
+
+    async def commit(self, upserts):
+        await super().commit(upserts)
+        if self.lose_next:
+            self.lose_next = False
+            raise ConnectionError("the sidecar died before it answered")
+
+
+async def test_an_entry_whose_commit_outcome_was_unknown_is_never_reused_behind_the_head():
+    """Found under `make test` (scale profile, subscriber sidecar SIGKILL): the entry of a
+    commit that landed unacknowledged was flushed and deleted, the next commit reused its
+    number behind the head, and that state's snapshot stayed stale for good."""
+    repo, objects = LostReply(), InMemoryObjectStore()
+    applier = EventApplier(repo)
+    flusher = SnapshotFlusher(repo, objects)
+    await applier.apply([field_updated("v", 1, state_id="x")])
+    repo.lose_next = True
+    failed = await applier.apply([field_updated("v", 2, state_id="x", seq=2, hlc=(2, 0))])
+    assert failed.failed  # reported as failed (to be redelivered), yet it landed
+    assert await flusher.flush_once() == 1  # both entries, the unacknowledged one too
+    await applier.apply([field_updated("v", 3, state_id="x", seq=3, hlc=(3, 0))])
+    assert await flusher.flush_once() == 1
+    assert await snapshot(objects, "x") == {"v": 3}
