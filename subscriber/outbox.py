@@ -165,6 +165,13 @@ class OutboxWriter:
                 if key in await self._repository.load([key]):
                     self._next += 1
                 raise
+            except BaseException:
+                # Outcome unknown (the sidecar died mid-call): the entry may have landed,
+                # and a flusher may even have consumed and deleted it since. Reusing its
+                # number would put the next entry behind the head, never flushed: find
+                # the tail from the registry's head before the next commit.
+                self._registered = False
+                raise
             self._next += 1
 
     async def _register(self) -> None:
@@ -458,7 +465,14 @@ class SnapshotFlusher:
                     if not self.holding():
                         raise _LeaseLost
                     documents = await self._repository.load(piece)
-                    await asyncio.gather(*(self._write(key, documents.get(key)) for key in piece))
+                    # Every write of the piece ends before a failure is raised: one still
+                    # running after its round failed would land after the retry's newer
+                    # write of the same state, and the retry has consumed the entry naming it.
+                    outcomes = await asyncio.gather(
+                        *(self._write(key, documents.get(key)) for key in piece), return_exceptions=True
+                    )
+                    if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+                        raise failed
                     written += len(piece)
                 await self._advance(consumed)
             except _LeaseLost:

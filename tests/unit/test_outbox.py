@@ -244,3 +244,69 @@ async def test_marks_in_the_old_shared_slots_are_moved_and_flushed():
     while await flusher.flush_once():
         pass
     assert await snapshot(objects, "s299") == {"f": 1} and await pending_keys(repo) == set()
+
+
+class OneFailingPut(SlowObjects):
+    """The put of ``failing`` raises at once (``failed`` set); every other put waits for ``gate``."""
+
+    def __init__(self, failing: str) -> None:
+        super().__init__()
+        self.failing = failing
+        self.failed = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def put(self, key, data, timeout=None):
+        if key == self.failing and not self.failed.is_set():
+            self.failed.set()
+            raise RuntimeError("object store down for this write")
+        await super().put(key, data, timeout)
+
+
+async def test_a_failed_round_ends_only_after_its_other_writes_so_none_lands_after_the_retry():
+    """A write of a failed round still running could land after the retry wrote a newer
+    version of the same state: its snapshot would stay stale (the retry consumed the entry)."""
+    repo = InMemoryStateRepository()
+    objects = OneFailingPut(failing=object_key("x", "workflows"))
+    applier = EventApplier(repo)
+    await applier.apply([field_updated("v", 1, state_id="x"), field_updated("v", 1, state_id="y")])
+    flusher = SnapshotFlusher(repo, objects)
+    first = asyncio.create_task(flusher.flush_once())
+    await objects.failed.wait()
+    for _ in range(20):  # let the round react to the failure
+        await asyncio.sleep(0)
+    assert not first.done(), "the round ended while its write of y was still in flight"
+    await applier.apply([field_updated("v", 2, state_id="y", seq=2, hlc=(2, 0))])
+    objects.gate.set()
+    with pytest.raises(RuntimeError):
+        await first
+    assert await flusher.flush_once() == 2  # the retry
+    assert await snapshot(objects, "y") == {"v": 2} and await snapshot(objects, "x") == {"v": 1}
+
+
+class LostReply(InMemoryStateRepository):
+    """The next commit lands, then fails as if the sidecar died before it answered."""
+
+    lose_next = False
+
+    async def commit(self, upserts):
+        await super().commit(upserts)
+        if self.lose_next:
+            self.lose_next = False
+            raise ConnectionError("the sidecar died before it answered")
+
+
+async def test_an_entry_whose_commit_outcome_was_unknown_is_never_reused_behind_the_head():
+    """Found under `make test` (scale profile, subscriber sidecar SIGKILL): the entry of a
+    commit that landed unacknowledged was flushed and deleted, the next commit reused its
+    number behind the head, and that state's snapshot stayed stale for good."""
+    repo, objects = LostReply(), InMemoryObjectStore()
+    applier = EventApplier(repo)
+    flusher = SnapshotFlusher(repo, objects)
+    await applier.apply([field_updated("v", 1, state_id="x")])
+    repo.lose_next = True
+    failed = await applier.apply([field_updated("v", 2, state_id="x", seq=2, hlc=(2, 0))])
+    assert failed.failed  # reported as failed (to be redelivered), yet it landed
+    assert await flusher.flush_once() == 1  # both entries, the unacknowledged one too
+    await applier.apply([field_updated("v", 3, state_id="x", seq=3, hlc=(3, 0))])
+    assert await flusher.flush_once() == 1
+    assert await snapshot(objects, "x") == {"v": 3}
