@@ -40,7 +40,7 @@ from statestore.cutting import cut
 from statestore.document import decode_document
 from statestore.errors import StateDecodeError
 from statestore.paths import object_key, parse_state_key
-from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
+from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
 
 __all__ = [
     "PREFIX",
@@ -243,13 +243,7 @@ class ExpiryMarkers:
         for piece in cut(markers, lambda m: len(m[1]), 1 << 20, 250):
             documents = await self._repository.load([state for _, state in piece])
             # Every one finishes before a failure is raised: what was deleted is in ``result``.
-            outcomes = await asyncio.gather(
-                *(self._one(bucket, key, state, documents.get(state), now, window, result) for key, state in piece),
-                return_exceptions=True,
-            )
-            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-            if failed is not None:
-                raise failed
+            await finish_all(self._one(bucket, key, state, documents.get(state), now, window, result) for key, state in piece)
 
     async def _one(
         self, bucket: int, key: str, state: str, item: StoredItem | None, now: float, window: Callable[[], float], result: Sweep

@@ -59,7 +59,7 @@ from statestore.sidecar import MessageTooLargeError
 from statestore.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
 from subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
 from subscriber.metrics import SubscriberMetrics
-from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert
+from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
 
 __all__ = [
     "OUTBOX",
@@ -465,14 +465,7 @@ class SnapshotFlusher:
                     if not self.holding():
                         raise _LeaseLost
                     documents = await self._repository.load(piece)
-                    # Every write of the piece ends before a failure is raised: one still
-                    # running after its round failed would land after the retry's newer
-                    # write of the same state, and the retry has consumed the entry naming it.
-                    outcomes = await asyncio.gather(
-                        *(self._write(key, documents.get(key)) for key in piece), return_exceptions=True
-                    )
-                    if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
-                        raise failed
+                    await finish_all(self._write(key, documents.get(key)) for key in piece)
                     written += len(piece)
                 await self._advance(consumed)
             except _LeaseLost:

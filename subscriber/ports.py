@@ -6,14 +6,16 @@ contract tests (tests/contract), so the applier can be tested without a sidecar.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Protocol
 
 from statestore.events import AnyEvent
 from statestore.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
 
 __all__ = [
+    "finish_all",
     "StateRepository",
     "ObjectStore",
     "InMemoryStateRepository",
@@ -121,3 +123,12 @@ class InMemoryObjectStore:
 
     async def remove_folders(self, folders: Iterable[str]) -> None:
         pass  # keys, no folders
+
+
+async def finish_all(writes: Iterable[Awaitable[None]]) -> None:
+    """Run ``writes`` at once; every one finishes before the first failure is raised.
+    (asyncio.gather would raise at once and leave the others running: a write of a
+    failed round could then land after its retry's newer one.)"""
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    if failed := next((o for o in outcomes if isinstance(o, BaseException)), None):
+        raise failed
