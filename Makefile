@@ -39,12 +39,14 @@ bench: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
 	$(PY) -m bench --profile $(PROFILE)
+	$(PY) -m bench.floors --profile $(PROFILE)
 	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 bench-full: setup
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	@if [ "$(PROFILE)" = local ]; then scripts/setup.sh temporal; fi
 	$(PY) -m bench --full --profile $(PROFILE)
+	$(PY) -m bench.floors --profile $(PROFILE)
 	@if [ "$(PROFILE)" = local ]; then $(PY) -m bench.temporal; fi
 
 test-unit: setup

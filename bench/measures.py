@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -240,6 +241,8 @@ async def fleet(peer, ids: int, fields: int, pids: dict[str, int], concurrency: 
     state_ids = [f"fl-{run}-{n}" for n in range(ids)]
     names = ["status", "progress", "step", "result"][:fields]
     rss = RssPeaks(pids)
+    meters = {name: ProcessMeter(pid) for name, pid in {**pids, "caller": os.getpid()}.items()}
+    cpu0 = {name: meter.cpu_s() for name, meter in meters.items()}
     delays: list[float] = []
     stop = asyncio.Event()
     prober = asyncio.create_task(probe_delays(peer, stop, delays, pause_s=0.05))
@@ -251,6 +254,7 @@ async def fleet(peer, ids: int, fields: int, pids: dict[str, int], concurrency: 
 
     called, visible = await _load_until_visible(peer, [caller(k) for k in range(concurrency)], state_ids)
     visible_at = time.perf_counter()
+    cpu_us = {name: round(1e6 * (meter.cpu_s() - cpu0[name]) / (ids * fields)) for name, meter in meters.items()}
     stop.set()
     await prober
     snapshots_s = None
@@ -267,7 +271,7 @@ async def fleet(peer, ids: int, fields: int, pids: dict[str, int], concurrency: 
         "ids": ids, "fields": fields, "updates": ids * fields, "concurrency": concurrency,
         "calls_per_s": round(ids * fields / called), "applied_per_s": round(ids * fields / visible),
         "seconds": round(visible, 2), "complete": complete, "staleness": percentiles(delays),
-        "snapshots_after_s": snapshots_s, "peak_rss_mb": peaks,
+        "snapshots_after_s": snapshots_s, "peak_rss_mb": peaks, "cpu_us_per_update": cpu_us,
     }  # fmt: skip
 
 

@@ -47,9 +47,15 @@ def _fleet(rows: list[dict]) -> list[str]:
                 rss.get("subscriber") if name == "statestore" else "", rss.get("subscriber-daprd"), rss.get("caller-daprd"),
                 f["snapshots_after_s"] if name == "statestore" else "", f["complete"],
             ])  # fmt: skip
+    processes = ["caller", "caller-daprd", "subscriber", "subscriber-daprd"]
+    cpu = [[f"{f['ids']:,} x {f['fields']}", name, *(f["cpu_us_per_update"].get(p, "") for p in processes)]
+           for row in rows for name, f in row.items() if f and "cpu_us_per_update" in f]  # fmt: skip
     return [_table(["workload", "peer", "applied/s", "vs plain-dapr", "visible p50 ms", "visible p99 ms",
                     "subscriber MiB", "subscriber sidecar MiB", "caller sidecar MiB", "snapshots after s",
-                    "complete"], table)]  # fmt: skip
+                    "complete"], table),
+            "", "CPU µs per update of each process, from the first update until all are visible (snapshots"
+            " still being written count too; the bench process is the caller):", "",
+            _table(["workload", "peer", *processes], cpu) if cpu else "(not measured in this run)"]  # fmt: skip
 
 
 def _credential_seconds(rows: list[dict], peer_prefix: str, count: int, scenario_prefix: str) -> float | None:
@@ -102,7 +108,7 @@ def _targets(record: dict) -> list[str]:
     ]
 
 
-SECTIONS = ["temporal"]  # written by other bench modules, kept by write_report
+SECTIONS = ["temporal", "floors"]  # written by other bench modules, kept by write_report
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -155,6 +161,9 @@ def write_report(record: dict, docs: Path) -> None:
         f"daprd {record['machine']['daprd']}; run took {record['seconds']} s. Ratios are against plain-dapr.",
         "",
         *_targets(record),
+        "",
+        # bench/floors.py writes this section (make bench runs it after this report).
+        *_markers("floors"),
         "",
         "The load users run most comes first: many states with a few updates each. It is",
         "also where statestore's advantage is smallest.",
