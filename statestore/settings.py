@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     request_max_bytes: int = Field(2 << 20, ge=64 << 10, description="Target size of one read or transaction.")
     max_document_bytes: int = Field(12 << 20, ge=1 << 20, description="Largest stored document; beyond: dead letter.")
     snapshot_lease_s: float = Field(5.0, gt=0, description="Snapshot flusher lease period.")
+    # After a round that caught up, the flusher waits this long: further updates of the
+    # same states meanwhile share one snapshot write (hot states are written once per
+    # pause, not once per update). An idle flusher still looks every 20 ms.
+    snapshot_coalesce_s: float = Field(1.0, ge=0, le=10, description="Pause after a flush round that caught up.")
     # Expired states' snapshots: the lease holder sweeps due expiry markers this often;
     # markers are filed in time buckets this wide (fixed when the first marker is filed).
     expiry_sweep_s: float = Field(60.0, gt=0, description="How often expired states' snapshots are swept.")

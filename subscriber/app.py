@@ -117,7 +117,8 @@ async def serve(stop: asyncio.Event) -> None:
                                   tracer=tracer)  # fmt: skip
     objects = DaprObjectStore(sidecar, settings.objectstore_name)
     flusher = SnapshotFlusher(
-        repository, objects, lease_s=settings.snapshot_lease_s, outbox=outbox, metrics=metrics, tracer=tracer,
+        repository, objects, lease_s=settings.snapshot_lease_s, coalesce_s=settings.snapshot_coalesce_s,
+        outbox=outbox, metrics=metrics, tracer=tracer,
         expiry=ExpiryMarkers(repository, objects, bucket_s=settings.expiry_bucket_s),
         sweep_interval_s=settings.expiry_sweep_s,
     )  # fmt: skip

@@ -248,6 +248,7 @@ class SnapshotFlusher:
         repository: StateRepository,
         objects: ObjectStore,
         interval_s: float = 0.02,
+        coalesce_s: float = 0.0,
         max_keys_per_round: int = 2000,
         parallel_writes: int = 32,
         lease_s: float = 5.0,
@@ -267,6 +268,7 @@ class SnapshotFlusher:
         self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
         self.metrics = metrics or SubscriberMetrics()
         self._interval_s = interval_s
+        self._coalesce_s = coalesce_s
         self._max_keys = max_keys_per_round
         self._writes = asyncio.Semaphore(parallel_writes)
         self._lease_s = lease_s
@@ -382,9 +384,9 @@ class SnapshotFlusher:
             if last_error:
                 log.info("snapshot flush recovered")
                 last_error, backoff = "", self._interval_s
-            if not flushed:
+            if pause := self.pause_after(flushed):
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._interval_s)
+                    await asyncio.wait_for(stop.wait(), pause)
         for _ in range(10):  # what the last batches marked, before we go
             try:
                 if not await self.flush_once():
@@ -393,6 +395,13 @@ class SnapshotFlusher:
                 log.warning("final snapshot flush failed (the next start writes them): %s", exc)
                 break
         await self.release()
+
+    def pause_after(self, flushed: int) -> float:
+        """Seconds to wait after a round that wrote ``flushed`` snapshots: none while
+        behind (a full round), ``coalesce_s`` once caught up, the poll interval when idle."""
+        if flushed >= self._max_keys:
+            return 0.0
+        return max(self._coalesce_s, self._interval_s) if flushed else self._interval_s
 
     async def _sweep_logged(self) -> bool:
         """``sweep_once``, a failure logged once until it changes (the markers stay)."""

@@ -310,3 +310,32 @@ async def test_an_entry_whose_commit_outcome_was_unknown_is_never_reused_behind_
     await applier.apply([field_updated("v", 3, state_id="x", seq=3, hlc=(3, 0))])
     assert await flusher.flush_once() == 1
     assert await snapshot(objects, "x") == {"v": 3}
+
+
+def test_the_flusher_pauses_to_coalesce_only_once_it_has_caught_up():
+    flusher = SnapshotFlusher(InMemoryStateRepository(), InMemoryObjectStore(), max_keys_per_round=100, coalesce_s=0.25)
+    assert flusher.pause_after(100) == 0.0  # behind: the next round at once
+    assert flusher.pause_after(7) == 0.25  # caught up: let updates of the same states gather
+    assert flusher.pause_after(0) == 0.02  # idle: look again soon
+
+
+async def test_updates_during_the_pause_share_one_snapshot_write():
+    repo, objects = InMemoryStateRepository(), SlowObjects()
+    applier = EventApplier(repo)
+    flusher = SnapshotFlusher(repo, objects, coalesce_s=2.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(flusher.run(stop))
+    try:
+        await applier.apply([field_updated("n", 1, state_id="hot", seq=1, hlc=(1, 0))])
+        while await snapshot(objects, "hot") != {"n": 1}:
+            await asyncio.sleep(0.005)
+        for n in range(2, 11):  # 9 updates 30 ms apart: 9 rounds without the pause
+            await asyncio.sleep(0.03)
+            await applier.apply([field_updated("n", n, state_id="hot", seq=n, hlc=(n, 0))])
+        while await snapshot(objects, "hot") != {"n": 10}:
+            await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await running
+    writes = [key for key, _ in objects.log if key == object_key("hot", "workflows")]
+    assert 2 <= len(writes) <= 3, writes  # the first, then the rest together (a stalled machine: one more)
