@@ -261,7 +261,9 @@ async def test_eight_threads_each_with_its_own_loop_lose_nothing():
             for f in range(300):
                 await StateStore.save_state(f"t{n}-f{f}", f, shared, W)
                 await StateStore.save_state("n", f, f"{shared}-{n}", W)
+            # Both states: on Kafka they may sit on different partitions, applied by different replicas.
             await StateStore.sync(shared, W, timeout=60)
+            await StateStore.sync(f"{shared}-{n}", W, timeout=60)
 
         try:
             asyncio.run(work())
