@@ -65,7 +65,7 @@ async def _timed(meter: _Meter, items: int, run: Awaitable[None]) -> dict:
 async def measure(stack, say=print, rows: int = ROWS) -> dict:
     """Per-item cost of each raw operation, and the fleet ceiling they imply."""
     from statestore.settings import SidecarSettings, get_settings
-    from statestore.sidecar import Delete, SidecarClient, Upsert
+    from statestore.sidecar import SidecarClient, Upsert
 
     settings = get_settings()
     store, binding = settings.statestore_name, settings.objectstore_name
