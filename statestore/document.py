@@ -41,6 +41,14 @@ stamp (no wall clock: every replica evicts alike), so any number of producers ma
 one state while the records stay bounded by how many wrote within the retention. A
 process changes its producer id every retention/4, so an id never writes again after its
 record could have been evicted (it would restart at ``upto=0`` and never catch up).
+
+A document is ``provisional`` when a caller wrote it straight to the state store ahead of
+its event (``provisional_document``: a credential is readable on return without waiting
+for the subscriber). It holds exactly what applying that event to no state gives, so the
+merge treats it as the state it is; but the subscriber has not yet written its snapshot
+or indexed it. Applying any event to a provisional document therefore always yields a
+new, non-provisional one, even when the event was applied before: the applier then
+writes it, marks its snapshot and counts the state as created for the id index.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ __all__ = [
     "ProducerProgress",
     "StateDocument",
     "apply_events",
+    "provisional_document",
     "replay_in_order",
     "encode_document",
     "decode_document",
@@ -117,6 +126,8 @@ class StateDocument(BaseModel):
     deleted: dict[str, Stamp] = Field(default_factory=dict)  # field tombstones
     written: Stamp | None = None  # the greatest stamp of any write
     ttl_s: int | None = None  # the ttl_seconds of that write: the store entry expires after it
+    # Written by a caller ahead of the subscriber (module docstring); stored only when True.
+    provisional: bool = False
 
     @model_validator(mode="after")
     def _written_of_older_documents(self) -> StateDocument:
@@ -175,7 +186,8 @@ def apply_events(
     deleted = dict(document.deleted) if document else {}
     written = document.written if document else None
     ttl_s = document.ttl_s if document else None
-    changed = content_changed = document is None
+    # A provisional document always changes: the subscriber must write, snapshot and index it.
+    changed = content_changed = document is None or document.provisional
     # The document's own clock: a record is dated by it, not by its producer's wall
     # clock, so a producer whose clock is behind is not evicted at once.
     now = document.newest_wall_ms() if document else 0
@@ -228,6 +240,12 @@ def apply_events(
     )
 
 
+def provisional_document(event: AnyEvent) -> StateDocument:
+    """The document a caller writes ahead of ``event``, the first event of a new state:
+    what applying it to no state gives, marked provisional (module docstring)."""
+    return apply_events(None, [event]).model_copy(update={"provisional": True})
+
+
 def replay_in_order(events: Iterable[AnyEvent]) -> dict[str, Any] | None:
     """The sequential oracle: apply each distinct event once, in stamp order.
 
@@ -252,8 +270,9 @@ def replay_in_order(events: Iterable[AnyEvent]) -> dict[str, Any] | None:
 
 
 def encode_document(document: StateDocument) -> bytes:
-    """The document as stored (JSON)."""
-    return document.model_dump_json().encode()
+    """The document as stored (JSON). ``provisional`` only when set, so documents
+    written by the subscriber read the same in every version that knows them."""
+    return document.model_dump_json(exclude=None if document.provisional else {"provisional"}).encode()
 
 
 def decode_document(key: str, raw: bytes | str) -> StateDocument:

@@ -58,12 +58,19 @@ class StoredItem:
 
 @dataclass(frozen=True)
 class Upsert:
-    """One write of a transaction. ``etag=None`` creates the key, failing if it exists."""
+    """One write of a transaction. ``etag=None`` creates the key, failing if it exists;
+    with ``overwrite`` as well it writes whatever is there (last-write), which is only
+    safe for a key no other writer can know yet (a new credential's guid)."""
 
     key: str
     value: bytes
     etag: str | None
     ttl_s: int | None = None  # the store's own expiry (Dapr ``ttlInSeconds``); None: none
+    overwrite: bool = False
+
+    def request_bytes(self) -> int:
+        """About what it adds to a transaction request (for statestore.cutting)."""
+        return len(self.value) + len(self.key) + 64
 
 
 @dataclass(frozen=True)
@@ -247,11 +254,12 @@ class SidecarClient:
                 found[item.key] = StoredItem(item.data, item.etag)
         return found
 
-    async def transact(self, store: str, operations: Sequence[Upsert | Delete]) -> None:
+    async def transact(self, store: str, operations: Sequence[Upsert | Delete], timeout: float | None = None) -> None:
         """Write all ``operations`` atomically; EtagMismatchError if any key moved on.
 
         The caller cuts transactions by bytes (statestore.cutting); one larger than the
-        sidecar's limit raises MessageTooLargeError before anything is sent.
+        sidecar's limit raises MessageTooLargeError before anything is sent. ``timeout``:
+        the call's deadline (default the sidecar call timeout).
         """
         request = state_pb2.ExecuteStateTransactionRequest(
             storeName=store, operations=[_operation(op) for op in operations]
@@ -262,7 +270,7 @@ class SidecarClient:
                 f"state transaction of {len(operations)} operations is {size} bytes, over the sidecar's"
                 f" limit of {self._settings.max_body_bytes}: cut it (statestore.cutting)"
             )
-        await self._call(self._stub.ExecuteStateTransaction, request, "state transaction")
+        await self._call(self._stub.ExecuteStateTransaction, request, "state transaction", timeout)
 
     async def invoke_binding(
         self,
@@ -307,8 +315,8 @@ def _operation(op: Upsert | Delete) -> state_pb2.TransactionalStateOperation:
         return state_pb2.TransactionalStateOperation(operationType="delete", request=item)
     metadata = JSON_METADATA if op.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(op.ttl_s)}
     item = common_pb2.StateItem(key=op.key, value=op.value, metadata=metadata)
-    if op.etag is None:
+    if op.etag is None and not op.overwrite:
         item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
-    else:
+    elif op.etag is not None:
         item.etag.value = op.etag
     return state_pb2.TransactionalStateOperation(operationType="upsert", request=item)

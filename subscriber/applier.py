@@ -162,7 +162,9 @@ class EventApplier:
                 )
                 continue
             upserts.append(Upsert(key, encoded, item.etag if item else None, merged.ttl_s))
-            if self._keep_index and merged.exists() != (current is not None and current.exists()):
+            # A provisional document (statestore.document) was never indexed: count it as absent.
+            indexed = current is not None and current.exists() and not current.provisional
+            if self._keep_index and merged.exists() != indexed:
                 existence[key] = (key_events[0], merged.exists())
         return _Prepared(upserts, refused, existence)
 
@@ -173,7 +175,7 @@ class EventApplier:
         refused = dict(prepared.refused)
         for attempt in range(self._max_conflict_retries + 1):
             try:
-                for piece in cut(prepared.upserts, _upsert_size, self._request_max_bytes, self._max_states):
+                for piece in cut(prepared.upserts, Upsert.request_bytes, self._request_max_bytes, self._max_states):
                     changes = [prepared.existence[u.key] for u in piece if u.key in prepared.existence]
                     if changes:
                         # Pieces that change the index take turns: they would conflict on its shards.
@@ -223,7 +225,3 @@ class EventApplier:
             Upsert(key, shards[key].model_dump_json().encode(), stored[key].etag if key in stored else None)
             for key in sorted(touched)
         ]
-
-
-def _upsert_size(upsert: Upsert) -> int:
-    return len(upsert.value) + len(upsert.key) + 64

@@ -94,7 +94,7 @@ class InMemoryStateRepository:
             if isinstance(op, Delete):
                 if op.etag is not None and (current is None or current.etag != op.etag):
                     raise EtagMismatchError(f"etag mismatch for {op.key!r}")
-            elif (current.etag if current else None) != op.etag:
+            elif (current.etag if current else None) != op.etag and not (op.etag is None and op.overwrite):
                 raise EtagMismatchError(f"etag mismatch for {op.key!r}")
         for op in upserts:
             if isinstance(op, Delete):

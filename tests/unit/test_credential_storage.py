@@ -65,3 +65,17 @@ def test_keys_file_is_0600_from_its_creation(tmp_path, monkeypatch):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
     assert set(json.loads(path.read_text())[keys.SECRET_NAME]) == {"active", "k1", "k2"}
+
+
+def test_a_write_ahead_upsert_overwrites_and_every_other_new_key_is_first_write():
+    """Only a new credential's direct write goes without the first-write check (its
+    guid is known to nobody else); the subscriber's inserts keep it."""
+    from dapr.proto.common.v1 import common_pb2
+
+    from statestore.sidecar import Upsert, _operation
+
+    first = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
+    assert _operation(Upsert("k", b"{}", None)).request.options.concurrency == first
+    ahead = _operation(Upsert("k", b"{}", None, overwrite=True)).request
+    assert ahead.options.concurrency != first and not ahead.HasField("etag")
+    assert _operation(Upsert("k", b"{}", "7")).request.etag.value == "7"

@@ -7,6 +7,7 @@ from statestore.document import (
     apply_events,
     decode_document,
     encode_document,
+    provisional_document,
     replay_in_order,
 )
 from tests.strategies import event_histories, field_deleted, field_updated, object_replaced, state_deleted
@@ -220,3 +221,25 @@ def test_the_newest_write_decides_the_ttl_in_any_order():
     assert apply_events(None, [permanent, short]).ttl_s is None
     assert apply_events(None, [short]).ttl_s == 60
     assert b"ttl_seconds" not in encode_event(permanent) and b'"ttl_seconds":60' in encode_event(short)
+
+
+def test_a_provisional_document_reads_as_its_event_and_any_apply_makes_it_final():
+    """A caller writes a new credential ahead of its event (statestore.document): the
+    document holds that event, and applying the event again still yields a new, final
+    document, so the subscriber writes, snapshots and indexes it."""
+    event = object_replaced({"password": "x"}, seq=1, hlc=(7, 0))
+    ahead = provisional_document(event)
+    assert ahead.provisional and ahead.to_state() == {"password": "x"} and ahead.processed_upto("p1") == 1
+    assert decode_document("k", encode_document(ahead)) == ahead
+    applied = apply_events(ahead, [event])
+    assert applied is not ahead and not applied.provisional
+    assert applied == apply_events(None, [event])
+    assert apply_events(applied, [event]) is applied  # from then on a duplicate changes nothing
+    later = apply_events(ahead, [field_updated("port", 5432, seq=2, hlc=(8, 0))])
+    assert not later.provisional and later.to_state() == {"password": "x", "port": 5432}
+
+
+def test_final_documents_are_stored_without_the_provisional_flag():
+    document = apply_events(None, [field_updated("a", 1)])
+    assert b"provisional" not in encode_document(document)
+    assert b'"provisional":true' in encode_document(provisional_document(object_replaced({"a": 1})))

@@ -53,3 +53,24 @@ def test_without_keep_index_the_applier_writes_no_index_at_all():
     asyncio.run(EventApplier(repo).apply([field_updated("a", 1)]))
     asyncio.run(EventApplier(repo).enable_index())
     assert not [key for key in repo.items if key.startswith("statestore-index/")]
+
+
+def test_a_state_written_ahead_of_its_event_is_indexed_and_snapshotted_when_the_event_is_applied():
+    from statestore.document import encode_document, provisional_document
+    from subscriber.outbox import pending_keys
+    from subscriber.ports import Upsert
+    from tests.strategies import object_replaced
+
+    repo = InMemoryStateRepository()
+    event = object_replaced({"password": "x"})
+
+    async def run():
+        await repo.commit([Upsert(event.key, encode_document(provisional_document(event)), None, overwrite=True)])
+        assert await pending_keys(repo) == set()  # written by the caller: not marked, not indexed
+        result = await EventApplier(repo, keep_index=True).apply([event])
+        assert result.written == 1 and await pending_keys(repo) == {event.key}
+        key = shard_key("default", "workflows", "s1")
+        assert IndexShard.model_validate_json(repo.items[key].value).ids == ["s1"]
+        assert (await EventApplier(repo, keep_index=True).apply([event])).written == 0  # now a duplicate
+
+    asyncio.run(run())
