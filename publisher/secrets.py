@@ -9,9 +9,13 @@ and every log hold ciphertext only. The keys come from the Dapr secret store com
 ``secretstore`` through the caller's sidecar.
 
 Unlike field updates, a credential save is durable on return: a guid is a promise that
-the credential can be read, by any process, as soon as the caller has it. Credentials
-travel on their own topic and publish pipeline (``credentials_topic``), so that wait
-does not include the caller's progress backlog.
+the credential can be read, by any process, as soon as the caller has it. So a new
+credential does not wait for the event pipeline: its document is written straight to the
+state store through the caller's sidecar (provisional, statestore.document), and then
+its event is published, on a topic and publish pipeline of its own
+(``credentials_topic``), for the subscriber to write its snapshot. Only when that direct
+write fails does the save wait for the subscriber to apply the events, and that wait does
+not include the caller's progress backlog either.
 
 There is no shared index of credentials: ``reencrypt_all`` enumerates them from the
 object store's snapshots (publisher.objectlist), so saving a credential writes its own
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -29,7 +34,7 @@ from typing import Any
 from publisher.crypto import CredentialError, Keyring, UnknownCredentialError, open_sealed, seal
 from publisher.objectlist import list_state_ids
 from publisher.store import StateStore, _json_roundtrip
-from statestore.errors import InvalidValueError, PublishError, SyncTimeoutError
+from statestore.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
 from statestore.paths import StateType, validate_id
 from statestore.settings import get_settings
 from statestore.sidecar import SidecarClient
@@ -40,6 +45,7 @@ __all__ = ["SecretStore", "CredentialNotStoredError", "replace_credentials_with_
 LEGACY_INDEX_ID = "credential-index"
 C = StateType.CREDENTIALS
 SHOWN_GUIDS = 20
+log = logging.getLogger("statestore.publisher")
 
 
 class CredentialNotStoredError(CredentialError, SyncTimeoutError):
@@ -50,13 +56,14 @@ class CredentialNotStoredError(CredentialError, SyncTimeoutError):
     ``get_credentials`` reads them from then on.
     """
 
-    def __init__(self, guids: list[str], timeout: float) -> None:
+    def __init__(self, guids: list[str], timeout: float, why: str = "") -> None:
         shown = ", ".join(guids[:SHOWN_GUIDS]) + (f" and {len(guids) - SHOWN_GUIDS} more" if len(guids) > SHOWN_GUIDS else "")
         super().__init__(
             f"{len(guids)} credentials were not confirmed stored within {timeout:g} s "
-            f"(STATESTORE_CREDENTIAL_TIMEOUT_S): {shown}. They stay queued and are stored once "
-            "the subscriber applies them (is it running? `make up`; its log says why not); "
-            "get_credentials reads them then. error.guids lists them all.",
+            f"(STATESTORE_CREDENTIAL_TIMEOUT_S): {shown}. {why + '. ' if why else ''}They stay queued "
+            "and are stored once the caller's sidecar publishes them and the subscriber applies them "
+            "(are both running? `make up`; their logs say why not); get_credentials reads them then. "
+            "error.guids lists them all.",
             guids,
         )
         self.guids = list(guids)
@@ -91,32 +98,79 @@ class SecretStore:
         """Store a batch of credential configurations; returns their guids, in order.
 
         Returns once every one of them is stored and readable by ``get_credentials`` from
-        any process (one wait for the whole batch). Every configuration is validated and
-        sealed before any is queued: InvalidValueError (naming the position) leaves
-        nothing behind. CredentialNotStoredError (naming the guids) after ``timeout``
-        seconds (default STATESTORE_CREDENTIAL_TIMEOUT_S) if they are not all stored yet;
-        nothing is dropped, they are stored when the subscriber catches up.
+        any process. Every configuration is validated and sealed before anything is
+        written: InvalidValueError (naming the position) leaves nothing behind.
+
+        The sealed credentials are written straight to the state store through the
+        caller's sidecar (a few transactions for the whole batch), then their events are
+        published for the subscriber, which writes their object-store snapshots; the call
+        waits for that publish, not for the subscriber. If the direct write fails (the
+        sidecar or the store is down), the events are queued all the same and the call
+        waits until the subscriber has applied them. CredentialNotStoredError (naming the
+        guids) after ``timeout`` seconds (default STATESTORE_CREDENTIAL_TIMEOUT_S) if they
+        are not all stored by then; nothing is dropped, they are stored once the sidecar
+        and the subscriber take them.
         """
         configs = list(configs)
         keyring = await cls.keyring()
         guids = [str(uuid.uuid4()) for _ in configs]
         sealed = {guid: _seal_checked(keyring, guid, config, n) for n, (guid, config) in enumerate(zip(guids, configs))}
-        await cls._store(sealed, timeout)
+        await cls._create(sealed, timeout)
         return guids
 
     @classmethod
+    async def _create(cls, sealed: dict[str, dict[str, Any]], timeout: float | None) -> None:
+        """Store new credentials: write them ahead of their events, then publish these."""
+        if not sealed:
+            return
+        timeout = get_settings().credential_timeout_s if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        events = [StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()]
+        try:
+            await StateStore._write_ahead(events, timeout)
+        except SidecarUnavailableError as exc:
+            # Some may be written: the subscriber's merge completes those and applies the rest.
+            log.warning("writing %d credentials through the sidecar failed (%s); waiting for the subscriber instead", len(events), exc)
+            await cls._queue(events)
+            await cls._await_applied(list(sealed), deadline, timeout, f"the direct write failed: {exc}")
+            return
+        await cls._queue(events)
+        # Stored and readable now; wait (within the timeout) until the events are in the
+        # broker too, so the snapshot follows even if this process dies right after.
+        keys = {event.key for event in events}
+        try:
+            await asyncio.wait_for(StateStore._pipeline_of(C).flush(lambda q: q.event.key in keys), max(deadline - loop.time(), 0.001))
+        except (PublishError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, PublishError):
+                await StateStore.republish(exc.events)
+            log.warning(
+                "%d credentials are stored, but their events are not published yet (%s): their snapshots follow"
+                " once the broker takes them (they stay queued)", len(events), str(exc) or "timed out",
+            )
+
+    @classmethod
+    async def _queue(cls, events: list[Any]) -> None:
+        """Hand ``events`` to the credential pipeline; none is dropped."""
+        for event in events:
+            try:
+                await StateStore._submit(event)
+            except PublishError as exc:  # earlier credentials failed to publish: queue them again
+                await StateStore.republish(exc.events)
+
+    @classmethod
     async def _store(cls, sealed: dict[str, dict[str, Any]], timeout: float | None) -> None:
-        """Queue every sealed credential, then wait once until all are applied."""
+        """Queue new seals of existing credentials, then wait once until all are applied."""
         if not sealed:
             return
         timeout = get_settings().credential_timeout_s if timeout is None else timeout
         deadline = asyncio.get_running_loop().time() + timeout
-        for guid, value in sealed.items():
-            try:
-                await StateStore.save_state_object(guid, value, C)
-            except PublishError as exc:  # earlier credentials failed to publish: queue them again
-                await StateStore.republish(exc.events)
-        guids = list(sealed)
+        await cls._queue([StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()])
+        await cls._await_applied(list(sealed), deadline, timeout, "")
+
+    @classmethod
+    async def _await_applied(cls, guids: list[str], deadline: float, timeout: float, why: str) -> None:
+        """Wait until the queued events of ``guids`` are applied; CredentialNotStoredError at ``deadline``."""
         while True:
             remaining = deadline - asyncio.get_running_loop().time()
             try:
@@ -125,9 +179,10 @@ class SecretStore:
             except PublishError as exc:
                 await StateStore.republish(exc.events)  # nothing is dropped; keep waiting
                 if remaining <= 0:
-                    raise CredentialNotStoredError(guids, timeout) from None
+                    raise CredentialNotStoredError(guids, timeout, why) from None
             except SyncTimeoutError as exc:
-                raise CredentialNotStoredError([g for g in guids if g in set(exc.pending)] or guids, timeout) from None
+                pending = set(exc.pending)
+                raise CredentialNotStoredError([g for g in guids if g in pending] or guids, timeout, why) from None
 
     @classmethod
     async def get_credentials(cls, guid: str) -> dict[str, Any]:

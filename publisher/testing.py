@@ -101,6 +101,9 @@ class _MemorySidecar:
     async def get_bulk_state(self, store: str, keys: Iterable[str]) -> dict[str, StoredItem]:
         return await self._store.repository.load(list(keys))
 
+    async def transact(self, store: str, operations: Sequence[Upsert], timeout: float | None = None) -> None:
+        await self._store.repository.commit(operations)  # a credential written ahead of its event
+
     async def get_secret(self, store: str, name: str) -> dict[str, str]:
         if name != get_settings().keyring_secret:
             raise KeyError(f"no secret {name!r} in the memory secret store")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,7 +31,8 @@ from publisher import (
 from publisher.crypto import Keyring, new_key, seal
 from publisher.keys import rotate_keyring
 from publisher.objectlist import list_state_ids
-from statestore.settings import SidecarSettings
+from statestore.paths import state_key
+from statestore.settings import SidecarSettings, get_settings
 from statestore.sidecar import SidecarClient
 from tests.integration.conftest import eventually, python_env, sidecar_settings
 from tests.strategies import credential_configs
@@ -262,30 +262,78 @@ async def test_a_bad_configuration_leaves_nothing_queued_and_no_orphans():
     assert credentials.pending == 0
 
 
-async def test_timeout_names_the_unconfirmed_guids_and_they_are_stored_after_restart(stack):
-    configs = [secret_config(uuid.uuid4().hex, n) for n in range(5)]
-    await SecretStore.keyring()
+async def stop_subscribers(stack) -> list:
     apps = [app for app, _ in stack.subscriber_pairs()]  # every replica (three on the scale profile)
     for app in apps:
         app.stop()
+    return apps
+
+
+async def start_subscribers(apps: list) -> None:
+    for app in apps:
+        app.start()
+    for app in apps:
+        port = int(app.env["STATESTORE_SUBSCRIBER_PORT"])
+        await asyncio.to_thread(app.wait_healthy, lambda port=port: port_open(port), 60)
+
+
+async def listed_credentials() -> set[str]:
+    ids, token = [], None
+    while True:
+        page = await StateStore.list_states(C, page_size=10_000, page_token=token)
+        ids += page.ids
+        if (token := page.next_page_token) is None:
+            return set(ids)
+
+
+async def test_with_the_subscriber_stopped_saves_are_readable_at_once_and_snapshots_follow(stack):
+    from tests.integration.test_statestore import snapshot
+
+    configs = [secret_config(uuid.uuid4().hex, n) for n in range(20)]
+    apps = await stop_subscribers(stack)
+    try:
+        guids = await SecretStore.save_secrets(configs, timeout=10)
+        assert [await SecretStore.get_credentials(g) for g in guids] == configs  # stored without the subscriber
+        assert all(snapshot(g, C) is None for g in guids)  # snapshot and listing wait for the subscriber
+        assert not set(guids) & await listed_credentials()
+        assert b'"provisional":true' in (await StateStore._runtime().sidecar.get_state(get_settings().statestore_name, state_key(guids[0], C))).value
+    finally:
+        await start_subscribers(apps)
+
+    async def all_snapshotted():
+        return all([snapshot(g, C) == await StateStore.get_state(g, C) for g in guids])
+
+    await eventually(all_snapshotted, timeout=60)  # the subscriber applied their events: snapshots written
+    assert set(guids) <= await listed_credentials()  # and indexed
+    stored = await StateStore._runtime().query.get_documents(guids, C)
+    assert not any(document.provisional for document in stored.values()) and len(stored) == 20
+    assert [await SecretStore.get_credentials(g) for g in guids] == configs
+
+
+async def test_timeout_names_the_unconfirmed_guids_and_they_are_stored_after_restart(stack):
+    # A credential needs the caller's sidecar (the direct write) or, failing that, the
+    # subscriber (the events): stop both, so neither way stores it within the timeout.
+    configs = [secret_config(uuid.uuid4().hex, n) for n in range(5)]
+    await SecretStore.keyring()
+    apps = await stop_subscribers(stack)
+    stack.caller_sidecar.kill()
     try:
         start = time.perf_counter()
         with pytest.raises(CredentialNotStoredError) as info:
             await SecretStore.save_secrets(configs, timeout=3)
         took = time.perf_counter() - start
     finally:
-        for app in apps:
-            app.start()
-        for app in apps:
-            port = int(app.env["STATESTORE_SUBSCRIBER_PORT"])
-            await asyncio.to_thread(app.wait_healthy, lambda port=port: port_open(port), 60)
+        await asyncio.to_thread(stack.start_sidecar, stack.caller_sidecar, stack.ports.caller)
     error = info.value
-    assert len(error.guids) == 5 and all(guid in str(error) for guid in error.guids)
-    assert "3 s" in str(error) and "subscriber" in str(error)
-    assert took < 3 + 1.5, took
-    for guid in error.guids:
-        with pytest.raises(UnknownCredentialError):
-            await SecretStore.get_credentials(guid)  # not stored yet: no half state either
+    try:
+        assert len(error.guids) == 5 and all(guid in str(error) for guid in error.guids)
+        assert "3 s" in str(error) and "subscriber" in str(error) and "direct write failed" in str(error)
+        assert took < 3 + 1.5, took
+        for guid in error.guids:
+            with pytest.raises(UnknownCredentialError):
+                await SecretStore.get_credentials(guid)  # not stored yet: no half state either
+    finally:
+        await start_subscribers(apps)  # the queued events get published and applied
 
     async def all_readable():
         try:

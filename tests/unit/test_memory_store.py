@@ -90,3 +90,21 @@ async def test_default_retention_per_type_applies_when_a_write_gives_no_ttl(monk
         await StateStore.sync("wf-default", W, timeout=1)
         store.advance(10**7)
         assert await StateStore.get_state("wf-default", W) == {"status": "done"}
+
+
+async def test_credentials_are_written_ahead_then_applied_snapshotted_and_listed_in_memory():
+    """The memory store runs save_secrets' real path: the direct write through the
+    (memory) sidecar, then the event, which the applier turns into the final document."""
+    from publisher import SecretStore, StateType
+    from publisher.testing import memory_state_store
+    from statestore.document import decode_document
+    from statestore.paths import object_key
+
+    with memory_state_store() as store:
+        guids = await SecretStore.save_secrets([{"password": "a"}, {"password": "b"}])
+        for guid in guids:
+            key = f"credentials/{guid}"
+            assert not decode_document(key, store.repository.items[key].value).provisional
+            assert store.snapshot(object_key(guid, StateType.CREDENTIALS))["key_id"] == "k1"
+        assert sorted((await StateStore.list_states(StateType.CREDENTIALS)).ids) == sorted(guids)
+        assert [await SecretStore.get_credentials(g) for g in guids] == [{"password": "a"}, {"password": "b"}]
