@@ -4,7 +4,9 @@ subscriber replicas, against a plain Dapr read-modify-write on the same PostgreS
 Workloads (each through the caller's sidecar, 16 producer tasks in this process):
 
 - fleet: many states, a few updates each (``fleet_ids`` x ``fleet_fields``);
-- hot keys: few states, many updates each (``hot_ids`` x ``hot_fields``).
+- hot keys: few states, many updates each (``hot_ids`` x ``hot_fields``);
+- credential saves (with one replica): ``bench.credentials.SCALE_PLAN`` beside one plain
+  read-modify-write per credential, written to docs/scaling.md (section "credentials").
 
 Per run: applied updates/s (counted when every update is visible through reads), the
 publish-to-visible delay at a fixed offered rate, CPU seconds per 1,000 updates of every
@@ -115,6 +117,9 @@ async def measure_replicas(stack: Stack, size: dict, with_plain: bool) -> dict:
             out[f"plain {name}"] = await workload(stack, plain, name, ids, fields, size["producers"])
         out["plain_etag_conflicts"] = plain.conflicts
         await plain.close()
+        from bench import credentials
+
+        out["credentials"] = await credentials.measure(stack, say, credentials.SCALE_PLAN)
     out["peak_rss_mb"] = {proc.name: TreeMeter(proc.pid).peak_rss_mb() for proc in stack.processes() if proc.pid}
     await statestore.close()
     return out
@@ -220,6 +225,14 @@ def main(mode: str) -> int:
     out = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-scale-{mode}.json"
     out.write_text(json.dumps(record, indent=2))
     print(table(results))
+    from bench import credentials
+    from bench.report import replace_section
+
+    rows = next((r["credentials"] for r in results.values() if "credentials" in r), None)
+    if rows:  # docs/scaling.md, section "credentials"
+        doc = PROJECT_ROOT / "docs" / "scaling.md"
+        body = "\n".join(credentials.report_section(rows)).replace("## Credential saves", "## Credential saves on Kafka, PostgreSQL and S3", 1)
+        doc.write_text(replace_section(doc.read_text(), "credentials", body.rstrip("\n")))
     plot(results, PROJECT_ROOT / "docs" / "scaling.png")
     say(f"done in {record['seconds']} s: {out}")
     return 0
