@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 __all__ = ["COUNTS", "BACKLOG", "SCALE_PLAN", "measure", "report_section"]
 
@@ -66,7 +67,7 @@ async def _backlog(scenario: str) -> list[str]:
     return ids
 
 
-async def _statestore_row(n: int, scenario: str) -> dict:
+async def _statestore_row(n: int, scenario: str, object_root: Path) -> dict:
     from publisher import SecretStore, StateStore, StateType
 
     ids = await _backlog(scenario)
@@ -77,22 +78,22 @@ async def _statestore_row(n: int, scenario: str) -> dict:
     took = time.perf_counter() - start
     found = await StateStore._runtime().query.get_documents(guids, StateType.CREDENTIALS)
     still_queued = progress.pending
-    snapshots_s = await _snapshots_written(guids, start + took)
+    snapshots_s = await _snapshots_written(guids, start + took, object_root)
     await _drain(ids)
     return {"peer": "statestore", "credentials": n, "scenario": scenario, "seconds": round(took, 4),
             "unreadable": n - len(found), "backlog_queued_at_start": queued,
             "backlog_queued_at_return": still_queued, "snapshots_after_s": snapshots_s}  # fmt: skip
 
 
-async def _snapshots_written(guids: list[str], returned_at: float, timeout_s: float = 600) -> float:
-    """Seconds from the return until every credential's snapshot exists. Waiting for it
-    also keeps the subscriber's work of this row out of the next row's time."""
+async def _snapshots_written(guids: list[str], returned_at: float, object_root: Path, timeout_s: float = 600) -> float:
+    """Seconds from the return until every credential's snapshot exists in the stack's
+    object store. Waiting for it also keeps the subscriber's work of this row out of the
+    next row's time."""
     import asyncio
-    from pathlib import Path
 
-    from statestore.paths import StateType, build_state_store_path
+    from statestore.paths import StateType, object_key
 
-    left = [Path(build_state_store_path(g, StateType.CREDENTIALS)) for g in guids]
+    left = [object_root / object_key(g, StateType.CREDENTIALS) for g in guids]
     while left:
         left = [path for path in left if not path.exists()]
         if left and time.perf_counter() - returned_at > timeout_s:
@@ -128,11 +129,11 @@ async def measure(stack, say=print, plan=None) -> list[dict]:
     peer = PlainDaprPeer(stack.ports.caller.http_port, stack.ports.caller.grpc_port, stack.tokens.get("DAPR_API_TOKEN"))
     rows = []
     try:
-        await _statestore_row(1, "idle")  # warm up: keyring, channels
+        await _statestore_row(1, "idle", stack.object_root)  # warm up: keyring, channels
         for scenario, counts in plan or (("idle", COUNTS), ("caller", COUNTS), ("broker", BROKER_COUNTS)):
             for n in counts:
                 say(f"credentials: save of {n}, backlog: {SCENARIOS[scenario]}")
-                rows.append(await _statestore_row(n, scenario))
+                rows.append(await _statestore_row(n, scenario, stack.object_root))
                 rows.append(await _reference_row(peer, n, scenario))
     finally:
         await peer.close()
