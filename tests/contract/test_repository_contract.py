@@ -34,6 +34,13 @@ class RepositoryContract:
         with pytest.raises(EtagMismatchError):
             await repository.commit([Upsert(key, b'{"lost":1}', None)])
 
+    async def test_an_overwrite_creates_or_replaces_without_a_check(self, repository):
+        """A new credential's direct write (Upsert.overwrite): no first-write check."""
+        key = self.key()
+        await repository.commit([Upsert(key, b'{"v":1}', None, overwrite=True)])
+        await repository.commit([Upsert(key, b'{"v":2}', None, overwrite=True)])
+        assert (await repository.load([key]))[key].value == b'{"v":2}'
+
     async def test_stale_etag_fails_and_writes_nothing(self, repository):
         a, b = self.key(), self.key()
         await repository.commit([Upsert(a, b'{"a":1}', None)])
