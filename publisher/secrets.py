@@ -126,7 +126,7 @@ class SecretStore:
         timeout = get_settings().credential_timeout_s if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        events = [StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()]
+        events = [StateStore._replace_event(guid, value, C, None, checked=True) for guid, value in sealed.items()]
         try:
             await StateStore._write_ahead(events, timeout)
         except SidecarUnavailableError as exc:

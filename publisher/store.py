@@ -140,13 +140,18 @@ class StateStore:
         return json.loads(json.dumps(event.value))
 
     @classmethod
-    def _replace_event(cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None) -> ObjectReplaced:
-        """The stamped ``object_replaced`` event of ``save_state_object`` (checked, not queued)."""
+    def _replace_event(
+        cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None, checked: bool = False
+    ) -> ObjectReplaced:
+        """The stamped ``object_replaced`` event of ``save_state_object`` (checked, not queued).
+
+        ``checked``: ``value`` already came out of ``_json_roundtrip`` (a sealed credential):
+        not checked and copied a second time."""
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
         ttl = _ttl(ttl_seconds, state_type)
-        normalised = _json_roundtrip(value, "state object", id)
+        normalised = value if checked else _json_roundtrip(value, "state object", id)
         return ObjectReplaced.model_construct(
             value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
