@@ -140,13 +140,14 @@ async def measure(stack, say=print, plan=None) -> list[dict]:
     return rows
 
 
-def report_section(rows: list[dict] | None) -> list[str]:
-    """The docs/benchmarks.md section (markdown lines); none when not measured."""
+def report_section(rows: list[dict] | None, where: str = "") -> list[str]:
+    """The docs/benchmarks.md section (markdown lines); none when not measured. ``where``:
+    appended to the heading (the profile, for docs/scaling.md)."""
     if not rows:
         return []
     ours = {(r["credentials"], r["scenario"]): r for r in rows if r["peer"] == "statestore"}
     lines = [
-        "## Credential saves: time until stored and readable",
+        f"## Credential saves{where}: time until stored and readable",
         "",
         "`SecretStore.save_secrets` returns once every credential of the call is stored (written",
         "through the caller's sidecar) and readable from any process, and its events are",

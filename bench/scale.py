@@ -231,7 +231,7 @@ def main(mode: str) -> int:
     rows = next((r["credentials"] for r in results.values() if "credentials" in r), None)
     if rows:  # docs/scaling.md, section "credentials"
         doc = PROJECT_ROOT / "docs" / "scaling.md"
-        body = "\n".join(credentials.report_section(rows)).replace("## Credential saves", "## Credential saves on Kafka, PostgreSQL and S3", 1)
+        body = "\n".join(credentials.report_section(rows, " on Kafka, PostgreSQL and S3"))
         doc.write_text(replace_section(doc.read_text(), "credentials", body.rstrip("\n")))
     plot(results, PROJECT_ROOT / "docs" / "scaling.png")
     say(f"done in {record['seconds']} s: {out}")

@@ -123,9 +123,8 @@ class SecretStore:
         """Store new credentials: write them ahead of their events, then publish these."""
         if not sealed:
             return
-        timeout = get_settings().credential_timeout_s if timeout is None else timeout
+        timeout, deadline = _budget(timeout)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         events = [StateStore._replace_event(guid, value, C, None, checked=True) for guid, value in sealed.items()]
         try:
             await StateStore._write_ahead(events, timeout)
@@ -138,9 +137,8 @@ class SecretStore:
         await cls._queue(events)
         # Stored and readable now; wait (within the timeout) until the events are in the
         # broker too, so the snapshot follows even if this process dies right after.
-        keys = {event.key for event in events}
         try:
-            await asyncio.wait_for(StateStore._pipeline_of(C).flush(lambda q: q.event.key in keys), max(deadline - loop.time(), 0.001))
+            await StateStore._flush_states(C, {event.key for event in events}, max(deadline - loop.time(), 0.001))
         except (PublishError, asyncio.TimeoutError) as exc:
             if isinstance(exc, PublishError):
                 await StateStore.republish(exc.events)
@@ -163,8 +161,7 @@ class SecretStore:
         """Queue new seals of existing credentials, then wait once until all are applied."""
         if not sealed:
             return
-        timeout = get_settings().credential_timeout_s if timeout is None else timeout
-        deadline = asyncio.get_running_loop().time() + timeout
+        timeout, deadline = _budget(timeout)
         await cls._queue([StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()])
         await cls._await_applied(list(sealed), deadline, timeout, "")
 
@@ -230,6 +227,12 @@ class SecretStore:
             await cls._store(resealed, timeout=max(60.0, get_settings().credential_timeout_s))
             moved += len(resealed)
         return moved, failed
+
+
+def _budget(timeout: float | None) -> tuple[float, float]:
+    """A save's timeout (default STATESTORE_CREDENTIAL_TIMEOUT_S) and its deadline on the loop's clock."""
+    timeout = get_settings().credential_timeout_s if timeout is None else timeout
+    return timeout, asyncio.get_running_loop().time() + timeout
 
 
 def _seal_checked(keyring: Keyring, guid: str, config: object, position: int) -> dict[str, Any]:

@@ -257,6 +257,14 @@ class StateStore:
         return register_metrics(registry)
 
     @classmethod
+    async def _flush_states(cls, state_type: StateType, keys: set[str], timeout: float) -> None:
+        """Wait until this loop's events of the states ``keys`` are published; PublishError
+        for theirs only (others stay for their owner), asyncio.TimeoutError after ``timeout``.
+        Their events are all in the one pipeline of their state type: only that one is
+        waited for (a credential save must not wait for the progress backlog)."""
+        await asyncio.wait_for(cls._pipeline_of(state_type).flush(lambda q: q.event.key in keys), timeout)
+
+    @classmethod
     async def sync(cls, id: str, type: StateType, timeout: float = 10.0) -> None:
         """Wait until every event this process wrote to state ``id`` has been applied.
 
@@ -279,10 +287,7 @@ class StateStore:
         loop_runtime = runtime.loop_runtime()
         mine = set(keys.values())
         try:
-            # Only this call's states' failures are raised here; others stay for their owner.
-            # Its events are all in the one pipeline of their state type: wait for that one
-            # only (a credential save must not wait for the progress backlog).
-            await asyncio.wait_for(cls._pipeline_of(state_type).flush(lambda q: q.event.key in mine), timeout)
+            await cls._flush_states(state_type, mine, timeout)
         except asyncio.TimeoutError:
             outage = any(p.in_outage for p in loop_runtime.pipelines.values())
             raise SyncTimeoutError(
