@@ -147,9 +147,11 @@ class PublishPipeline:
         settings: Settings,
         max_pending: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        batch_max_events: int | None = None,
     ) -> None:
         self._transport = transport
         self._settings = settings
+        self._batch_max_events = batch_max_events or settings.batch_max_events
         self._max_pending = max_pending or settings.max_pending_events
         self._clock = clock
         self._pending: list[QueuedEvent] = []
@@ -281,10 +283,10 @@ class PublishPipeline:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if len(self._pending) < self._settings.batch_max_events:
+                if len(self._pending) < self._batch_max_events:
                     await asyncio.sleep(self._settings.batch_window_ms / 1000)
                 while self._pending:
-                    self._current = self._pending[: self._settings.batch_max_events]
+                    self._current = self._pending[: self._batch_max_events]
                     del self._pending[: len(self._current)]
                     self._room_check()
                     try:

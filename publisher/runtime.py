@@ -104,11 +104,13 @@ class LoopRuntime:
         self._closer = self._close_at_loop_shutdown()
         self._start_closer()
 
-    def pipeline(self, pubsub: str, topic: str) -> PublishPipeline:
+    def pipeline(self, pubsub: str, topic: str, batch_max_events: int | None = None) -> PublishPipeline:
         found = self.pipelines.get((pubsub, topic))
         if found is None:
             transport = SidecarTransport(self.sidecar, pubsub, topic)
-            found = self.pipelines[(pubsub, topic)] = PublishPipeline(transport, self._runtime.settings)
+            found = self.pipelines[(pubsub, topic)] = PublishPipeline(
+                transport, self._runtime.settings, batch_max_events=batch_max_events
+            )
         return found
 
     async def flush(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
@@ -247,9 +249,14 @@ class Runtime:
             _install_process_hooks(self.settings)
         return found
 
-    def pipeline(self, topic: str | None = None, pubsub: str | None = None) -> PublishPipeline:
-        """The running loop's pipeline for ``topic`` on ``pubsub`` (default: the state topic)."""
-        return self.loop_runtime().pipeline(pubsub or self.settings.pubsub_name, topic or self.settings.topic)
+    def pipeline(
+        self, topic: str | None = None, pubsub: str | None = None, batch_max_events: int | None = None
+    ) -> PublishPipeline:
+        """The running loop's pipeline for ``topic`` on ``pubsub`` (default: the state topic),
+        publishing up to ``batch_max_events`` at once (default: the setting)."""
+        return self.loop_runtime().pipeline(
+            pubsub or self.settings.pubsub_name, topic or self.settings.topic, batch_max_events
+        )
 
     def pipelines(self) -> list[PublishPipeline]:
         """Every live pipeline of every loop."""

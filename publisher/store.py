@@ -219,7 +219,8 @@ class StateStore:
         backlog, nor behind other apps' progress in the broker and the subscriber."""
         runtime = get_runtime()
         if state_type is StateType.CREDENTIALS:
-            return runtime.pipeline(runtime.settings.credentials_topic, runtime.settings.credentials_pubsub_name)
+            settings = runtime.settings
+            return runtime.pipeline(settings.credentials_topic, settings.credentials_pubsub_name, settings.credentials_batch_max_events)
         return runtime.pipeline()
 
     @classmethod

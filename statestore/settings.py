@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # waiting or when the oldest has waited batch_window_ms.
     batch_max_events: int = Field(200, ge=1, le=10_000)
     batch_window_ms: float = Field(5.0, ge=0)
+    # A credential save waits until its events are published: a batch of credentials goes
+    # out in one bulk publish of up to this many, not in several of batch_max_events.
+    credentials_batch_max_events: int = Field(1000, ge=1, le=10_000)
     # Events per pub/sub message: up to pack_events events (and pack_max_bytes) travel as
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)

@@ -56,6 +56,15 @@ async def test_events_go_out_in_bounded_batches_and_flush_waits_for_all():
     assert pipeline.published == 35 and pipeline.pending == 0
 
 
+async def test_a_pipeline_can_publish_larger_batches_than_the_setting():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(), batch_max_events=30)  # the credentials pipeline's way
+    for q in queued(35):
+        await pipeline.submit(q)
+    await pipeline.flush()
+    assert [len(b) for b in transport.batches] == [30, 5]
+
+
 @pytest.mark.parametrize("mode", ["raise", "entries"])
 async def test_transient_failures_are_retried(mode):
     transport = FakeTransport(failures=2, mode=mode)
