@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -26,6 +27,8 @@ from statestore.errors import StateStoreError
 __all__ = [
     "Keyring",
     "seal",
+    "seal_json",
+    "encode_config",
     "open_sealed",
     "is_sealed",
     "new_key",
@@ -89,18 +92,34 @@ class Keyring:
             raise KeyringError("every keyring key must be 32 bytes (AES-256)")
         return cls(active, keys)
 
+    @cached_property
+    def sealer(self) -> tuple[AESGCM, str]:
+        """The active key's cipher and key check (made once: a batch seals with it many times)."""
+        key = self.keys[self.active]
+        return AESGCM(key), _check(key)
+
 
 def seal(keyring: Keyring, guid: str, config: dict[str, Any]) -> dict[str, Any]:
     """Encrypt ``config`` for ``guid`` with the active key."""
-    key = keyring.keys[keyring.active]
+    return seal_json(keyring, guid, encode_config(config))
+
+
+def encode_config(config: dict[str, Any]) -> bytes:
+    """The plaintext that ``seal`` encrypts: ``config`` as compact JSON (ValueError for
+    NaN or infinity, TypeError for what JSON cannot hold)."""
+    return json.dumps(config, separators=(",", ":"), allow_nan=False).encode()
+
+
+def seal_json(keyring: Keyring, guid: str, plaintext: bytes) -> dict[str, Any]:
+    """Encrypt a configuration already encoded by ``encode_config`` for ``guid``."""
+    cipher, key_check = keyring.sealer
     nonce = os.urandom(12)
-    plaintext = json.dumps(config, separators=(",", ":")).encode()
-    ciphertext = AESGCM(key).encrypt(nonce, plaintext, guid.encode())
+    ciphertext = cipher.encrypt(nonce, plaintext, guid.encode())
     return {
         "v": 1,
         "alg": ALGORITHM,
         "key_id": keyring.active,
-        "key_check": _check(key),
+        "key_check": key_check,
         "nonce": base64.b64encode(nonce).decode(),
         "ciphertext": base64.b64encode(ciphertext).decode(),
     }

@@ -31,9 +31,9 @@ import time
 import uuid
 from typing import Any
 
-from publisher.crypto import CredentialError, Keyring, UnknownCredentialError, open_sealed, seal
+from publisher.crypto import CredentialError, Keyring, UnknownCredentialError, encode_config, open_sealed, seal, seal_json
 from publisher.objectlist import list_state_ids
-from publisher.store import StateStore, _json_roundtrip
+from publisher.store import StateStore, _check_size
 from statestore.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
 from statestore.paths import StateType, validate_id
 from statestore.settings import get_settings
@@ -241,12 +241,12 @@ def _seal_checked(keyring: Keyring, guid: str, config: object, position: int) ->
     if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
         raise InvalidValueError(f"{what} must be a dict with string keys; nothing was saved")
     try:
-        json.dumps(config, allow_nan=False)
+        plaintext = encode_config(config)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidValueError(f"{what} is not JSON-serialisable ({exc}); nothing was saved") from None
-    sealed = seal(keyring, guid, config)
-    try:
-        _json_roundtrip(sealed, what, guid)
+    sealed = seal_json(keyring, guid, plaintext)
+    try:  # strings and an integer: JSON as it is, only its size to check
+        _check_size(len(json.dumps(sealed)), what, guid)
     except InvalidValueError as exc:
         raise InvalidValueError(f"{exc} Nothing was saved.") from None
     return sealed

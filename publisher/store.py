@@ -145,8 +145,8 @@ class StateStore:
     ) -> ObjectReplaced:
         """The stamped ``object_replaced`` event of ``save_state_object`` (checked, not queued).
 
-        ``checked``: ``value`` already came out of ``_json_roundtrip`` (a sealed credential):
-        not checked and copied a second time."""
+        ``checked``: ``value`` is known to be JSON of an allowed size (a sealed credential):
+        not checked or copied again."""
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
@@ -458,13 +458,18 @@ def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:
         normalised = None
     if normalised is None and value is not None or _depth(normalised) > MAX_NESTING:
         raise InvalidValueError(f"{what} is nested too deeply: the limit is {MAX_NESTING} levels")
+    _check_size(len(encoded), what, state_id)
+    return normalised
+
+
+def _check_size(encoded_bytes: int, what: str, state_id: str) -> None:
+    """InvalidValueError if a value of ``encoded_bytes`` as JSON is over STATESTORE_MAX_VALUE_BYTES."""
     limit = get_settings().max_value_bytes
-    if len(encoded) > limit:
+    if encoded_bytes > limit:
         raise InvalidValueError(
-            f"{what} of state {state_id!r} is {len(encoded)} bytes as JSON; the limit is {limit} "
+            f"{what} of state {state_id!r} is {encoded_bytes} bytes as JSON; the limit is {limit} "
             "(STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
         )
-    return normalised
 
 
 def _depth(value: Any) -> int:

@@ -8,9 +8,11 @@ from publisher.crypto import (
     KeyringError,
     TamperedCredentialError,
     WrongKeyError,
+    encode_config,
     new_key,
     open_sealed,
     seal,
+    seal_json,
 )
 
 
@@ -28,6 +30,15 @@ def test_round_trip_and_nothing_in_clear():
     assert "hunter2" not in json.dumps(sealed) and "db.internal" not in json.dumps(sealed)
     assert open_sealed(ring, "guid-1", sealed) == CONFIG
     assert seal(ring, "guid-1", CONFIG)["nonce"] != sealed["nonce"]  # fresh nonce each time
+
+
+def test_a_config_encoded_once_seals_as_seal_does():
+    ring = keyring()
+    sealed = seal_json(ring, "guid-1", encode_config(CONFIG))
+    assert open_sealed(ring, "guid-1", sealed) == CONFIG
+    assert sealed.keys() == seal(ring, "guid-1", CONFIG).keys() and sealed["key_check"] == seal(ring, "g", CONFIG)["key_check"]
+    with pytest.raises(ValueError):
+        encode_config({"x": float("nan")})  # JSON has no NaN: refused before anything is sealed
 
 
 def test_old_keys_still_open_after_rotation():
