@@ -2,7 +2,8 @@
 
 ``submit`` only queues (fire-and-forget). A background task sends what is queued as one
 bulk publish when ``batch_max_events`` are waiting or when the oldest has waited
-``batch_window_ms``; a bulk request is cut at ``bulk_publish_max_bytes``.
+``batch_window_ms`` (at once when ``flush`` is awaited: somebody waits for them); a bulk
+request is cut at ``bulk_publish_max_bytes``.
 
 Outages: a batch that cannot be published is retried with capped exponential backoff and
 jitter, probing the sidecar's readiness in between (so publishing resumes as soon as the
@@ -15,6 +16,7 @@ or ``flush``. One log line when an outage starts, one when it ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -159,6 +161,7 @@ class PublishPipeline:
         self._failed: list[QueuedEvent] = []
         self._failure_reason = ""
         self._wakeup = asyncio.Event()
+        self._hurry = asyncio.Event()  # set by flush: somebody waits, so no batch window
         self._idle = asyncio.Event()
         self._idle.set()
         self._room = asyncio.Event()  # set while the queue has room
@@ -244,6 +247,7 @@ class PublishPipeline:
         (only those ``belongs`` selects, when given)."""
         if self._pending or self._current:
             self._ensure_task()
+            self._hurry.set()
             self._wakeup.set()
             await self._idle.wait()
         self.raise_failures(belongs)
@@ -283,8 +287,11 @@ class PublishPipeline:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                if len(self._pending) < self._batch_max_events:
-                    await asyncio.sleep(self._settings.batch_window_ms / 1000)
+                if len(self._pending) < self._batch_max_events and not self._hurry.is_set():
+                    # Wait for company, unless a flush wants the events now (a credential save, sync).
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._hurry.wait(), self._settings.batch_window_ms / 1000)
+                self._hurry.clear()
                 while self._pending:
                     self._current = self._pending[: self._batch_max_events]
                     del self._pending[: len(self._current)]

@@ -56,6 +56,16 @@ async def test_events_go_out_in_bounded_batches_and_flush_waits_for_all():
     assert pipeline.published == 35 and pipeline.pending == 0
 
 
+async def test_a_flush_does_not_wait_out_the_batch_window():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(batch_window_ms=60_000))
+    await pipeline.submit(queued(1)[0])
+    await asyncio.sleep(0.05)
+    assert transport.batches == []  # waiting for company
+    await asyncio.wait_for(pipeline.flush(), 5)  # not the minute's window
+    assert len(transport.batches) == 1
+
+
 async def test_a_pipeline_can_publish_larger_batches_than_the_setting():
     transport = FakeTransport()
     pipeline = PublishPipeline(transport, settings(), batch_max_events=30)  # the credentials pipeline's way
