@@ -157,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(measure(stack, size))
         from bench.workflows import measure_workflows  # Dapr Workflows, healthy and locked store
 
-        results["workflows"] = asyncio.run(measure_workflows(stack, mode, say))
+        try:
+            results["workflows"] = asyncio.run(measure_workflows(stack, mode, say))
+        except Exception as exc:  # the last section: keep the measured rest, say what failed
+            say(f"workflows section failed, the rest is reported: {type(exc).__name__}: {exc}")
+            results["workflows_error"] = f"{type(exc).__name__}: {exc}"
     finally:
         stack.down()
     from bench.report import write_report

@@ -305,6 +305,10 @@ def write_report(record: dict, docs: Path) -> None:
         from bench.workflows import report_section
 
         parts += report_section(r["workflows"])
+    elif "workflows_error" in r:
+        from bench.workflows import SECTION
+
+        parts += [SECTION, "", f"Not measured in this run: `{r['workflows_error']}`.", ""]
     old = (docs / "benchmarks.md").read_text() if (docs / "benchmarks.md").exists() else ""
     (docs / "benchmarks.md").write_text(keep_sections("\n".join(parts), old))
     _plots(record, docs)
