@@ -17,7 +17,7 @@ setup:
 
 run: setup
 	@if [ "$(ENGINE)" = temporal ]; then scripts/setup.sh temporal; fi
-	@$(PY) -m devstack run $(if $(ENGINE),--engine $(ENGINE))
+	@$(PY) -m statestore.devstack run $(if $(ENGINE),--engine $(ENGINE))
 
 # The Temporal integration test needs the Temporal CLI (built once, then skipped).
 # Every test on the local profile, then the integration suite on the scale profile.
@@ -54,13 +54,13 @@ test-unit: setup
 
 up: setup
 	@if [ -n "$(TEMPORAL)" ]; then scripts/setup.sh temporal; fi
-	@$(PY) -m devstack up --profile $(PROFILE) $(if $(TEMPORAL),--temporal)
+	@$(PY) -m statestore.devstack up --profile $(PROFILE) $(if $(TEMPORAL),--temporal)
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m devstack down; else echo "nothing was running"; fi
+	@if [ -x $(PY) ]; then $(PY) -m statestore.devstack down; else echo "nothing was running"; fi
 
 status:
-	@$(PY) -m devstack status
+	@$(PY) -m statestore.devstack status
 
 clean: down
 	rm -rf local .runtime/build .runtime/build-engine

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack import Ports, Stack
-from devstack.stack import PROJECT_ROOT
+from statestore.devstack import Ports, Stack
+from statestore.devstack.stack import PROJECT_ROOT
 
 SIZES = {
     "quick": dict(latency_calls=2000, tp_repeats=1, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 2000, 8000],
@@ -43,8 +43,8 @@ async def measure(stack: Stack, size: dict) -> dict:
     from bench import cloudevents_sdk
     from bench import measures as m
     from bench.peers import PlainDaprPeer, ReferencePeer, StateStorePeer
-    from statestore.settings import SidecarSettings
-    from statestore.sidecar import SidecarClient
+    from statestore.core.settings import SidecarSettings
+    from statestore.core.sidecar import SidecarClient
 
     subscriber_sidecar = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.subscriber.grpc_port))
     peers = [

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from statestore.envelope import read_structured, write_envelope, write_envelope_fast
-from statestore.events import BATCH_TYPE, FieldUpdated, cloudevent_type, encode_event
+from statestore.core.envelope import read_structured, write_envelope, write_envelope_fast
+from statestore.core.events import BATCH_TYPE, FieldUpdated, cloudevent_type, encode_event
 
 __all__ = ["measure", "section"]
 

@@ -42,7 +42,7 @@ def _configs(n: int) -> list[dict]:
 
 async def _queue_backlog(size: int) -> list[str]:
     """Queue ``size`` progress updates (fire-and-forget) on BACKLOG_IDS workflows."""
-    from publisher import StateStore, StateType
+    from statestore import StateStore, StateType
 
     ids = [f"cred-backlog-{uuid.uuid4().hex[:6]}-{n}" for n in range(BACKLOG_IDS)]
     for k in range(size):
@@ -51,7 +51,7 @@ async def _queue_backlog(size: int) -> list[str]:
 
 
 async def _drain(ids: list[str]) -> None:
-    from publisher import StateStore, StateType
+    from statestore import StateStore, StateType
 
     if ids:
         await StateStore.sync_many(ids, StateType.WORKFLOWS, timeout=600)
@@ -59,7 +59,7 @@ async def _drain(ids: list[str]) -> None:
 
 async def _backlog(scenario: str) -> list[str]:
     """Set up the scenario's backlog; returns the ids to drain afterwards."""
-    from publisher import StateStore
+    from statestore import StateStore
 
     if scenario == "idle":
         return []
@@ -71,7 +71,7 @@ async def _backlog(scenario: str) -> list[str]:
 
 
 async def _statestore_row(n: int, scenario: str, object_root: Path) -> dict:
-    from publisher import SecretStore, StateStore, StateType
+    from statestore import SecretStore, StateStore, StateType
 
     ids = await _backlog(scenario)
     progress = StateStore._pipeline_of(StateType.WORKFLOWS)
@@ -94,7 +94,7 @@ async def _snapshots_written(guids: list[str], returned_at: float, object_root: 
     next row's time."""
     import asyncio
 
-    from statestore.paths import StateType, object_key
+    from statestore.core.paths import StateType, object_key
 
     left = [object_root / object_key(g, StateType.CREDENTIALS) for g in guids]
     while left:
@@ -106,8 +106,8 @@ async def _snapshots_written(guids: list[str], returned_at: float, object_root: 
 
 
 async def _reference_row(peer, n: int, scenario: str) -> dict:
-    from publisher import SecretStore
-    from publisher.crypto import seal
+    from statestore import SecretStore
+    from statestore.publisher.crypto import seal
 
     keyring = await SecretStore.keyring()
     ids = await _backlog(scenario)

@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 
 from bench.dashboard_panels import DASHBOARD_PATH, PANELS, Series, dashboard_json, evaluate, metric_names
-from devstack import Ports, Stack
-from devstack.stack import PROJECT_ROOT
+from statestore.devstack import Ports, Stack
+from statestore.devstack.stack import PROJECT_ROOT
 
 __all__ = ["main"]
 
@@ -50,7 +50,7 @@ def write_json() -> Path:
 
 async def load(seconds: float, stop: asyncio.Event) -> int:
     """Field updates at each of RATES for a third of ``seconds``; returns how many."""
-    from publisher import StateStore, StateType
+    from statestore import StateStore, StateType
 
     written = 0
     for rate in RATES:
@@ -68,8 +68,8 @@ async def load(seconds: float, stop: asyncio.Event) -> int:
 
 async def poison(stack: Stack, count: int = 3) -> None:
     """A few messages the subscriber refuses: the dead-letter panel moves."""
-    from statestore.settings import SidecarSettings
-    from statestore.sidecar import SidecarClient
+    from statestore.core.settings import SidecarSettings
+    from statestore.core.sidecar import SidecarClient
 
     sidecar = SidecarClient(SidecarSettings(dapr_grpc_port=stack.ports.caller.grpc_port))
     try:
@@ -114,7 +114,7 @@ def scrape_once(urls: list[str], registry) -> dict:
 async def run(seconds: float) -> tuple[Series, int]:
     from prometheus_client import CollectorRegistry
 
-    from publisher import StateStore
+    from statestore import StateStore
 
     base = Path(tempfile.mkdtemp(prefix="statestore-dashboard-"))
     stack = Stack(base, Ports.free())

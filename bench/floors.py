@@ -64,8 +64,8 @@ async def _timed(meter: _Meter, items: int, run: Awaitable[None]) -> dict:
 
 async def measure(stack, say=print, rows: int = ROWS) -> dict:
     """Per-item cost of each raw operation, and the fleet ceiling they imply."""
-    from statestore.settings import SidecarSettings, get_settings
-    from statestore.sidecar import SidecarClient, Upsert
+    from statestore.core.settings import SidecarSettings, get_settings
+    from statestore.core.sidecar import SidecarClient, Upsert
 
     settings = get_settings()
     store, binding = settings.statestore_name, settings.objectstore_name
@@ -189,8 +189,8 @@ def section(record: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.report import replace_section
-    from devstack import Ports, Stack
-    from devstack.stack import PROJECT_ROOT
+    from statestore.devstack import Ports, Stack
+    from statestore.devstack.stack import PROJECT_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m bench.floors", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip

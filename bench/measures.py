@@ -68,7 +68,7 @@ async def caller_latency(peer, calls: int) -> dict:
 async def _read_through(peer, state_id: str):
     """A read that outlasts a sidecar too busy to answer within its deadline (the
     delay keeps counting; a loaded machine must not end the whole benchmark)."""
-    from statestore.errors import SidecarUnavailableError
+    from statestore.core.errors import SidecarUnavailableError
 
     while True:
         try:

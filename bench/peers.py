@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from statestore.sidecar import is_write_conflict
+from statestore.core.sidecar import is_write_conflict
 
 __all__ = ["Peer", "StateStorePeer", "PlainDaprPeer", "ReferencePeer"]
 
@@ -36,7 +36,7 @@ class StateStorePeer:
     synchronous = False
 
     def __init__(self) -> None:
-        from publisher import StateStore, StateType
+        from statestore import StateStore, StateType
 
         self._store, self._type = StateStore, StateType.WORKFLOWS
 

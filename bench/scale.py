@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack import Ports, Stack
-from devstack.stack import PROJECT_ROOT
+from statestore.devstack import Ports, Stack
+from statestore.devstack.stack import PROJECT_ROOT
 
 SIZES = {
     "quick": dict(replicas=[1, 2, 3], fleet_ids=2000, fleet_fields=5, hot_ids=10, hot_fields=500, producers=16,
@@ -149,7 +149,7 @@ def run(mode: str) -> dict:
 
 def _reset_statestore() -> None:
     """Point the process's StateStore at the new stack's sidecar."""
-    from statestore.settings import get_settings, get_sidecar_settings
+    from statestore.core.settings import get_settings, get_sidecar_settings
 
     get_settings.cache_clear()
     get_sidecar_settings.cache_clear()

@@ -26,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from devstack import Ports, Stack
-from devstack.stack import PROJECT_ROOT
-from devstack.temporal import TemporalPorts, TemporalStack, running
+from statestore.devstack import Ports, Stack
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore.devstack.temporal import TemporalPorts, TemporalStack, running
 
 __all__ = ["main", "measure", "section"]
 

@@ -37,8 +37,8 @@ MESSAGES = 64
 def _deliveries(count: int, traced: bool) -> list[list]:
     from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 
-    from statestore.events import BATCH_TYPE, FieldUpdated, encode_event
-    from statestore.paths import StateType
+    from statestore.core.events import BATCH_TYPE, FieldUpdated, encode_event
+    from statestore.core.paths import StateType
 
     now = int(time.time() * 1000)
     deliveries = []
@@ -60,11 +60,11 @@ def _deliveries(count: int, traced: bool) -> list[list]:
 
 
 async def _apply_rate(deliveries: list[list], tracer, flush: bool) -> float:
-    from statestore.settings import Settings
-    from subscriber.applier import EventApplier
-    from subscriber.outbox import OutboxWriter, SnapshotFlusher
-    from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
-    from subscriber.servicer import SubscriberServicer
+    from statestore.core.settings import Settings
+    from statestore.subscriber.applier import EventApplier
+    from statestore.subscriber.outbox import OutboxWriter, SnapshotFlusher
+    from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+    from statestore.subscriber.servicer import SubscriberServicer
 
     settings = Settings()
     repo = InMemoryStateRepository()
@@ -83,7 +83,7 @@ async def _apply_rate(deliveries: list[list], tracer, flush: bool) -> float:
 
 def cpu_part(repeats: int = 7, deliveries: int = 6) -> list[tuple[str, float, float]]:
     """(configuration, median events/s, best events/s) of the in-process apply."""
-    from subscriber.tracing import configure_tracing
+    from statestore.subscriber.tracing import configure_tracing
 
     plain, traced = _deliveries(deliveries, False), _deliveries(deliveries, True)
     spans = Path(tempfile.mkdtemp(prefix="statestore-trace-bench-")) / "spans.jsonl"
@@ -109,7 +109,7 @@ def caller_part(calls: int = 200_000) -> list[tuple[str, float]]:
     """Nanoseconds per ``current_traceparent()`` call, the whole per-write cost in the caller."""
     import timeit
 
-    import statestore.tracing as tracing
+    import statestore.core.tracing as tracing
     from opentelemetry.sdk.trace import TracerProvider
 
     def per_call() -> float:
@@ -173,8 +173,8 @@ async def _stack_throughput(traced: bool) -> dict:
 
 def stack_part(rounds: int = 2, modes: tuple[str, ...] = ("off", "on")) -> list[tuple[str, list[int]]]:
     """Applied/s on the real stack per mode of MODES (a fresh stack each, modes alternating)."""
-    from devstack import Ports, Stack
-    from statestore.settings import get_settings, get_sidecar_settings
+    from statestore.devstack import Ports, Stack
+    from statestore.core.settings import get_settings, get_sidecar_settings
 
     results: dict[str, list[int]] = {mode: [] for mode in modes}
     for _ in range(rounds):
@@ -188,7 +188,7 @@ def stack_part(rounds: int = 2, modes: tuple[str, ...] = ("off", "on")) -> list[
                 os.environ.update(stack.caller_env())
                 get_settings.cache_clear()
                 get_sidecar_settings.cache_clear()
-                from publisher.runtime import Runtime, set_runtime
+                from statestore.publisher.runtime import Runtime, set_runtime
 
                 set_runtime(Runtime())  # a fresh runtime for this stack's sidecar
                 result = asyncio.run(_stack_throughput(caller_traces))

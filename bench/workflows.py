@@ -28,9 +28,9 @@ from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime, WorkflowStatu
 
 from bench.measures import percentiles
 from bench.peers import PlainDaprPeer
-from devstack.processes import free_port
-from devstack.stack import PROJECT_ROOT, Ports, SidecarSpec, Stack
-from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_sidecar
+from statestore.devstack.processes import free_port
+from statestore.devstack.stack import PROJECT_ROOT, Ports, SidecarSpec, Stack
+from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_sidecar
 from examples.workflows.app import WORKFLOW_NAME, StateStoreWriter, WorkflowApp
 
 __all__ = ["SIZES", "measure_workflows", "report_section"]

@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from statestore.errors import StateStoreError
+from statestore.core.errors import StateStoreError
 
 __all__ = [
     "Keyring",
@@ -87,7 +87,7 @@ class Keyring:
         except ValueError:
             raise KeyringError("a key in the keyring is not base64") from None
         if active not in keys:
-            raise KeyringError(f"the keyring's active key {active!r} is not in it; run `python -m publisher.keys init`")
+            raise KeyringError(f"the keyring's active key {active!r} is not in it; run `python -m statestore.publisher.keys init`")
         if any(len(key) != 32 for key in keys.values()):
             raise KeyringError("every keyring key must be 32 bytes (AES-256)")
         return cls(active, keys)

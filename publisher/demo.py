@@ -25,9 +25,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from publisher import StateStore, StateType
-from publisher.store import StateStore as _Store
-from statestore.paths import caller_app_name
+from statestore import StateStore, StateType
+from statestore.publisher.store import StateStore as _Store
+from statestore.core.paths import caller_app_name
 
 WORKFLOWS = int(os.environ.get("DEMO_WORKFLOWS", "100"))
 UPDATES = int(os.environ.get("DEMO_UPDATES", "50"))

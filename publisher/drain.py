@@ -23,9 +23,9 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 
-from publisher.pipeline import PublishPipeline, QueuedEvent
-from statestore.envelope import CONTENT_TYPE
-from statestore.settings import Settings, SidecarSettings, get_sidecar_settings
+from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+from statestore.core.envelope import CONTENT_TYPE
+from statestore.core.settings import Settings, SidecarSettings, get_sidecar_settings
 
 __all__ = ["HttpBulkTransport", "publish_left"]
 

@@ -1,8 +1,8 @@
 """Credential keys: create the local keyring, rotate it, re-encrypt old credentials.
 
-    python -m publisher.keys init        # create ./local/secrets/statestore-keys.json if missing
-    python -m publisher.keys rotate      # add a new key and make it the active one
-    python -m publisher.keys reencrypt   # re-seal every credential with the active key
+    python -m statestore.publisher.keys init        # create ./local/secrets/statestore-keys.json if missing
+    python -m statestore.publisher.keys rotate      # add a new key and make it the active one
+    python -m statestore.publisher.keys reencrypt   # re-seal every credential with the active key
 
 `reencrypt` uses two sidecars: the caller's (DAPR_GRPC_PORT: the keyring, reads and
 writes) and one that has the object-store binding, to list the stored credentials
@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from publisher.crypto import new_key
+from statestore.publisher.crypto import new_key
 
 __all__ = ["KEYS_FILE", "ensure_keyring", "rotate_keyring", "main"]
 
@@ -66,7 +66,7 @@ def rotate_keyring(path: Path = KEYS_FILE) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m publisher.keys", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m statestore.publisher.keys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["init", "rotate", "reencrypt"])
     parser.add_argument("--objectstore-grpc-port", type=int,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"created {KEYS_FILE}" if ensure_keyring() else f"{KEYS_FILE} exists; left as it is")
     elif args.command == "rotate":
         if not KEYS_FILE.exists():
-            print(f"error: {KEYS_FILE} does not exist; run `python -m publisher.keys init`", file=sys.stderr)
+            print(f"error: {KEYS_FILE} does not exist; run `python -m statestore.publisher.keys init`", file=sys.stderr)
             return 1
         print(f"active key is now {rotate_keyring()}; restart the callers' sidecars, then run reencrypt")
     else:
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _reencrypt(objectstore_port: int) -> tuple[int, dict[str, str]]:
-    from publisher.secrets import SecretStore
-    from statestore.settings import SidecarSettings, get_sidecar_settings
-    from statestore.sidecar import SidecarClient
+    from statestore.publisher.secrets import SecretStore
+    from statestore.core.settings import SidecarSettings, get_sidecar_settings
+    from statestore.core.sidecar import SidecarClient
 
     caller = get_sidecar_settings()
     objectstore = SidecarClient(SidecarSettings(dapr_grpc_port=objectstore_port, dapr_api_token=caller.dapr_api_token,

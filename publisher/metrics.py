@@ -1,7 +1,7 @@
 """The caller library's Prometheus metrics, for an app that serves Prometheus.
 
     from prometheus_client import start_http_server
-    from publisher import StateStore
+    from statestore import StateStore
     StateStore.register_metrics()          # on prometheus_client's default registry
     start_http_server(8000)
 
@@ -38,7 +38,7 @@ class PublisherCollector(Collector):
 
     def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
         if stats is None:
-            from publisher.store import StateStore
+            from statestore.publisher.store import StateStore
 
             stats = StateStore.stats
         self._stats = stats

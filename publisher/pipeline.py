@@ -26,17 +26,17 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from statestore.errors import PublishError
-from statestore.events import (
+from statestore.core.errors import PublishError
+from statestore.core.events import (
     AnyEvent,
     cloudevent_id,
     encode_batch_cloudevent,
     encode_cloudevent,
     encode_event,
 )
-from statestore.partitioning import partition_for
-from statestore.settings import Settings
-from statestore.tracing import mark_error, publisher_span
+from statestore.core.partitioning import partition_for
+from statestore.core.settings import Settings
+from statestore.core.tracing import mark_error, publisher_span
 
 __all__ = ["PublishPipeline", "PipelineStats", "Transport", "QueuedEvent", "pack", "cut_by_bytes"]
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from statestore.document import StateDocument, decode_document
-from statestore.errors import SidecarUnavailableError
-from statestore.index import ENABLED_KEY, IndexShard, all_shard_keys, page_of
-from statestore.paths import StateType, caller_app_name, state_key
-from statestore.sidecar import RECONNECT_WITHIN_S, SidecarClient
+from statestore.core.document import StateDocument, decode_document
+from statestore.core.errors import SidecarUnavailableError
+from statestore.core.index import ENABLED_KEY, IndexShard, all_shard_keys, page_of
+from statestore.core.paths import StateType, caller_app_name, state_key
+from statestore.core.sidecar import RECONNECT_WITHIN_S, SidecarClient
 
 __all__ = ["StateQueryClient"]
 
@@ -23,7 +23,7 @@ class StateQueryClient:
     """Reads states from a Dapr state store.
 
     ``app`` names the caller app whose states it reads (default: this process's own,
-    ``statestore.paths.caller_app_name``).
+    ``statestore.core.paths.caller_app_name``).
     """
 
     def __init__(self, sidecar: SidecarClient, store: str, app: str | None = None) -> None:
@@ -44,11 +44,11 @@ class StateQueryClient:
         return {keys[key]: decode_document(key, item.value) for key, item in found.items()}
 
     async def index_enabled(self) -> bool:
-        """Whether a subscriber keeps the id index (statestore.index.ENABLED_KEY)."""
+        """Whether a subscriber keeps the id index (statestore.core.index.ENABLED_KEY)."""
         return await self._read(lambda: self._sidecar.get_state(self._store, ENABLED_KEY)) is not None
 
     async def index_page(self, state_type: StateType, prefix: str, after: str, size: int) -> tuple[list[str], bool]:
-        """Ids of the index (statestore.index): the next ``size`` after ``after``, and
+        """Ids of the index (statestore.core.index): the next ``size`` after ``after``, and
         whether more follow. One bulk read of every shard of (app, type)."""
         shard_keys = all_shard_keys(self._app or caller_app_name(), state_type)
         found = await self._read(lambda: self._sidecar.get_bulk_state(self._store, shard_keys))

@@ -14,7 +14,7 @@ Rules it keeps:
   sweep once its events are published.
 - **Identity**: a producer id is used for at most ``producer_retention_s / 4``, then a
   new one is taken, so an id never writes again after a state may have evicted its
-  record (statestore.document). ``waits(key)`` lists every (producer id, last seq) the
+  record (statestore.core.document). ``waits(key)`` lists every (producer id, last seq) the
   process still has to see applied for a state.
 - **Fork**: the child drops the parent's runtime without touching it (its gRPC objects
   belong to the parent) and builds a new one on first use: new producer id, sequence
@@ -44,13 +44,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from publisher.drain import publish_left
-from publisher.pipeline import PublishPipeline, QueuedEvent
-from publisher.query import StateQueryClient
-from statestore.errors import PublishError
-from statestore.hlc import HybridClock
-from statestore.settings import Settings, get_settings
-from statestore.sidecar import SidecarClient
+from statestore.publisher.drain import publish_left
+from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+from statestore.publisher.query import StateQueryClient
+from statestore.core.errors import PublishError
+from statestore.core.hlc import HybridClock
+from statestore.core.settings import Settings, get_settings
+from statestore.core.sidecar import SidecarClient
 
 __all__ = ["Runtime", "LoopRuntime", "ProducerStamp", "get_runtime", "set_runtime"]
 
@@ -166,7 +166,7 @@ class Runtime:
         sidecar_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        # What each loop talks to instead of a SidecarClient (publisher.testing: memory).
+        # What each loop talks to instead of a SidecarClient (statestore.testing: memory).
         self.sidecar_factory = sidecar_factory
         self.forked = forked
         self.clock = clock or HybridClock()
@@ -294,7 +294,7 @@ class Runtime:
 
     def drain(self, timeout: float | None = None) -> int:
         """Publish every live pipeline's unpublished events now, from a helper thread,
-        over the sidecar's HTTP API (publisher.drain: nothing shared with the loop's gRPC).
+        over the sidecar's HTTP API (statestore.publisher.drain: nothing shared with the loop's gRPC).
 
         Safe from a signal handler and at exit (whatever loop is running or blocked);
         returns how many events were not published within ``timeout`` (default: the

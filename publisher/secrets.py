@@ -4,21 +4,21 @@
     config = await SecretStore.get_credentials(guid)
 
 A credential is stored as state type CREDENTIALS under a new guid, as an AES-256-GCM
-sealed object (publisher.crypto): Redis, the sqlite file, the object-store snapshots
+sealed object (statestore.publisher.crypto): Redis, the sqlite file, the object-store snapshots
 and every log hold ciphertext only. The keys come from the Dapr secret store component
 ``secretstore`` through the caller's sidecar.
 
 Unlike field updates, a credential save is durable on return: a guid is a promise that
 the credential can be read, by any process, as soon as the caller has it. So a new
 credential does not wait for the event pipeline: its document is written straight to the
-state store through the caller's sidecar (provisional, statestore.document), and then
+state store through the caller's sidecar (provisional, statestore.core.document), and then
 its event is published, on a topic and publish pipeline of its own
 (``credentials_topic``), for the subscriber to write its snapshot. Only when that direct
 write fails does the save wait for the subscriber to apply the events, and that wait does
 not include the caller's progress backlog either.
 
 There is no shared index of credentials: ``reencrypt_all`` enumerates them from the
-object store's snapshots (publisher.objectlist), so saving a credential writes its own
+object store's snapshots (statestore.publisher.objectlist), so saving a credential writes its own
 state and nothing else.
 """
 
@@ -31,13 +31,13 @@ import time
 import uuid
 from typing import Any
 
-from publisher.crypto import CredentialError, Keyring, UnknownCredentialError, encode_config, open_sealed, seal, seal_json
-from publisher.objectlist import list_state_ids
-from publisher.store import StateStore, _check_size
-from statestore.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
-from statestore.paths import StateType, validate_id
-from statestore.settings import get_settings
-from statestore.sidecar import SidecarClient
+from statestore.publisher.crypto import CredentialError, Keyring, UnknownCredentialError, encode_config, open_sealed, seal, seal_json
+from statestore.publisher.objectlist import list_state_ids
+from statestore.publisher.store import StateStore, _check_size
+from statestore.core.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
+from statestore.core.paths import StateType, validate_id
+from statestore.core.settings import get_settings
+from statestore.core.sidecar import SidecarClient
 
 __all__ = ["SecretStore", "CredentialNotStoredError", "replace_credentials_with_guid", "LEGACY_INDEX_ID"]
 

@@ -12,16 +12,16 @@ import json
 import logging
 from typing import Any, NamedTuple
 
-from publisher.pipeline import PublishPipeline, QueuedEvent
-from publisher.runtime import LoopRuntime, Runtime, get_runtime
-from statestore.cutting import cut
-from statestore.document import StateDocument, encode_document, provisional_document
-from statestore.errors import InvalidValueError, ListingDisabledError, SyncTimeoutError
-from statestore.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
-from statestore.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
-from statestore.settings import get_settings
-from statestore.sidecar import Upsert
-from statestore.tracing import current_traceparent
+from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
+from statestore.core.cutting import cut
+from statestore.core.document import StateDocument, encode_document, provisional_document
+from statestore.core.errors import InvalidValueError, ListingDisabledError, SyncTimeoutError
+from statestore.core.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
+from statestore.core.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
+from statestore.core.settings import get_settings
+from statestore.core.sidecar import Upsert
+from statestore.core.tracing import current_traceparent
 
 __all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
 
@@ -67,7 +67,7 @@ class StateStore:
     """Workflow and credential state, written as ordered events and read directly.
 
     All methods are class methods, as in the reference system: a thin facade over the
-    process's runtime (publisher.runtime). Writes return as soon as the event is queued
+    process's runtime (statestore.publisher.runtime). Writes return as soon as the event is queued
     for publishing; ``flush`` waits until queued events are published and ``sync``
     until this process's events for a state are applied.
     """
@@ -161,7 +161,7 @@ class StateStore:
         """Write the provisional documents of ``events`` (each the first event of a new
         state) straight to the state store through the caller's sidecar, before the events
         are queued: the states are readable when this returns, and the subscriber, applying
-        the events later, snapshots and indexes them (statestore.document).
+        the events later, snapshots and indexes them (statestore.core.document).
 
         Only for states no other writer can know yet (new credential guids), and before
         their events are queued: the inserts overwrite without a check (last-write, three
@@ -253,7 +253,7 @@ class StateStore:
         """Expose this process's publishing as Prometheus metrics (queue depth, publish
         batches, errors, latency, ...) on ``registry`` (a prometheus_client
         CollectorRegistry; default: prometheus_client's). docs/observability.md lists them."""
-        from publisher.metrics import register_metrics
+        from statestore.publisher.metrics import register_metrics
 
         return register_metrics(registry)
 
@@ -352,7 +352,7 @@ class StateStore:
         page at a time: pass ``page.next_page_token`` back for the next page (None: done).
 
         Needs a subscriber started with STATESTORE_LIST_INDEX=1, else raises
-        ListingDisabledError. Reads the id index (statestore.index: 64 shard documents per app and type, one
+        ListingDisabledError. Reads the id index (statestore.core.index: 64 shard documents per app and type, one
         bulk read) and keeps the ids whose state exists now (one bulk read per 500). A
         state appears once its first write is applied and goes once its delete is
         applied or it expires. A page may hold fewer than ``page_size`` ids when some

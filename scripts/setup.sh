@@ -63,7 +63,7 @@ setup_scale() {
     service postgresql stop >/dev/null 2>&1 || true
   fi
   # Kafka and S3Proxy jars (stamped by their pom: a no-op when up to date).
-  "$VENV/bin/python" -m devstack install --profile scale || die "installing the scale profile's servers failed (see above)."
+  "$VENV/bin/python" -m statestore.devstack install --profile scale || die "installing the scale profile's servers failed (see above)."
 }
 
 setup_runtime() {

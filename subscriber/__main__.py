@@ -1,3 +1,3 @@
-from subscriber.app import main
+from statestore.subscriber.app import main
 
 main()

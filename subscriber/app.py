@@ -12,17 +12,17 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 
-from statestore.settings import get_settings, get_sidecar_settings
-from statestore.sidecar import SidecarClient
-from subscriber.applier import EventApplier
-from subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
-from subscriber.deadletter import DeadLetterBox
-from subscriber.expiry import ExpiryMarkers
-from subscriber.metrics import SubscriberMetrics
-from subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
-from subscriber.ports import StateRepository
-from subscriber.servicer import SubscriberServicer
-from subscriber.tracing import TracingConfigError, configure_tracing
+from statestore.core.settings import get_settings, get_sidecar_settings
+from statestore.core.sidecar import SidecarClient
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
+from statestore.subscriber.deadletter import DeadLetterBox
+from statestore.subscriber.expiry import ExpiryMarkers
+from statestore.subscriber.metrics import SubscriberMetrics
+from statestore.subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
+from statestore.subscriber.ports import StateRepository
+from statestore.subscriber.servicer import SubscriberServicer
+from statestore.subscriber.tracing import TracingConfigError, configure_tracing
 
 __all__ = ["main", "serve"]
 

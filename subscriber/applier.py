@@ -1,15 +1,15 @@
 """Apply a batch of events to the state store, and mark their snapshots as due.
 
-Knows nothing of Dapr: it works on the ports in subscriber.ports.
+Knows nothing of Dapr: it works on the ports in statestore.subscriber.ports.
 
 A batch is grouped by state and cut into chunks of at most ``max_states_per_commit``
 states. Per chunk:
 
 1. load the documents of its states (one bulk read);
-2. merge each state's events into its document (statestore.document.apply_events);
+2. merge each state's events into its document (statestore.core.document.apply_events);
 3. write the changed documents in transactions cut by bytes (``request_max_bytes``),
    each with the ETags read in step 1 (first-write for new states) and an entry of this
-   replica's outbox naming them (subscriber.outbox.OutboxWriter); on an ETag conflict
+   replica's outbox naming them (statestore.subscriber.outbox.OutboxWriter); on an ETag conflict
    (another replica wrote in between) load and merge the rest again, so no update is lost.
 
 Commits go through one lane per replica (sqlite has one writer), and the next chunk's
@@ -29,14 +29,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from statestore.cutting import cut
-from statestore.document import apply_events, decode_document, encode_document
-from statestore.errors import StateDecodeError
-from statestore.events import AnyEvent
-from statestore.index import ENABLED_KEY, IndexShard, shard_key
-from subscriber.metrics import SubscriberMetrics
-from subscriber.outbox import OutboxWriter
-from subscriber.ports import EtagMismatchError, StateRepository, Upsert
+from statestore.core.cutting import cut
+from statestore.core.document import apply_events, decode_document, encode_document
+from statestore.core.errors import StateDecodeError
+from statestore.core.events import AnyEvent
+from statestore.core.index import ENABLED_KEY, IndexShard, shard_key
+from statestore.subscriber.metrics import SubscriberMetrics
+from statestore.subscriber.outbox import OutboxWriter
+from statestore.subscriber.ports import EtagMismatchError, StateRepository, Upsert
 
 __all__ = ["EventApplier", "TransientError", "BatchResult"]
 
@@ -69,7 +69,7 @@ class _Prepared:
     upserts: list[Upsert]
     refused: dict[str, str]
     # state key -> (an event of it, True if it began to exist / False if it ceased): the
-    # id index (statestore.index) changes with it, in the same transaction
+    # id index (statestore.core.index) changes with it, in the same transaction
     existence: dict[str, tuple[AnyEvent, bool]] = field(default_factory=dict)
 
 
@@ -88,7 +88,7 @@ class EventApplier:
         metrics: SubscriberMetrics | None = None,
     ) -> None:
         self._repository = repository
-        self._keep_index = keep_index  # the id index of list_states (statestore.index)
+        self._keep_index = keep_index  # the id index of list_states (statestore.core.index)
         self.metrics = metrics or SubscriberMetrics()
         self._max_conflict_retries = max_conflict_retries
         self._max_states = max_states_per_commit
@@ -162,7 +162,7 @@ class EventApplier:
                 )
                 continue
             upserts.append(Upsert(key, encoded, item.etag if item else None, merged.ttl_s))
-            # A provisional document (statestore.document) was never indexed: count it as absent.
+            # A provisional document (statestore.core.document) was never indexed: count it as absent.
             indexed = current is not None and current.exists() and not current.provisional
             if self._keep_index and merged.exists() != indexed:
                 existence[key] = (key_events[0], merged.exists())
@@ -212,7 +212,7 @@ class EventApplier:
                 pass  # another replica wrote it first
 
     async def _index_changes(self, changes: list[tuple[AnyEvent, bool]]) -> list[Upsert]:
-        """The index shard writes (statestore.index) for states that began or ceased to exist."""
+        """The index shard writes (statestore.core.index) for states that began or ceased to exist."""
         keyed = [(shard_key(e.app, e.state_type, e.state_id), e.state_id, add) for e, add in changes]
         stored = await self._repository.load({key for key, _, _ in keyed})
         shards = {key: IndexShard.model_validate_json(item.value) for key, item in stored.items()}

@@ -7,11 +7,11 @@ import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 
-from statestore.cutting import cut
-from statestore.errors import SidecarUnavailableError
-from statestore.events import AnyEvent, encode_batch_cloudevent, encode_event
-from statestore.objectlist import list_object_keys
-from statestore.sidecar import Delete, SidecarClient, StoredItem, Upsert
+from statestore.core.cutting import cut
+from statestore.core.errors import SidecarUnavailableError
+from statestore.core.events import AnyEvent, encode_batch_cloudevent, encode_event
+from statestore.core.objectlist import list_object_keys
+from statestore.core.sidecar import Delete, SidecarClient, StoredItem, Upsert
 
 __all__ = ["DaprStateRepository", "DaprObjectStore", "DaprParking"]
 

@@ -3,7 +3,7 @@ component (Redis Streams, Kafka, ...), never by reading a broker directly.
 
     statestore deadletter list                    # what is there, oldest first
     statestore deadletter redrive [--all | ID ...]
-    python -m subscriber.deadletter list|redrive  # the same (an alias)
+    python -m statestore.subscriber.deadletter list|redrive  # the same (an alias)
 
 How a message gets here: the subscriber answers DROP (or daprd cannot read it), daprd
 publishes it to the dead-letter topic of the component it came from, and the subscriber,
@@ -34,14 +34,14 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from statestore.cutting import cut
-from statestore.envelope import CONTENT_TYPE, EnvelopeError, read_structured
-from statestore.errors import StateStoreError
-from statestore.index import IndexShard
-from statestore.settings import Settings, get_settings
-from statestore.sidecar import SidecarClient
-from subscriber.dapr_ports import DaprStateRepository
-from subscriber.ports import Delete, EtagMismatchError, StateRepository, StoredItem, Upsert
+from statestore.core.cutting import cut
+from statestore.core.envelope import CONTENT_TYPE, EnvelopeError, read_structured
+from statestore.core.errors import StateStoreError
+from statestore.core.index import IndexShard
+from statestore.core.settings import Settings, get_settings
+from statestore.core.sidecar import SidecarClient
+from statestore.subscriber.dapr_ports import DaprStateRepository
+from statestore.subscriber.ports import Delete, EtagMismatchError, StateRepository, StoredItem, Upsert
 
 __all__ = [
     "DEADLETTER",
@@ -243,7 +243,7 @@ async def _run(command: str, ids: list[str], every: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m subscriber.deadletter", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m statestore.subscriber.deadletter", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list dead letters, oldest first")

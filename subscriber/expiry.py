@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from statestore.cutting import cut
-from statestore.document import decode_document
-from statestore.errors import StateDecodeError
-from statestore.paths import object_key, parse_state_key
-from subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
+from statestore.core.cutting import cut
+from statestore.core.document import decode_document
+from statestore.core.errors import StateDecodeError
+from statestore.core.paths import object_key, parse_state_key
+from statestore.subscriber.ports import EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
 
 __all__ = [
     "PREFIX",

@@ -6,7 +6,7 @@ subscribers in one process never share counters. ``serve`` answers on one port:
 
 - ``/metrics``: Prometheus text;
 - ``/healthz/ready``: 200 while the last cheap read of the state store through the
-  sidecar succeeded (``readiness`` in subscriber.app keeps it current), else 503;
+  sidecar succeeded (``readiness`` in statestore.subscriber.app keeps it current), else 503;
 - ``/healthz/live``: 200 unless a delivery has been in flight longer than the bound
   (a stuck apply loop), else 503.
 

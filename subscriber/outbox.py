@@ -17,7 +17,7 @@ writes the files again: snapshots trail the state store by one flush round.
 
 The lease holder also files an expiry marker for each snapshot of a state with a TTL,
 and sweeps the due ones every ``sweep_interval_s`` between rounds: the snapshots of
-states the store expired go too (subscriber.expiry).
+states the store expired go too (statestore.subscriber.expiry).
 
 The lease does not depend on clocks agreeing. Its record carries a nonce that the holder
 rewrites at least every quarter lease period while it works. Another flusher takes over
@@ -51,15 +51,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from statestore.cutting import cut
-from statestore.document import StateDocument, decode_document
-from statestore.errors import StateDecodeError
-from statestore.paths import object_key, parse_state_key
-from statestore.sidecar import MessageTooLargeError
-from statestore.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
-from subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
-from subscriber.metrics import SubscriberMetrics
-from subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
+from statestore.core.cutting import cut
+from statestore.core.document import StateDocument, decode_document
+from statestore.core.errors import StateDecodeError
+from statestore.core.paths import object_key, parse_state_key
+from statestore.core.sidecar import MessageTooLargeError
+from statestore.core.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
+from statestore.subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
+from statestore.subscriber.metrics import SubscriberMetrics
+from statestore.subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
 
 __all__ = [
     "OUTBOX",
@@ -265,7 +265,7 @@ class SnapshotFlusher:
         self._objects = objects
         self.expiry = expiry or ExpiryMarkers(repository, objects)
         self._sweep_interval_s = sweep_interval_s
-        self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
+        self._tracer = tracer  # an OpenTelemetry tracer (statestore.subscriber.tracing), None: no spans
         self.metrics = metrics or SubscriberMetrics()
         self._interval_s = interval_s
         self._coalesce_s = coalesce_s
@@ -420,7 +420,7 @@ class SnapshotFlusher:
 
     async def sweep_once(self) -> bool:
         """Remove the snapshots of states whose expiry markers are due and that the store
-        expired (subscriber.expiry); lease holder only. True when more is due already."""
+        expired (statestore.subscriber.expiry); lease holder only. True when more is due already."""
         if not await self._hold():
             return False
         self.expiry.observe_cursor((await self._repository.load([CURSOR_KEY])).get(CURSOR_KEY))

@@ -1,6 +1,6 @@
 """What the subscriber needs from storage, as small ports with in-memory adapters.
 
-The Dapr adapters (subscriber.dapr_ports) and the in-memory ones here pass the same
+The Dapr adapters (statestore.subscriber.dapr_ports) and the in-memory ones here pass the same
 contract tests (tests/contract), so the applier can be tested without a sidecar.
 """
 
@@ -11,8 +11,8 @@ import itertools
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Protocol
 
-from statestore.events import AnyEvent
-from statestore.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
+from statestore.core.events import AnyEvent
+from statestore.core.sidecar import Delete, EtagMismatchError, StoredItem, Upsert
 
 __all__ = [
     "finish_all",

@@ -1,7 +1,7 @@
 """The gRPC callback Dapr calls: decode, validate, apply, answer success/retry/drop.
 
-Thin on purpose: decoding rules live in statestore.events, the merge in
-statestore.document, storage in subscriber.applier.
+Thin on purpose: decoding rules live in statestore.core.events, the merge in
+statestore.core.document, storage in statestore.subscriber.applier.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.json_format import MessageToDict
 
-from statestore.envelope import EnvelopeError, read_structured
-from statestore.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
-from statestore.settings import Settings
-from statestore.tracing import MAX_KEYS_SHOWN, linked_span, mark_error
-from subscriber.applier import EventApplier
-from subscriber.deadletter import DeadLetter, DeadLetterBox, dead_letter
-from subscriber.metrics import SubscriberMetrics
-from subscriber.ports import InMemoryParking, InMemoryStateRepository, Parking
+from statestore.core.envelope import EnvelopeError, read_structured
+from statestore.core.events import BATCH_TYPE, AnyEvent, InvalidEventError, decode_events
+from statestore.core.settings import Settings
+from statestore.core.tracing import MAX_KEYS_SHOWN, linked_span, mark_error
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.deadletter import DeadLetter, DeadLetterBox, dead_letter
+from statestore.subscriber.metrics import SubscriberMetrics
+from statestore.subscriber.ports import InMemoryParking, InMemoryStateRepository, Parking
 
 __all__ = ["SubscriberServicer", "decode_entry", "refusal", "split_future"]
 
@@ -111,7 +111,7 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
         tracer: Any = None,
     ) -> None:
         self._applier = applier
-        self._tracer = tracer  # an OpenTelemetry tracer (subscriber.tracing), None: no spans
+        self._tracer = tracer  # an OpenTelemetry tracer (statestore.subscriber.tracing), None: no spans
         self.dead_letters = dead_letters or DeadLetterBox(InMemoryStateRepository())
         self.metrics = metrics or getattr(applier, "metrics", None) or SubscriberMetrics()
         self._settings = settings

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from statestore.events import FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
-from statestore.paths import StateType
+from statestore.core.events import FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
+from statestore.core.paths import StateType
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
 json_values = st.recursive(

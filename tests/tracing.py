@@ -7,7 +7,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from statestore.tracing import format_traceparent
+from statestore.core.tracing import format_traceparent
 
 _global: InMemorySpanExporter | None = None
 

@@ -25,7 +25,7 @@ from examples.temporal.shared import (
     credential_fingerprint,
     step_record,
 )
-from publisher import SecretStore, StateStore, StateType
+from statestore import SecretStore, StateStore, StateType
 
 __all__ = ["run_step", "finish", "ACTIVITIES", "rmw_peer"]
 

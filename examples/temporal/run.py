@@ -31,10 +31,10 @@ from examples.temporal.shared import (
     task_queue,
 )
 from examples.temporal.workflow import StateStoreWorkflow
-from publisher import StateQueryClient, StateStore, StateType, replace_credentials_with_guid
-from statestore.paths import caller_app_name
-from statestore.settings import get_settings
-from statestore.sidecar import SidecarClient
+from statestore import StateQueryClient, StateStore, StateType, replace_credentials_with_guid
+from statestore.core.paths import caller_app_name
+from statestore.core.settings import get_settings
+from statestore.core.sidecar import SidecarClient
 
 __all__ = ["RunReport", "run_workflows", "read_state", "main"]
 

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 from examples.temporal.activities import ACTIVITIES
 from examples.temporal.shared import task_queue
 from examples.temporal.workflow import StateStoreWorkflow
-from publisher import StateStore
+from statestore import StateStore
 
 __all__ = ["connect", "main"]
 

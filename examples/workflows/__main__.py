@@ -27,9 +27,9 @@ from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime, WorkflowStatu
 
 from examples.workflows.app import WORKFLOW_NAME, StateStoreWriter, WorkflowApp, final_state
 from examples.workflows.settings import WorkflowSettings
-from publisher import SecretStore, StateStore, StateType
-from publisher.demo import applied_events, p50_p99, probe_visible_delays
-from statestore.paths import caller_app_name
+from statestore import SecretStore, StateStore, StateType
+from statestore.publisher.demo import applied_events, p50_p99, probe_visible_delays
+from statestore.core.paths import caller_app_name
 
 log = logging.getLogger("statestore.examples.workflows")
 

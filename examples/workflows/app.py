@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from dapr.ext.workflow import DaprWorkflowContext, RetryPolicy, WorkflowActivityContext, WorkflowRuntime
 
-from publisher import SecretStore, StateStore, StateType
+from statestore import SecretStore, StateStore, StateType
 
 __all__ = ["WORKFLOW_NAME", "StateWriter", "StateStoreWriter", "CredentialBatcher", "WorkflowApp", "final_state"]
 

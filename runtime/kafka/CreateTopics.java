@@ -1,5 +1,5 @@
 // Creates the topics the stack needs, each with the given partition count, and checks
-// that every one has it. Run by devstack/servers/kafka.py as a single-file program:
+// that every one has it. Run by statestore/devstack/servers/kafka.py as a single-file program:
 //   java -cp '<lib>/*' CreateTopics.java <bootstrap> <partitions> <topic>...
 import java.util.ArrayList;
 import java.util.List;

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from subscriber.ports import EtagMismatchError, InMemoryObjectStore, InMemoryStateRepository, Upsert
+from statestore.subscriber.ports import EtagMismatchError, InMemoryObjectStore, InMemoryStateRepository, Upsert
 
 
 class RepositoryContract:

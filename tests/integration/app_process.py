@@ -8,7 +8,7 @@ import asyncio
 import json
 import sys
 
-from publisher import StateStore, StateType, build_state_store_path
+from statestore import StateStore, StateType, build_state_store_path
 
 
 async def main(state_id: str, value: str) -> None:

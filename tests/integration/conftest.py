@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from devstack import Ports, Stack
-from statestore.settings import Settings, SidecarSettings, get_settings, get_sidecar_settings
-from statestore.sidecar import SidecarClient
+from statestore.devstack import Ports, Stack
+from statestore.core.settings import Settings, SidecarSettings, get_settings, get_sidecar_settings
+from statestore.core.sidecar import SidecarClient
 
 
 # The list index on, and expiry swept every second in 1-second buckets: an expired state's

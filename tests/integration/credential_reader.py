@@ -9,7 +9,7 @@ import asyncio
 import json
 import sys
 
-from publisher import SecretStore, UnknownCredentialError
+from statestore import SecretStore, UnknownCredentialError
 
 
 async def main() -> None:

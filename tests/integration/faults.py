@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from publisher import PublishError, StateStore, StateType, build_state_store_path
-from publisher.store import StateStore as _Store
+from statestore import PublishError, StateStore, StateType, build_state_store_path
+from statestore.publisher.store import StateStore as _Store
 
 W = StateType.WORKFLOWS
 

@@ -6,7 +6,7 @@ Usage: python -m tests.integration.producer_process STATE_ID PRODUCER_INDEX FIEL
 import asyncio
 import sys
 
-from publisher import StateStore, StateType
+from statestore import StateStore, StateType
 
 
 async def main(state_id: str, index: int, fields: int) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from publisher import InvalidValueError, SecretStore, StateStore, StateType, build_state_store_path
-from publisher.testing import memory_state_store
-from statestore.paths import object_key
+from statestore import InvalidValueError, SecretStore, StateStore, StateType, build_state_store_path
+from statestore.testing import memory_state_store
+from statestore.core.paths import object_key
 from tests.integration.conftest import eventually
 
 W, C = StateType.WORKFLOWS, StateType.CREDENTIALS

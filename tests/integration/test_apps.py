@@ -7,10 +7,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from devstack.stack import PROJECT_ROOT
-from publisher import StateStore, StateType
-from publisher.query import StateQueryClient
-from statestore.paths import state_key
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import StateStore, StateType
+from statestore.publisher.query import StateQueryClient
+from statestore.core.paths import state_key
 from tests.integration.conftest import eventually, python_env
 
 W = StateType.WORKFLOWS

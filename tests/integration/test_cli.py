@@ -6,15 +6,15 @@ import subprocess
 import sys
 import uuid
 
-from devstack.stack import PROJECT_ROOT
-from publisher import StateStore, StateType
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import StateStore, StateType
 from tests.integration.conftest import python_env
 
 W = StateType.WORKFLOWS
 
 
 def statestore(stack, *args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "statestore_cli", *args], cwd=PROJECT_ROOT,
+    return subprocess.run([sys.executable, "-m", "statestore.cli", *args], cwd=PROJECT_ROOT,
                           env={**python_env(stack), **(env or {})}, capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
@@ -49,7 +49,7 @@ async def test_inspect_shows_stamps_producers_and_the_snapshot(stack):
 async def test_watch_prints_each_change_as_it_is_applied(stack):
     wf = f"cli-{uuid.uuid4().hex[:8]}"
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "statestore_cli", "watch", wf, "--count", "3", "--interval", "0.05",
+        sys.executable, "-m", "statestore.cli", "watch", wf, "--count", "3", "--interval", "0.05",
         cwd=PROJECT_ROOT, env=python_env(stack), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 

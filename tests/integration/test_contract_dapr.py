@@ -2,7 +2,7 @@
 
 import pytest
 
-from subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
+from statestore.subscriber.dapr_ports import DaprObjectStore, DaprStateRepository
 from tests.contract.test_repository_contract import ObjectStoreContract, RepositoryContract
 
 
@@ -22,7 +22,7 @@ class TestDaprObjectStore(ObjectStoreContract):
         deadline; the adapter must hand it to the call, which then does not happen."""
         import uuid
 
-        from statestore.sidecar import SidecarUnavailableError
+        from statestore.core.sidecar import SidecarUnavailableError
 
         key = f"contract/deadline-{uuid.uuid4().hex}.json"
         with pytest.raises(SidecarUnavailableError, match="DEADLINE_EXCEEDED"):

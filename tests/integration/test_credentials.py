@@ -13,10 +13,10 @@ import uuid
 import pytest
 import redis
 
-from devstack import Ports
-from devstack.processes import port_open
-from devstack.stack import PROJECT_ROOT, SidecarSpec
-from publisher import (
+from statestore.devstack import Ports
+from statestore.devstack.processes import port_open
+from statestore.devstack.stack import PROJECT_ROOT, SidecarSpec
+from statestore import (
     CredentialNotStoredError,
     InvalidValueError,
     SecretStore,
@@ -28,12 +28,12 @@ from publisher import (
     WrongKeyError,
     replace_credentials_with_guid,
 )
-from publisher.crypto import Keyring, new_key, seal
-from publisher.keys import rotate_keyring
-from publisher.objectlist import list_state_ids
-from statestore.paths import state_key
-from statestore.settings import SidecarSettings, get_settings
-from statestore.sidecar import SidecarClient
+from statestore.publisher.crypto import Keyring, new_key, seal
+from statestore.publisher.keys import rotate_keyring
+from statestore.publisher.objectlist import list_state_ids
+from statestore.core.paths import state_key
+from statestore.core.settings import SidecarSettings, get_settings
+from statestore.core.sidecar import SidecarClient
 from tests.integration.conftest import eventually, python_env, sidecar_settings
 from tests.strategies import credential_configs
 
@@ -132,7 +132,7 @@ async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves
     await assert_snapshot_matches(old, C)  # reencrypt lists what has a snapshot
     await assert_snapshot_matches(new, C)
     env = {**python_env(stack), "STATESTORE_OBJECTSTORE_GRPC_PORT": str(stack.ports.subscriber.grpc_port)}
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "publisher.keys", "reencrypt"],
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "statestore.publisher.keys", "reencrypt"],
                                    cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert "re-encrypted" in done.stdout, done.stdout + done.stderr
     moved = int(done.stdout.split("re-encrypted ")[1].split()[0])

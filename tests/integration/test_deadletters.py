@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import uuid
 
-from publisher import StateStore, StateType
-from publisher.query import StateQueryClient
-from statestore.events import encode_cloudevent
-from statestore.sidecar import Delete, Upsert
-from subscriber.dapr_ports import DaprStateRepository
-from subscriber.deadletter import DeadLetterBox, redrive
+from statestore import StateStore, StateType
+from statestore.publisher.query import StateQueryClient
+from statestore.core.events import encode_cloudevent
+from statestore.core.sidecar import Delete, Upsert
+from statestore.subscriber.dapr_ports import DaprStateRepository
+from statestore.subscriber.deadletter import DeadLetterBox, redrive
 from tests.integration.conftest import eventually
 from tests.integration.test_cli import statestore
 from tests.integration.test_statestore import raw_publish, wait_applied

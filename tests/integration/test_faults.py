@@ -15,9 +15,9 @@ import uuid
 
 import pytest
 
-from devstack.processes import port_open, wait_until
-from devstack.stack import PROJECT_ROOT
-from publisher import StateStore, StateType
+from statestore.devstack.processes import port_open, wait_until
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import StateStore, StateType
 from tests.integration.conftest import eventually, python_env
 from tests.integration.faults import Load, run_across_fault
 
@@ -167,7 +167,7 @@ async def test_producer_killed_mid_batch_leaves_only_whole_events(stack, tmp_pat
     progress = tmp_path / "flushed"
     script = (
         "import asyncio, os, sys\n"
-        "from publisher import StateStore, StateType\n"
+        "from statestore import StateStore, StateType\n"
         "async def main():\n"
         "    for r in range(1, 100000):\n"
         f"        await StateStore.save_state_object('{state_id}', {{'round': r, 'a': r, 'b': r}}, StateType.WORKFLOWS)\n"

@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
-from devstack.stack import PROJECT_ROOT
-from publisher import StateStore, StateType
-from publisher.store import StateStore as Store
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import StateStore, StateType
+from statestore.publisher.store import StateStore as Store
 from tests.integration.conftest import eventually, python_env
 
 W = StateType.WORKFLOWS
@@ -52,8 +52,8 @@ async def wait_for_state(state_id: str, expected: dict, timeout: float = 60) -> 
 
 SIGTERM_SCRIPT = """
 import asyncio, sys, time
-from publisher import StateStore, StateType
-from publisher.store import StateStore as Store
+from statestore import StateStore, StateType
+from statestore.publisher.store import StateStore as Store
 tag, mode = sys.argv[1], sys.argv[2]
 async def main():
     for s in range(50):
@@ -93,7 +93,7 @@ async def test_sigterm_after_5000_returned_calls_publishes_all_of_them(stack, mo
 
 LOCKED_DRAIN_SCRIPT = """
 import asyncio, concurrent.futures.thread, os, signal, sys
-from publisher import StateStore, StateType
+from statestore import StateStore, StateType
 tag = sys.argv[1]
 async def main():
     for f in range(200):
@@ -118,8 +118,8 @@ async def test_the_signal_drain_needs_no_lock_the_interrupted_thread_may_hold(st
 
 FORK_SCRIPT = """
 import asyncio, multiprocessing, os, sys
-from publisher import StateStore, StateType
-from publisher.store import StateStore as Store
+from statestore import StateStore, StateType
+from statestore.publisher.store import StateStore as Store
 state_id = sys.argv[1]
 W = StateType.WORKFLOWS
 
@@ -166,7 +166,7 @@ async def test_a_parent_and_four_forked_children_write_one_state(stack):
 
 GRANDCHILD_SCRIPT = """
 import asyncio, multiprocessing, sys
-from publisher import StateStore, StateType
+from statestore import StateStore, StateType
 state_id = sys.argv[1]
 W = StateType.WORKFLOWS
 fork = multiprocessing.get_context("fork")
@@ -213,8 +213,8 @@ async def test_forked_children_can_fork_again(stack):
 
 POOL_SCRIPT = """
 import asyncio, concurrent.futures, multiprocessing, sys
-from publisher import StateStore, StateType
-from publisher.store import StateStore as Store
+from statestore import StateStore, StateType
+from statestore.publisher.store import StateStore as Store
 state_id = sys.argv[1]
 W = StateType.WORKFLOWS
 
@@ -285,8 +285,8 @@ async def test_eight_threads_each_with_its_own_loop_lose_nothing():
 
 MANY_SCRIPT = """
 import asyncio, sys
-from publisher import StateStore, StateType
-from publisher.runtime import Runtime, set_runtime
+from statestore import StateStore, StateType
+from statestore.publisher.runtime import Runtime, set_runtime
 state_id, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 W = StateType.WORKFLOWS
 # ``count`` producer identities in this one process: each its own runtime (producer id,

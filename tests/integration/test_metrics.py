@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 import uuid
 
-from publisher import StateStore, StateType
-from statestore_cli.metrics import Scrape, scrape
+from statestore import StateStore, StateType
+from statestore.cli.metrics import Scrape, scrape
 from tests.integration.conftest import eventually
 from tests.integration.test_cli import statestore
 

@@ -15,12 +15,12 @@ import uuid
 
 import pytest
 
-from devstack.processes import port_open
-from publisher import PublishError, SidecarUnavailableError, StateStore, StateType, SyncTimeoutError
-from publisher.runtime import Runtime, set_runtime
-from publisher.store import StateStore as Store
-from statestore.settings import get_settings
-from statestore.sidecar import RECONNECT_WITHIN_S
+from statestore.devstack.processes import port_open
+from statestore import PublishError, SidecarUnavailableError, StateStore, StateType, SyncTimeoutError
+from statestore.publisher.runtime import Runtime, set_runtime
+from statestore.publisher.store import StateStore as Store
+from statestore.core.settings import get_settings
+from statestore.core.sidecar import RECONNECT_WITHIN_S
 from tests.integration.conftest import eventually
 from tests.integration.faults import RESULTS, Load, run_across_fault
 

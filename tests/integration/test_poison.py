@@ -10,9 +10,9 @@ import uuid
 import pytest
 import redis
 
-from publisher import InvalidStateIdError, InvalidValueError, StateStore, StateType
-from publisher.query import StateQueryClient
-from statestore.events import encode_cloudevent
+from statestore import InvalidStateIdError, InvalidValueError, StateStore, StateType
+from statestore.publisher.query import StateQueryClient
+from statestore.core.events import encode_cloudevent
 from tests.integration.conftest import eventually
 from tests.integration.test_statestore import raw_publish, wait_applied
 from tests.strategies import field_updated
@@ -129,7 +129,7 @@ async def test_too_deeply_nested_values_are_dead_lettered_not_fatal(caller_sidec
     ids=["..", "/", "NUL", "10 KB id", "not JSON", "10 MB value", "65 levels", "100k levels", "infinity"],
 )
 async def test_the_api_refuses_bad_input_before_publishing(call, error, message):
-    from publisher.store import StateStore as Store
+    from statestore.publisher.store import StateStore as Store
 
     published = Store.runtime().pipeline().published
     pending = Store.runtime().pipeline().pending
@@ -139,7 +139,7 @@ async def test_the_api_refuses_bad_input_before_publishing(call, error, message)
 
 
 async def test_values_at_the_nesting_limit_round_trip():
-    from publisher.store import MAX_NESTING
+    from statestore.publisher.store import MAX_NESTING
 
     state_id = f"deep-ok-{uuid.uuid4().hex[:6]}"
     value = nested(MAX_NESTING - 1)  # dicts: MAX_NESTING levels with the outer one
@@ -149,7 +149,7 @@ async def test_values_at_the_nesting_limit_round_trip():
 
 
 async def test_a_batch_with_a_bad_event_applies_the_good_ones_and_is_dead_lettered(caller_sidecar, deadletters, stack):
-    from statestore.events import encode_batch_cloudevent, encode_event
+    from statestore.core.events import encode_batch_cloudevent, encode_event
 
     state_id = f"batch-{uuid.uuid4().hex[:8]}"
     producer = f"batch-{uuid.uuid4().hex[:6]}"

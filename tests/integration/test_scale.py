@@ -11,12 +11,12 @@ from pathlib import Path
 
 
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
-from publisher import StateStore, StateType, build_state_store_path
-from statestore.events import BATCH_TYPE, encode_event
-from statestore.settings import Settings
-from subscriber.applier import EventApplier
-from subscriber.dapr_ports import DaprStateRepository
-from subscriber.servicer import SUCCESS, SubscriberServicer
+from statestore import StateStore, StateType, build_state_store_path
+from statestore.core.events import BATCH_TYPE, encode_event
+from statestore.core.settings import Settings
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.dapr_ports import DaprStateRepository
+from statestore.subscriber.servicer import SUCCESS, SubscriberServicer
 from tests.integration.conftest import dead_letter_bodies, eventually, subscriber_logs
 from tests.strategies import field_updated
 
@@ -149,7 +149,7 @@ async def test_a_state_too_large_to_store_is_dead_lettered_and_blocks_nothing(st
 
 async def test_a_read_larger_than_the_sidecars_limit_splits_and_finishes(subscriber_sidecar):
     """Three 7 MB documents: each fits daprd's 16 MiB limit, the three together do not."""
-    from statestore.sidecar import Upsert
+    from statestore.core.sidecar import Upsert
 
     keys = [f"workflows/large-read-{uuid.uuid4().hex[:6]}-{n}" for n in range(3)]
     value = json.dumps({"v": "x" * 7_000_000}).encode()

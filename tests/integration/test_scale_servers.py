@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 
-from publisher import StateStore, StateType
-from statestore.partitioning import partition_for
-from statestore.settings import get_settings
+from statestore import StateStore, StateType
+from statestore.core.partitioning import partition_for
+from statestore.core.settings import get_settings
 
 pytestmark = pytest.mark.profile("scale")
 

@@ -9,10 +9,10 @@ import pytest
 from dapr.clients import DaprClient
 from dapr.conf import settings
 
-from devstack import Ports, Stack, StackError
-from devstack.multiapp import run_multiapp
-from devstack.processes import port_open, wait_until
-from statestore.events import encode_cloudevent
+from statestore.devstack import Ports, Stack, StackError
+from statestore.devstack.multiapp import run_multiapp
+from statestore.devstack.processes import port_open, wait_until
+from statestore.core.events import encode_cloudevent
 from tests.integration.conftest import eventually
 from tests.strategies import field_updated
 

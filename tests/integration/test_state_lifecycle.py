@@ -10,12 +10,12 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from devstack.servers.postgres import bindir
-from publisher import StateStore, StateType, build_state_store_path
-from publisher.query import StateQueryClient
-from statestore.document import replay_in_order
-from subscriber.dapr_ports import DaprStateRepository
-from subscriber.outbox import pending_keys
+from statestore.devstack.servers.postgres import bindir
+from statestore import StateStore, StateType, build_state_store_path
+from statestore.publisher.query import StateQueryClient
+from statestore.core.document import replay_in_order
+from statestore.subscriber.dapr_ports import DaprStateRepository
+from statestore.subscriber.outbox import pending_keys
 from tests.integration.conftest import eventually
 from tests.integration.test_statestore import raw_publish, snapshot, wait_applied
 from tests.strategies import field_deleted, field_updated, object_replaced, state_deleted
@@ -134,7 +134,7 @@ def stored_rows(stack, key: str) -> int:
 
 
 def expiry_markers(stack, state_id: str) -> list[Path]:
-    """The expiry markers of a workflow state in the object store (subscriber.expiry)."""
+    """The expiry markers of a workflow state in the object store (statestore.subscriber.expiry)."""
     return list((stack.object_root / "statestore-expiry").glob(f"*/workflows/{state_id}"))
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import PROJECT_ROOT
-from publisher import (
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import (
     SidecarUnavailableError,
     StateDecodeError,
     StateStore,
@@ -19,11 +19,11 @@ from publisher import (
     SyncTimeoutError,
     build_state_store_path,
 )
-from publisher.query import StateQueryClient
-from statestore.document import replay_in_order
-from statestore.events import cloudevent_id, encode_cloudevent
-from statestore.settings import SidecarSettings
-from statestore.sidecar import SidecarClient
+from statestore.publisher.query import StateQueryClient
+from statestore.core.document import replay_in_order
+from statestore.core.events import cloudevent_id, encode_cloudevent
+from statestore.core.settings import SidecarSettings
+from statestore.core.sidecar import SidecarClient
 from tests.integration.conftest import dead_letter_bodies, eventually, python_env, subscriber_logs
 from tests.strategies import field_updated, object_replaced
 
@@ -110,7 +110,7 @@ async def test_sync_many_waits_for_every_state_in_one_poll_loop():
     for n, state_id in enumerate(ids):
         await StateStore.save_state("n", n, state_id, W)
     await StateStore.sync_many(ids, W)
-    from publisher.store import StateStore as Store
+    from statestore.publisher.store import StateStore as Store
 
     documents = await Store._runtime().query.get_documents(ids, W)
     assert {i: documents[i].to_state() for i in ids} == {i: {"n": n} for n, i in enumerate(ids)}
@@ -144,7 +144,7 @@ async def test_a_normal_exit_publishes_what_is_still_queued(stack):
     wf = new_id("exit")
     script = (
         "import asyncio\n"
-        "from publisher import StateStore, StateType\n"
+        "from statestore import StateStore, StateType\n"
         "async def main():\n"
         "    for n in range(500):\n"
         f"        await StateStore.save_state(f'f{{n}}', n, '{wf}', StateType.WORKFLOWS)\n"
@@ -267,7 +267,7 @@ async def test_subscriber_killed_with_sigkill_mid_stream_loses_nothing(stack):
 
 
 async def test_undecodable_stored_state_is_an_error_not_empty(caller_sidecar):
-    from statestore.sidecar import Upsert
+    from statestore.core.sidecar import Upsert
 
     wf = new_id("corrupt")
     await caller_sidecar.transact("statestore", [Upsert(f"workflows/{wf}", b'{"not": "a document"}', None)])
@@ -276,7 +276,7 @@ async def test_undecodable_stored_state_is_an_error_not_empty(caller_sidecar):
 
 
 async def test_unreachable_sidecar_is_an_error_not_empty():
-    from devstack.processes import free_port
+    from statestore.devstack.processes import free_port
 
     dead = SidecarClient(SidecarSettings(dapr_grpc_port=free_port(), DAPR_API_TIMEOUT_SECONDS=1))
     try:
@@ -287,11 +287,11 @@ async def test_unreachable_sidecar_is_an_error_not_empty():
 
 
 async def test_events_that_cannot_be_published_are_returned_not_dropped():
-    from devstack.processes import free_port
-    from publisher.pipeline import PublishPipeline, QueuedEvent
-    from publisher.runtime import SidecarTransport
-    from statestore.errors import PublishError
-    from statestore.settings import Settings
+    from statestore.devstack.processes import free_port
+    from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+    from statestore.publisher.runtime import SidecarTransport
+    from statestore.core.errors import PublishError
+    from statestore.core.settings import Settings
 
     settings = Settings(outage_budget_s=0.5, publish_backoff_ms=10)
     dead = SidecarClient(SidecarSettings(dapr_grpc_port=free_port(), DAPR_API_TIMEOUT_SECONDS=1))

@@ -12,14 +12,14 @@ import pytest
 
 from temporalio.worker import Replayer
 
-from devstack import Ports, Stack
-from devstack.processes import port_open
-from devstack.temporal import TemporalPorts, TemporalStack
+from statestore.devstack import Ports, Stack
+from statestore.devstack.processes import port_open
+from statestore.devstack.temporal import TemporalPorts, TemporalStack
 from examples.temporal.run import run_workflows
 from examples.temporal.shared import expected_state
 from examples.temporal.workflow import StateStoreWorkflow
-from publisher import StateQueryClient, StateType, build_state_store_path
-from statestore.paths import caller_app_name
+from statestore import StateQueryClient, StateType, build_state_store_path
+from statestore.core.paths import caller_app_name
 from tests.integration.conftest import eventually
 
 W = StateType.WORKFLOWS
@@ -116,8 +116,8 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
 
 
 def test_make_up_with_the_temporal_flag_starts_it_and_make_down_stops_it(tmp_path, monkeypatch, capsys):
-    """`make up TEMPORAL=1` / `make down` (python -m devstack), on a stack of its own."""
-    import devstack.__main__ as cli
+    """`make up TEMPORAL=1` / `make down` (python -m statestore.devstack), on a stack of its own."""
+    import statestore.devstack.__main__ as cli
 
     ports, temporal_ports = Ports.free(), TemporalPorts.free()
     monkeypatch.setattr(cli, "Stack", lambda base, **kw: Stack(tmp_path, ports, **kw))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from publisher import SecretStore, StateStore, StateType
-from statestore.paths import object_key, state_key
+from statestore import SecretStore, StateStore, StateType
+from statestore.core.paths import object_key, state_key
 from tests.integration.conftest import eventually
 from tests.tracing import global_memory_exporter, memory_tracer
 

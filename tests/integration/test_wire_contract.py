@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from devstack.stack import PROJECT_ROOT
-from publisher import StateStore, StateType
-from publisher.query import StateQueryClient
-from statestore.events import BATCH_TYPE
+from statestore.devstack.stack import PROJECT_ROOT
+from statestore import StateStore, StateType
+from statestore.publisher.query import StateQueryClient
+from statestore.core.events import BATCH_TYPE
 from tests.integration.conftest import dead_letter_bodies, eventually, subscriber_logs
 
 W = StateType.WORKFLOWS

@@ -8,12 +8,12 @@ import uuid
 import pytest
 from dapr.ext.workflow import DaprWorkflowClient, WorkflowStatus
 
-from devstack.processes import free_port, pid_alive, wait_until
-from devstack.stack import SidecarSpec
-from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_app, workflow_sidecar
+from statestore.devstack.processes import free_port, pid_alive, wait_until
+from statestore.devstack.stack import SidecarSpec
+from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_app, workflow_sidecar
 from examples.workflows.app import WORKFLOW_NAME, WorkflowApp, final_state
-from publisher import SecretStore, StateStore, StateType
-from publisher.store import StateStore as _Store
+from statestore import SecretStore, StateStore, StateType
+from statestore.publisher.store import StateStore as _Store
 from tests.integration.conftest import eventually
 
 W = StateType.WORKFLOWS

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statestore.document import decode_document, replay_in_order
-from statestore.paths import object_key
-from subscriber.applier import EventApplier, TransientError
-from subscriber.outbox import SnapshotFlusher, pending_keys
-from subscriber.ports import EtagMismatchError, InMemoryObjectStore, InMemoryStateRepository
+from statestore.core.document import decode_document, replay_in_order
+from statestore.core.paths import object_key
+from statestore.subscriber.applier import EventApplier, TransientError
+from statestore.subscriber.outbox import SnapshotFlusher, pending_keys
+from statestore.subscriber.ports import EtagMismatchError, InMemoryObjectStore, InMemoryStateRepository
 from tests.strategies import event_histories, field_updated
 
 

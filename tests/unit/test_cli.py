@@ -1,5 +1,5 @@
-from statestore.document import apply_events
-from statestore_cli.main import changes, describe
+from statestore.core.document import apply_events
+from statestore.cli.main import changes, describe
 from tests.strategies import field_updated, object_replaced
 
 

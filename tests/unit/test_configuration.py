@@ -5,10 +5,10 @@ from pathlib import Path
 
 import yaml
 
-from devstack.stack import CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
-from devstack.temporal import WORKER_APP_ID, TemporalPorts
-from devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
-from statestore.settings import Settings, SidecarSettings
+from statestore.devstack.stack import CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
+from statestore.devstack.temporal import WORKER_APP_ID, TemporalPorts
+from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
+from statestore.core.settings import Settings, SidecarSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,7 +125,7 @@ def test_run_file_matches_the_stack():
 
 
 async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_dead_letters():
-    from subscriber.servicer import SubscriberServicer
+    from statestore.subscriber.servicer import SubscriberServicer
 
     s = Settings()
     answer = await SubscriberServicer(applier=None, settings=s).ListTopicSubscriptions(None, None)
@@ -141,7 +141,7 @@ async def test_the_subscriber_subscribes_to_both_topics_with_bulk_delivery_and_d
 
 
 def scale_components():
-    from devstack.servers import PROFILES
+    from statestore.devstack.servers import PROFILES
 
     return {doc["metadata"]["name"]: doc for doc in PROFILES["scale"].component_documents().values()}
 
@@ -164,7 +164,7 @@ def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
 
 
 def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages():
-    from devstack.servers.kafka import MAX_MESSAGE_BYTES
+    from statestore.devstack.servers.kafka import MAX_MESSAGE_BYTES
 
     meta = metadata(scale_components()["pubsub"])
     assert meta["consumerGroup"] == SUBSCRIBER_APP_ID
@@ -174,7 +174,7 @@ def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages(
 
 
 def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
-    from devstack.servers.s3 import BUCKET
+    from statestore.devstack.servers.s3 import BUCKET
 
     meta = metadata(scale_components()["objectstore"])
     assert meta["bucket"] == BUCKET

@@ -6,9 +6,9 @@ import stat
 
 import pytest
 
-from publisher import keys
-from publisher.objectlist import parse_list_response
-from statestore.paths import StateType, object_key, object_prefix, state_id_of_object_key
+from statestore.publisher import keys
+from statestore.publisher.objectlist import parse_list_response
+from statestore.core.paths import StateType, object_key, object_prefix, state_id_of_object_key
 
 C = StateType.CREDENTIALS
 
@@ -72,7 +72,7 @@ def test_a_write_ahead_upsert_overwrites_and_every_other_new_key_is_first_write(
     guid is known to nobody else); the subscriber's inserts keep it."""
     from dapr.proto.common.v1 import common_pb2
 
-    from statestore.sidecar import Upsert, _operation
+    from statestore.core.sidecar import Upsert, _operation
 
     first = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
     assert _operation(Upsert("k", b"{}", None)).request.options.concurrency == first

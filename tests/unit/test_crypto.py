@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from publisher.crypto import (
+from statestore.publisher.crypto import (
     Keyring,
     KeyringError,
     TamperedCredentialError,

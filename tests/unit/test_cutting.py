@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statestore.cutting import cut
-from statestore.sidecar import Upsert
-from subscriber.applier import EventApplier
-from subscriber.outbox import OUTBOX, OutboxEntry
-from subscriber.ports import InMemoryStateRepository
+from statestore.core.cutting import cut
+from statestore.core.sidecar import Upsert
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.outbox import OUTBOX, OutboxEntry
+from statestore.subscriber.ports import InMemoryStateRepository
 from tests.strategies import field_updated
 
 
@@ -73,8 +73,8 @@ def test_upserts_are_sized_by_key_and_value():
 
 
 async def test_a_bulk_read_whose_answer_is_too_large_is_read_again_in_halves():
-    from statestore.settings import SidecarSettings
-    from statestore.sidecar import MessageTooLargeError, SidecarClient, StoredItem
+    from statestore.core.settings import SidecarSettings
+    from statestore.core.sidecar import MessageTooLargeError, SidecarClient, StoredItem
 
     client = SidecarClient(SidecarSettings())
     calls, answered = [], []

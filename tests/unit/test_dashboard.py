@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bench.dashboard_panels import DASHBOARD_PATH, PANELS, Query, dashboard_json, evaluate, histogram_quantile
-from publisher.metrics import register_metrics
-from subscriber.metrics import SubscriberMetrics
+from statestore.publisher.metrics import register_metrics
+from statestore.subscriber.metrics import SubscriberMetrics
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count"),

@@ -7,11 +7,11 @@ import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from google.protobuf import struct_pb2
 
-from statestore.events import encode_cloudevent
-from statestore.settings import Settings
-from subscriber.deadletter import SHARDS, DeadLetterBox, dead_letter, letter_id, origin, redrive
-from subscriber.ports import EtagMismatchError, InMemoryStateRepository
-from subscriber.servicer import REFUSED_STATE, RETRY, SUCCESS, SubscriberServicer
+from statestore.core.events import encode_cloudevent
+from statestore.core.settings import Settings
+from statestore.subscriber.deadletter import SHARDS, DeadLetterBox, dead_letter, letter_id, origin, redrive
+from statestore.subscriber.ports import EtagMismatchError, InMemoryStateRepository
+from statestore.subscriber.servicer import REFUSED_STATE, RETRY, SUCCESS, SubscriberServicer
 from tests.strategies import field_updated
 
 S = Settings()
@@ -101,12 +101,12 @@ async def test_the_subscriber_keeps_what_the_dead_letter_topic_delivers_with_a_r
 
 
 async def test_a_dead_letter_the_decoder_chokes_on_is_kept_all_the_same(monkeypatch):
-    import subscriber.servicer
+    import statestore.subscriber.servicer
 
     def choke(entry):
         raise RuntimeError("a decoder bug")
 
-    monkeypatch.setattr(subscriber.servicer, "decode_entry", choke)
+    monkeypatch.setattr(statestore.subscriber.servicer, "decode_entry", choke)
     servicer = SubscriberServicer(applier=None, settings=S)
     assert await servicer.handle(S.deadletter_topic, [raw("1", b"x")]) == {"1": SUCCESS}
     assert [letter.reason for letter in await servicer.dead_letters.stored()] == ["unreadable: RuntimeError"]

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statestore.document import (
+from statestore.core.document import (
     apply_events,
     decode_document,
     encode_document,
@@ -139,7 +139,7 @@ def test_documents_round_trip_through_json():
 def test_an_undecodable_document_is_an_error_not_empty_state():
     import pytest
 
-    from statestore.errors import StateDecodeError
+    from statestore.core.errors import StateDecodeError
 
     with pytest.raises(StateDecodeError, match="workflows/x"):
         decode_document("workflows/x", b'{"fields": 3}')
@@ -213,7 +213,7 @@ def test_deletes_in_any_delivery_order_give_the_oracles_answer_and_existence(his
 # -- expiry ------------------------------------------------------------------------------
 
 def test_the_newest_write_decides_the_ttl_in_any_order():
-    from statestore.events import encode_event
+    from statestore.core.events import encode_event
 
     short = field_updated("a", 1, seq=1, hlc=(1, 0)).model_copy(update={"ttl_seconds": 60})
     permanent = field_updated("b", 2, producer="p2", seq=1, hlc=(2, 0))
@@ -224,7 +224,7 @@ def test_the_newest_write_decides_the_ttl_in_any_order():
 
 
 def test_a_provisional_document_reads_as_its_event_and_any_apply_makes_it_final():
-    """A caller writes a new credential ahead of its event (statestore.document): the
+    """A caller writes a new credential ahead of its event (statestore.core.document): the
     document holds that event, and applying the event again still yields a new, final
     document, so the subscriber writes, snapshots and indexes it."""
     event = object_replaced({"password": "x"}, seq=1, hlc=(7, 0))

@@ -6,9 +6,9 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from hypothesis import given, settings
 
-from publisher.pipeline import QueuedEvent, pack
-from statestore.envelope import EnvelopeError, read_structured, write_envelope, write_envelope_fast
-from statestore.events import BATCH_TYPE, decode_events, encode_cloudevent, encode_event
+from statestore.publisher.pipeline import QueuedEvent, pack
+from statestore.core.envelope import EnvelopeError, read_structured, write_envelope, write_envelope_fast
+from statestore.core.events import BATCH_TYPE, decode_events, encode_cloudevent, encode_event
 from tests.strategies import event_histories, field_updated, object_replaced
 
 REQUIRED = {"id", "source", "type", "specversion"}

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from statestore.events import (
+from statestore.core.events import (
     FieldUpdated,
     EVENT_TYPES,
     InvalidEventError,
@@ -31,7 +31,7 @@ def test_cloudevent_envelope_names_kind_and_version():
 
 
 def test_deletes_are_new_version_2_types_with_no_version_1():
-    from statestore.events import InvalidEventError, decode_event
+    from statestore.core.events import InvalidEventError, decode_event
     from tests.strategies import field_deleted, state_deleted
 
     for event in (state_deleted(), field_deleted("a")):
@@ -143,7 +143,7 @@ def test_the_decoder_never_fails_other_than_with_a_reason(raw, ce_type):
 
 
 def test_a_batch_with_bad_events_keeps_the_good_ones_and_names_the_bad():
-    from statestore.events import BATCH_TYPE, decode_events, encode_batch_cloudevent, encode_event
+    from statestore.core.events import BATCH_TYPE, decode_events, encode_batch_cloudevent, encode_event
 
     good = [field_updated("a", 1), field_updated("b", 2, seq=2, hlc=(2, 0))]
     parts = [encode_event(good[0]), b'{"kind": "field_updated", "seq": "x"}', encode_event(good[1]), b'[1]']
@@ -155,7 +155,7 @@ def test_a_batch_with_bad_events_keeps_the_good_ones_and_names_the_bad():
 
 @pytest.mark.parametrize("data", [b"{", b"[]", b'{"schema_version": 2, "events": []}', b'{"schema_version": 1}'])
 def test_a_malformed_batch_is_rejected_whole(data):
-    from statestore.events import BATCH_TYPE, decode_events
+    from statestore.core.events import BATCH_TYPE, decode_events
 
     with pytest.raises(InvalidEventError, match="malformed"):
         decode_events(BATCH_TYPE, data)
@@ -165,7 +165,7 @@ TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 def test_a_trace_context_travels_with_the_event_but_is_not_its_content():
-    from statestore.events import FieldUpdated, encode_event
+    from statestore.core.events import FieldUpdated, encode_event
 
     plain = field_updated("progress", 75)
     traced = FieldUpdated(**{**plain.model_dump(), "traceparent": TRACE})
@@ -186,7 +186,7 @@ def test_reading_an_event_key_never_waits_for_another_thread_computing_one(monke
     the whole class on Python 3.11) deadlocked the drain there and lost every queued event."""
     import threading
 
-    import statestore.events as events_module
+    import statestore.core.events as events_module
 
     inside, release = threading.Event(), threading.Event()
     real = events_module.format_state_key

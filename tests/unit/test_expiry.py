@@ -4,11 +4,11 @@ removed, a state rewritten since keeps it; over in-memory ports with controllabl
 
 import json
 
-from statestore.paths import object_key
-from subscriber.applier import EventApplier
-from subscriber.expiry import CURSOR_KEY, PREFIX, Cursor, ExpiryMarkers, Sweep, marker_key, parse_marker
-from subscriber.outbox import LEASE_KEY, Lease, SnapshotFlusher, pending_keys
-from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from statestore.core.paths import object_key
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.expiry import CURSOR_KEY, PREFIX, Cursor, ExpiryMarkers, Sweep, marker_key, parse_marker
+from statestore.subscriber.outbox import LEASE_KEY, Lease, SnapshotFlusher, pending_keys
+from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
 from tests.strategies import field_updated, state_deleted
 
 KEY = "workflows/s1"

@@ -1,4 +1,4 @@
-from statestore.hlc import HybridClock
+from statestore.core.hlc import HybridClock
 
 
 def test_timestamps_increase_even_when_the_wall_clock_goes_back():

@@ -2,9 +2,9 @@
 
 import asyncio
 
-from statestore.index import INDEX_SHARDS, IndexShard, all_shard_keys, page_of, shard_key
-from subscriber.applier import EventApplier
-from subscriber.ports import InMemoryStateRepository
+from statestore.core.index import INDEX_SHARDS, IndexShard, all_shard_keys, page_of, shard_key
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.ports import InMemoryStateRepository
 from tests.strategies import field_deleted, field_updated, state_deleted
 
 
@@ -56,9 +56,9 @@ def test_without_keep_index_the_applier_writes_no_index_at_all():
 
 
 def test_a_state_written_ahead_of_its_event_is_indexed_and_snapshotted_when_the_event_is_applied():
-    from statestore.document import encode_document, provisional_document
-    from subscriber.outbox import pending_keys
-    from subscriber.ports import Upsert
+    from statestore.core.document import encode_document, provisional_document
+    from statestore.subscriber.outbox import pending_keys
+    from statestore.subscriber.ports import Upsert
     from tests.strategies import object_replaced
 
     repo = InMemoryStateRepository()

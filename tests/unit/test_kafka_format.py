@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from devstack.servers.kafka import storage_format_args
+from statestore.devstack.servers.kafka import storage_format_args
 
 
 def test_a_cluster_id_starting_with_a_dash_is_joined_to_its_option():

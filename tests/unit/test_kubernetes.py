@@ -1,5 +1,5 @@
 """deploy/kubernetes renders (kustomize, built by setup) and agrees with the project:
-app ids, component names, types, scopes and metadata with statestore/settings.py and
+app ids, component names, types, scopes and metadata with statestore/core/settings.py and
 components/scale/, the app port, the partition count everywhere, a consistent shutdown."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID
-from statestore.settings import Settings
+from statestore.devstack.stack import CALLER_APP_ID, SUBSCRIBER_APP_ID
+from statestore.core.settings import Settings
 from tests.unit.test_configuration import metadata, scale_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_the_subscriber_deployment_has_its_dapr_annotations_and_a_consistent_shu
     assert notes["dapr.io/app-port"] == str(Settings().subscriber_port) == env(deployment)["STATESTORE_SUBSCRIBER_PORT"]
     assert notes["dapr.io/app-protocol"] == "grpc"
     assert notes["dapr.io/config"] in by_kind(docs, "Configuration")
-    from devstack.stack import MAX_BODY_SIZE
+    from statestore.devstack.stack import MAX_BODY_SIZE
 
     # Every sidecar takes the request sizes the code cuts for (as devstack starts them).
     for name, app in by_kind(docs, "Deployment").items():
@@ -117,7 +117,7 @@ def test_the_base_uses_the_default_partition_count():
 
 
 def test_the_subscriber_probes_use_its_health_endpoints_on_its_metrics_port(docs):
-    from subscriber.metrics import DEFAULT_PORT
+    from statestore.subscriber.metrics import DEFAULT_PORT
 
     deployment = by_kind(docs, "Deployment")["statestore-subscriber"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]

@@ -1,8 +1,8 @@
 """The pytest plugin's ``memory_state_store`` fixture, as an app's own test uses it:
-no stack, nothing imported from publisher.testing."""
+no stack, nothing imported from statestore.testing."""
 
-from publisher import StateStore, StateType
-from publisher.runtime import get_runtime
+from statestore import StateStore, StateType
+from statestore.publisher.runtime import get_runtime
 
 W = StateType.WORKFLOWS
 
@@ -27,8 +27,8 @@ def test_outside_the_fixture_the_runtime_talks_to_a_sidecar():
 async def test_listing_without_a_subscriber_that_keeps_the_index_is_a_clear_error(memory_state_store):
     import pytest
 
-    from publisher import ListingDisabledError
-    from statestore.index import ENABLED_KEY
+    from statestore import ListingDisabledError
+    from statestore.core.index import ENABLED_KEY
 
     await StateStore.save_state("status", "done", "wf-1", W)
     await StateStore.sync("wf-1", W, timeout=1)
@@ -39,7 +39,7 @@ async def test_listing_without_a_subscriber_that_keeps_the_index_is_a_clear_erro
 
 
 async def test_an_expired_states_snapshot_goes_with_the_sweep_and_a_rewritten_one_stays(memory_state_store):
-    from statestore.paths import object_key
+    from statestore.core.paths import object_key
 
     await StateStore.save_state("status", "done", "wf-gone", W, ttl_seconds=60)
     await StateStore.save_state("status", "done", "wf-kept", W, ttl_seconds=60)
@@ -59,10 +59,10 @@ async def test_an_expired_states_snapshot_goes_with_the_sweep_and_a_rewritten_on
 async def test_default_retention_per_type_applies_when_a_write_gives_no_ttl(monkeypatch):
     """STATESTORE_TTL_WORKFLOWS_S: workflow writes without ttl_seconds expire after it;
     an explicit ttl_seconds wins; credentials have no default retention."""
-    from publisher import SecretStore
-    from publisher.testing import memory_state_store
-    from statestore.document import decode_document
-    from statestore.settings import get_settings
+    from statestore import SecretStore
+    from statestore.testing import memory_state_store
+    from statestore.core.document import decode_document
+    from statestore.core.settings import get_settings
 
     monkeypatch.setenv("STATESTORE_TTL_WORKFLOWS_S", "86400")
     get_settings.cache_clear()
@@ -95,10 +95,10 @@ async def test_default_retention_per_type_applies_when_a_write_gives_no_ttl(monk
 async def test_credentials_are_written_ahead_then_applied_snapshotted_and_listed_in_memory():
     """The memory store runs save_secrets' real path: the direct write through the
     (memory) sidecar, then the event, which the applier turns into the final document."""
-    from publisher import SecretStore, StateType
-    from publisher.testing import memory_state_store
-    from statestore.document import decode_document
-    from statestore.paths import object_key
+    from statestore import SecretStore, StateType
+    from statestore.testing import memory_state_store
+    from statestore.core.document import decode_document
+    from statestore.core.paths import object_key
 
     with memory_state_store() as store:
         guids = await SecretStore.save_secrets([{"password": "a"}, {"password": "b"}])

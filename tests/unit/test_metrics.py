@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 from prometheus_client import generate_latest
 
-from statestore_cli.metrics import parse, summarize
-from subscriber.metrics import SubscriberMetrics
+from statestore.cli.metrics import parse, summarize
+from statestore.subscriber.metrics import SubscriberMetrics
 
 
 def get(url: str) -> tuple[int, str]:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from statestore.paths import object_key
-from subscriber.applier import EventApplier
-from subscriber.outbox import LEASE_KEY, REGISTRY_KEY, Lease, OutboxWriter, Registry, SnapshotFlusher, pending_keys
-from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from statestore.core.paths import object_key
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.outbox import LEASE_KEY, REGISTRY_KEY, Lease, OutboxWriter, Registry, SnapshotFlusher, pending_keys
+from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
 from tests.strategies import field_updated
 
 
@@ -231,8 +231,8 @@ async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
 
 
 async def test_marks_in_the_old_shared_slots_are_moved_and_flushed():
-    from subscriber.outbox import LEGACY_SLOTS
-    from subscriber.ports import Upsert
+    from statestore.subscriber.outbox import LEGACY_SLOTS
+    from statestore.subscriber.ports import Upsert
 
     repo, objects = InMemoryStateRepository(), InMemoryObjectStore()
     await EventApplier(repo).apply([field_updated("f", 1, state_id=f"s{n}") for n in range(300)])

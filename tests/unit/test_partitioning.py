@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from publisher.pipeline import PublishPipeline, QueuedEvent, pack
-from statestore.partitioning import partition_for
-from statestore.settings import Settings
+from statestore.publisher.pipeline import PublishPipeline, QueuedEvent, pack
+from statestore.core.partitioning import partition_for
+from statestore.core.settings import Settings
 from tests.strategies import field_updated
 from tests.unit.test_pipeline import FakeTransport
 

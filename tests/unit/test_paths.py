@@ -1,7 +1,7 @@
 import pytest
 
-from statestore.errors import InvalidStateIdError, InvalidStateTypeError
-from statestore.paths import MAX_ID_LENGTH, StateType, build_state_store_path, object_key, state_key
+from statestore.core.errors import InvalidStateIdError, InvalidStateTypeError
+from statestore.core.paths import MAX_ID_LENGTH, StateType, build_state_store_path, object_key, state_key
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_path_matches_the_reference_layout():
 
 
 def test_path_uses_app_name_and_root_from_the_environment(monkeypatch):
-    from statestore import settings
+    from statestore.core import settings
 
     monkeypatch.setenv("STATESTORE_APP_NAME", "appName")
     monkeypatch.setenv("STATESTORE_TMP_ROOT", "/srv/tmp/")
@@ -60,7 +60,7 @@ def test_unknown_state_types_are_rejected(bad_type):
 
 
 def test_state_keys_parse_back():
-    from statestore.paths import parse_state_key
+    from statestore.core.paths import parse_state_key
 
     assert parse_state_key(state_key("wf-1.v2", "credentials")) == ("wf-1.v2", StateType.CREDENTIALS, "default")
     assert parse_state_key(state_key("wf-1", "workflows", app="orders")) == ("wf-1", StateType.WORKFLOWS, "orders")
@@ -76,7 +76,7 @@ def test_apps_are_separate_namespaces_and_the_default_app_keeps_the_old_key():
 
 @pytest.fixture
 def environment(monkeypatch):
-    from statestore import settings
+    from statestore.core import settings
 
     for name in ("STATESTORE_APP_NAME", "APP_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -91,7 +91,7 @@ def environment(monkeypatch):
      ({"APP_ID": "orders-app", "STATESTORE_APP_NAME": "orders"}, "orders")],
 )  # fmt: skip
 def test_the_app_name_comes_from_the_setting_then_the_dapr_app_id(environment, env, expected):
-    from statestore.paths import caller_app_name
+    from statestore.core.paths import caller_app_name
 
     for name, value in env.items():
         environment.setenv(name, value)
@@ -101,7 +101,7 @@ def test_the_app_name_comes_from_the_setting_then_the_dapr_app_id(environment, e
 
 
 def test_an_unsafe_app_name_is_a_clear_error(environment):
-    from statestore.errors import InvalidAppNameError
+    from statestore.core.errors import InvalidAppNameError
 
     environment.setenv("STATESTORE_APP_NAME", "../other")
     with pytest.raises(InvalidAppNameError, match="app name '../other'"):

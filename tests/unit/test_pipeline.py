@@ -2,9 +2,9 @@ import asyncio
 
 import pytest
 
-from publisher.pipeline import PublishPipeline, QueuedEvent
-from statestore.errors import PublishError, SidecarUnavailableError
-from statestore.settings import Settings
+from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+from statestore.core.errors import PublishError, SidecarUnavailableError
+from statestore.core.settings import Settings
 from tests.strategies import field_updated
 
 
@@ -121,7 +121,7 @@ async def test_queue_is_bounded():
 async def test_events_are_packed_into_batch_cloudevents_that_decode_back_in_order():
     import json
 
-    from statestore.events import BATCH_TYPE, decode_events
+    from statestore.core.events import BATCH_TYPE, decode_events
 
     transport = FakeTransport()
     pipeline = PublishPipeline(transport, settings(pack_events=4))
@@ -150,7 +150,7 @@ async def test_a_failed_pack_hands_back_every_event_it_carried():
 def test_packs_respect_the_byte_bound():
     import itertools
 
-    from publisher.pipeline import pack
+    from statestore.publisher.pipeline import pack
 
     big = [QueuedEvent.of(field_updated("f", "x" * 400, seq=i + 1, hlc=(i, 0))) for i in range(10)]
     messages = pack(big, max_events=100, max_bytes=1000, ids=itertools.count())
@@ -296,7 +296,7 @@ async def test_bulk_requests_are_cut_by_bytes_and_a_large_event_travels_alone():
     await pipeline.flush()
     import json
 
-    from statestore.events import decode_events
+    from statestore.core.events import decode_events
 
     bodies = iter(transport.bodies)
     for batch in transport.batches:
@@ -322,7 +322,7 @@ async def test_sync_style_flush_raises_only_the_selected_failures():
 
 
 async def test_a_batch_the_publisher_cannot_even_pack_is_handed_back_not_dropped(monkeypatch):
-    import publisher.pipeline as module
+    import statestore.publisher.pipeline as module
 
     def broken_pack(*args, **kwargs):
         raise ValueError("cannot pack")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from publisher.metrics import PublisherCollector, register_metrics
-from publisher.pipeline import PublishPipeline
-from statestore_cli.metrics import parse
+from statestore.publisher.metrics import PublisherCollector, register_metrics
+from statestore.publisher.pipeline import PublishPipeline
+from statestore.cli.metrics import parse
 from tests.unit.test_pipeline import FakeTransport, queued, settings
 
 

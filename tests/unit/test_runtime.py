@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from publisher import runtime as runtime_module
-from publisher.runtime import Runtime, get_runtime, set_runtime
-from statestore.settings import Settings
+from statestore.publisher import runtime as runtime_module
+from statestore.publisher.runtime import Runtime, get_runtime, set_runtime
+from statestore.core.settings import Settings
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ async def test_a_finished_loop_is_released(fresh_runtime):
 
 SIGNAL_SCRIPT = r"""
 import asyncio, os, signal, sys, time
-from publisher import runtime as rt
+from statestore.publisher import runtime as rt
 calls = []
 if sys.argv[1] == "app-handler":
     signal.signal(signal.SIGTERM, lambda s, f: (calls.append(s), print("app handler ran", flush=True), sys.exit(7)))
@@ -164,8 +164,8 @@ async def test_stats_sum_the_live_pipelines(fresh_runtime):
 
 
 async def test_a_loop_flush_covers_every_topic_and_keeps_other_states_failures(fresh_runtime):
-    from publisher.pipeline import PublishPipeline, QueuedEvent
-    from statestore.errors import PublishError
+    from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
+    from statestore.core.errors import PublishError
     from tests.strategies import field_updated
     from tests.unit.test_pipeline import FakeTransport
 

@@ -7,8 +7,8 @@ import jsonschema
 import pytest
 from hypothesis import given, settings
 
-from statestore.events import EVENT_TYPES, InvalidEventError, decode_event, encode_event
-from statestore.schemas import SCHEMA_DIR, data_schemas, main, render
+from statestore.core.events import EVENT_TYPES, InvalidEventError, decode_event, encode_event
+from statestore.core.schemas import SCHEMA_DIR, data_schemas, main, render
 from tests.strategies import event_histories, field_updated
 
 SCHEMAS = data_schemas()
@@ -21,13 +21,13 @@ def validator(ce_type):
 def test_the_checked_in_files_are_what_the_models_generate():
     files = {path.name: path.read_text() for path in SCHEMA_DIR.glob("*.json")}
     assert files == {f"{ce_type}.json": render(schema) for ce_type, schema in SCHEMAS.items()}, (
-        "docs/schemas drifted from statestore/events.py: run `python -m statestore.schemas`"
+        "docs/schemas drifted from statestore/core/events.py: run `python -m statestore.schemas`"
     )
     assert main(["--check"]) == 0
 
 
 def test_there_is_a_schema_for_every_type_the_subscriber_accepts():
-    from statestore.events import BATCH_TYPE
+    from statestore.core.events import BATCH_TYPE
 
     assert set(SCHEMAS) == EVENT_TYPES | {BATCH_TYPE}
     for schema in SCHEMAS.values():

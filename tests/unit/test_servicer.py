@@ -4,11 +4,11 @@ import time
 
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 
-from statestore.events import BATCH_TYPE, encode_event
-from statestore.settings import Settings
-from subscriber.applier import EventApplier
-from subscriber.ports import InMemoryParking, InMemoryStateRepository
-from subscriber.servicer import DROP, RETRY, SUCCESS, SubscriberServicer
+from statestore.core.events import BATCH_TYPE, encode_event
+from statestore.core.settings import Settings
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.ports import InMemoryParking, InMemoryStateRepository
+from statestore.subscriber.servicer import DROP, RETRY, SUCCESS, SubscriberServicer
 from tests.strategies import field_updated
 
 SETTINGS = Settings(max_clock_skew_s=300)

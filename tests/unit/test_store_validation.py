@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from publisher import InvalidStateIdError, InvalidStateTypeError, InvalidValueError, StateStore, StateType
-from publisher.store import StateStore as Store
+from statestore import InvalidStateIdError, InvalidStateTypeError, InvalidValueError, StateStore, StateType
+from statestore.publisher.store import StateStore as Store
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +57,7 @@ async def test_field_names(key):
 
 
 async def test_sixty_four_levels_are_fine_sixty_five_are_not():
-    from publisher.store import MAX_NESTING, _json_roundtrip
+    from statestore.publisher.store import MAX_NESTING, _json_roundtrip
 
     value = 1
     for _ in range(MAX_NESTING):
@@ -78,7 +78,7 @@ async def test_a_refused_write_takes_no_sequence_number():
 
 
 def test_sync_many_cuts_its_bulk_reads_by_count_and_bytes():
-    from publisher.store import SYNC_READ_MAX_KEY_BYTES, SYNC_READ_MAX_KEYS, _chunks
+    from statestore.publisher.store import SYNC_READ_MAX_KEY_BYTES, SYNC_READ_MAX_KEYS, _chunks
 
     ids = [f"id-{n}" for n in range(40_000)]  # more than sqlite's 32,766 keys at once
     chunks = _chunks(ids, {i: f"workflows/{i}" for i in ids})

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from publisher import StateStore, StateType
-from publisher.runtime import Runtime, set_runtime
-from publisher.store import SYNC_PROBE_STATES
-from publisher.testing import MemoryStateStore, _MemorySidecar
+from statestore import StateStore, StateType
+from statestore.publisher.runtime import Runtime, set_runtime
+from statestore.publisher.store import SYNC_PROBE_STATES
+from statestore.testing import MemoryStateStore, _MemorySidecar
 
 W = StateType.WORKFLOWS
 STATES = 1_000

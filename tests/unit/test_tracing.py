@@ -10,19 +10,19 @@ import time
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 
-import statestore.tracing as tracing
-from publisher import StateStore, StateType
-from publisher.pipeline import QueuedEvent, pack
-from publisher.secrets import SecretStore
-from publisher.testing import memory_state_store
-from statestore.events import BATCH_TYPE, decode_events, encode_event
-from statestore.settings import Settings
-from statestore.tracing import MAX_LINKS, current_traceparent, format_traceparent, linked_span, parse_traceparent
-from subscriber.applier import EventApplier
-from subscriber.outbox import OutboxEntry, OutboxWriter, SnapshotFlusher, entry_key
-from subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
-from subscriber.servicer import SubscriberServicer
-from subscriber.tracing import JsonLinesSpanExporter, TracingConfigError, chosen_exporters, configure_tracing
+import statestore.core.tracing as tracing
+from statestore import StateStore, StateType
+from statestore.publisher.pipeline import QueuedEvent, pack
+from statestore.publisher.secrets import SecretStore
+from statestore.testing import memory_state_store
+from statestore.core.events import BATCH_TYPE, decode_events, encode_event
+from statestore.core.settings import Settings
+from statestore.core.tracing import MAX_LINKS, current_traceparent, format_traceparent, linked_span, parse_traceparent
+from statestore.subscriber.applier import EventApplier
+from statestore.subscriber.outbox import OutboxEntry, OutboxWriter, SnapshotFlusher, entry_key
+from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from statestore.subscriber.servicer import SubscriberServicer
+from statestore.subscriber.tracing import JsonLinesSpanExporter, TracingConfigError, chosen_exporters, configure_tracing
 from tests.strategies import field_updated
 from tests.tracing import global_memory_exporter, memory_tracer, traceparent_of
 
@@ -326,7 +326,7 @@ def test_an_unwritable_trace_file_fails_the_export_not_the_subscriber(tmp_path, 
 
 
 async def test_the_last_chance_drain_makes_no_span():
-    from publisher.pipeline import PublishPipeline
+    from statestore.publisher.pipeline import PublishPipeline
     from tests.unit.test_pipeline import FakeTransport
 
     exporter = global_memory_exporter()
@@ -340,8 +340,8 @@ async def test_the_last_chance_drain_makes_no_span():
 async def test_a_subscriber_with_a_bad_export_setting_stops_with_a_message(monkeypatch):
     import asyncio
 
-    from statestore.settings import get_settings
-    from subscriber.app import serve
+    from statestore.core.settings import get_settings
+    from statestore.subscriber.app import serve
 
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "jaeger")
     get_settings.cache_clear()
@@ -367,8 +367,8 @@ async def test_an_apply_with_failed_states_is_an_error_span():
 
 
 async def test_a_batch_handed_back_by_publish_error_is_an_error_publish_span():
-    from publisher.pipeline import PublishPipeline
-    from statestore.errors import PublishError
+    from statestore.publisher.pipeline import PublishPipeline
+    from statestore.core.errors import PublishError
     from tests.unit.test_pipeline import FakeTransport
 
     exporter = global_memory_exporter()

@@ -1,0 +1,3 @@
+from statestore.cli.main import run
+
+run()

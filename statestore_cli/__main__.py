@@ -1,3 +1,0 @@
-from statestore_cli.main import run
-
-run()
