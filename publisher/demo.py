@@ -49,11 +49,13 @@ async def probe_visible_delays(probe_id: str, stop: asyncio.Event, delays_ms: li
 
 
 async def applied_events(states: list[tuple[str, StateType]]) -> int:
-    """How many of this process's events the subscriber has applied to ``states``."""
-    producer = _Store.runtime().producer_id
+    """How many of this process's events the subscriber has applied to ``states`` (its
+    fire-and-forget writes and its confirmed replaces: two producer ids)."""
+    runtime = _Store.runtime()
+    producers = (runtime.producer_id, runtime.confirmed_producer_id)
     query = _Store._runtime().query
     documents = [await query.get_document(i, t) for i, t in states]
-    return sum(doc.processed_upto(producer) for doc in documents if doc)
+    return sum(doc.processed_upto(producer) for doc in documents if doc for producer in producers)
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:

@@ -13,6 +13,7 @@ __all__ = [
     "StateDecodeError",
     "PublishError",
     "SyncTimeoutError",
+    "StateNotStoredError",
 ]
 
 
@@ -69,3 +70,18 @@ class SyncTimeoutError(StateStoreError, TimeoutError):
     def __init__(self, message: str, pending: list[str] | None = None) -> None:
         super().__init__(message)
         self.pending = list(pending or [])
+
+
+class StateNotStoredError(StateStoreError):
+    """A confirmed ``save_state_object`` could not confirm the object stored.
+
+    ``published`` says what became of the replace: False, nothing was written or
+    published and the stored state is unchanged; True, its event is in the broker and the
+    subscriber applies it (the replace happens, later); None, not known (the sidecar did
+    not answer while the event was being sent).
+    """
+
+    def __init__(self, message: str, state_id: str, published: bool | None) -> None:
+        super().__init__(message)
+        self.state_id = state_id
+        self.published = published

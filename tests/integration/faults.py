@@ -44,6 +44,10 @@ class Load:
 
     states: int = 12
     pause_s: float = 0.003
+    # Every tenth round replaces each state: confirmed (stored when the call returns), or
+    # fire-and-forget for a load that must keep writing through an outage of the caller's
+    # sidecar or broker (a confirmed replace waits that out).
+    confirmed: bool = True
     ids: list[str] = field(default_factory=list)
     expected: dict[str, dict] = field(default_factory=dict)
     events: int = 0
@@ -60,7 +64,7 @@ class Load:
             for state_id in self.ids:
                 if r % 10 == 0:
                     value = {"round": r, "kind": "replace", "a": r, "b": r}
-                    await self._call(StateStore.save_state_object(state_id, value, W))
+                    await self._call(StateStore.save_state_object(state_id, value, W, wait=self.confirmed))
                     self.expected[state_id] = dict(value)
                 else:
                     await self._call(StateStore.save_state(f"f{r % 5}", r, state_id, W))

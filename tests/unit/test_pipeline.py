@@ -357,3 +357,49 @@ async def test_a_sidecar_that_answers_but_refuses_gets_backoff_not_a_busy_loop()
     assert 2 <= transport.calls <= 6  # 100, 200, 400, 800 ms (with jitter), not 20 a second
     pipeline.take_unpublished()
     pipeline._task.cancel()
+
+
+# -- publish(): one event a caller waits for (the confirmed replace) ------------------------
+
+
+async def test_publish_returns_once_its_event_is_published_without_the_batch_window():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(batch_window_ms=60_000))
+    (event,) = queued(1)
+    await asyncio.wait_for(pipeline.publish(event), 5)  # a minute-long window is not waited out
+    assert transport.batches == [[event.id]] and pipeline.pending == 0
+
+
+async def test_publish_past_the_budget_hands_its_event_to_the_caller_only():
+    transport = FakeTransport(failures=10**6)
+    pipeline = PublishPipeline(transport, settings(outage_budget_s=0.05))
+    mine, other = queued(2)
+    await pipeline.submit(other)
+    with pytest.raises(PublishError) as info:
+        await pipeline.publish(mine)
+    assert info.value.events == [mine.event]
+    # The other event's failure stays for its owner; the awaited one is not kept or resent.
+    with pytest.raises(PublishError) as rest:
+        await pipeline.flush()
+    assert rest.value.events == [other.event]
+    assert pipeline.take_unpublished() == []
+
+
+async def test_publish_timing_out_before_its_event_was_sent_takes_it_back():
+    transport = FakeTransport()
+    pipeline = PublishPipeline(transport, settings(batch_max_events=1))
+    gate = asyncio.Event()
+    original = transport.publish_batch
+
+    async def stalled(cloudevents):
+        await gate.wait()
+        return await original(cloudevents)
+
+    transport.publish_batch = stalled
+    first, mine = queued(2)
+    await pipeline.submit(first)  # occupies the sender until the gate opens
+    with pytest.raises(PublishError, match="not published within"):
+        await pipeline.publish(mine, timeout=0.05)
+    gate.set()
+    await pipeline.flush()
+    assert transport.batches == [[first.id]]  # the withdrawn event never went out
