@@ -171,8 +171,6 @@ class PublishPipeline:
         self._room.set()
         self._task: asyncio.Task | None = None
         self._message_ids = itertools.count(1)
-        # id(queued) -> the future of a caller awaiting that one event's publish (publish())
-        self._waiters: dict[int, asyncio.Future[None]] = {}
         self._backpressure_logged_at = -math.inf
         self.stats = PipelineStats()
 
@@ -230,36 +228,6 @@ class PublishPipeline:
         Raises PublishError for earlier events that failed, after queuing this one (so
         the error never costs the caller the write it was making).
         """
-        await self._enqueue(queued)
-        self.raise_failures()
-
-    async def publish(self, queued: QueuedEvent, timeout: float | None = None) -> None:
-        """Queue one event and wait until it is published (at once: no batch window).
-
-        PublishError (holding it) when it could not be published within the outage budget,
-        or within ``timeout`` seconds while it was still queued: it is then neither kept nor
-        sent again. After ``timeout`` while its batch is being sent (the outcome is not
-        known yet), asyncio.TimeoutError: it may still be published. Other events'
-        failures stay for their owners.
-        """
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters[id(queued)] = waiter
-        try:
-            await self._enqueue(queued)
-            self._hurry.set()
-            self._wakeup.set()
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
-            position = next((n for n, q in enumerate(self._pending) if q is queued), None)
-            if position is not None:  # never sent: take it back
-                del self._pending[position]
-                self._room_check()
-                raise PublishError(f"the event was not published within {timeout:g} s", [queued.event]) from None
-            raise
-        finally:
-            self._waiters.pop(id(queued), None)
-
-    async def _enqueue(self, queued: QueuedEvent) -> None:
         while len(self._pending) >= self._max_pending:
             if self._clock() - self._backpressure_logged_at > 60:  # say it once, not per call
                 log.warning(
@@ -277,6 +245,7 @@ class PublishPipeline:
         self._idle.clear()
         self._ensure_task()
         self._wakeup.set()
+        self.raise_failures()
 
     async def flush(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
         """Wait until everything submitted so far is published, then raise failures
@@ -399,12 +368,7 @@ class PublishPipeline:
                 self.stats.publish_errors += len(request_failed)
             if failed and not reason:
                 reason = next(iter(failed.values()))
-            published = [events for mid, (_, events) in remaining.items() if mid not in failed]
-            self.stats.published += sum(len(events) for events in published)
-            if self._waiters:
-                for events in published:
-                    for queued in events:
-                        self._resolve(queued, None)
+            self.stats.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)
             if len(failed) < len(remaining):
                 self._outage_ended()
             remaining = {mid: remaining[mid] for mid in failed if mid in remaining}
@@ -417,13 +381,9 @@ class PublishPipeline:
             left = budget - outage_for
             if left <= 0:
                 held = [q for _, events in remaining.values() for q in events]
+                self._failed.extend(held)
                 self.stats.failed_events += len(held)
                 self._failure_reason = f"{reason}; gave up after {outage_for:.1f} s"
-                # An event somebody awaits goes back to them; the rest wait for raise_failures.
-                error = PublishError(
-                    f"the event could not be published ({self._failure_reason}, STATESTORE_OUTAGE_BUDGET_S)"
-                )
-                self._failed.extend(q for q in held if not self._resolve(q, error))
                 return
             self.stats.retries += 1
             # Capped exponential backoff with jitter; a sidecar that answers ends the wait.
@@ -434,18 +394,6 @@ class PublishPipeline:
                 # The sidecar answers but refused the batch (its broker is down): back off
                 # the full delay. One that came back during the wait is retried at once.
                 await asyncio.sleep(wait)
-
-    def _resolve(self, queued: QueuedEvent, error: PublishError | None) -> bool:
-        """Tell whoever awaits ``queued`` (publish()) how it went; False if nobody does."""
-        waiter = self._waiters.pop(id(queued), None)
-        if waiter is None:
-            return False
-        if not waiter.done():
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(PublishError(str(error), [queued.event]))
-        return True
 
     def _outage_started(self, reason: str, events: int) -> None:
         if self.stats.in_outage_since is None:

@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any, NamedTuple
 
-from statestore.publisher.confirmed import replace_confirmed
+from statestore.publisher.confirmed import ConfirmedLane, replace_confirmed
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.core.cutting import cut
@@ -175,12 +175,12 @@ class StateStore:
         event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True)
         runtime = get_runtime()
         settings = runtime.settings
+        lane = ConfirmedLane(
+            runtime.loop_runtime().sidecar, settings.statestore_name, settings.credentials_pubsub_name,
+            settings.credentials_topic, settings.max_document_bytes,
+        )  # fmt: skip
         try:
-            await replace_confirmed(
-                event, cls._pipeline_of(event.state_type, confirmed=True), runtime.loop_runtime().sidecar,
-                settings.statestore_name, settings.outage_budget_s if timeout is None else timeout,
-                settings.max_document_bytes,
-            )  # fmt: skip
+            await replace_confirmed(event, lane, settings.outage_budget_s if timeout is None else timeout)
         except StateNotStoredError as exc:
             if exc.published is False:
                 runtime.retire_confirmed(event.producer)  # its seq will never be processed
@@ -266,16 +266,15 @@ class StateStore:
         return cls._pipeline_of(event.state_type)
 
     @classmethod
-    def _pipeline_of(cls, state_type: StateType, confirmed: bool = False) -> PublishPipeline:
-        """The one place that routes events to topics: credentials and confirmed replaces
-        on the confirmed lane, the rest on the state topic.
+    def _pipeline_of(cls, state_type: StateType) -> PublishPipeline:
+        """The one place that routes queued events to topics, by state type.
 
-        The confirmed lane is the credentials topic and pub/sub component: a credential
-        save and a confirmed replace wait for their publish, and must not queue behind
-        this process's progress backlog, nor behind other apps' progress in the broker and
-        the subscriber."""
+        Credentials have a topic and pub/sub component of their own: a credential save
+        waits until it is stored, and must not queue behind this process's progress
+        backlog, nor behind other apps' progress in the broker and the subscriber.
+        Confirmed replaces (publisher.confirmed) publish on that topic too, directly."""
         runtime = get_runtime()
-        if confirmed or state_type is StateType.CREDENTIALS:
+        if state_type is StateType.CREDENTIALS:
             settings = runtime.settings
             return runtime.pipeline(settings.credentials_topic, settings.credentials_pubsub_name, settings.credentials_batch_max_events)
         return runtime.pipeline()

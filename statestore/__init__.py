@@ -43,6 +43,7 @@ _EXPORTS = {
     "SidecarUnavailableError": "statestore.core.errors",
     "StateDecodeError": "statestore.core.errors",
     "SyncTimeoutError": "statestore.core.errors",
+    "StateNotStoredError": "statestore.core.errors",
     "ListingDisabledError": "statestore.core.errors",
 }
 
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         PublishError,
         SidecarUnavailableError,
         StateDecodeError,
+        StateNotStoredError,
         StateStoreError,
         SyncTimeoutError,
     )

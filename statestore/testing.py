@@ -78,7 +78,9 @@ class _MemorySidecar:
     def __init__(self, store: MemoryStateStore) -> None:
         self._store = store
 
-    async def bulk_publish(self, pubsub: str, topic: str, cloudevents: Sequence[tuple[Any, ...]]) -> dict[str, str]:
+    async def bulk_publish(
+        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[Any, ...]], timeout: float | None = None
+    ) -> dict[str, str]:
         events = []
         for entry in cloudevents:  # (entry id, body[, partition key])
             envelope = json.loads(entry[1])

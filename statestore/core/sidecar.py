@@ -28,6 +28,7 @@ __all__ = [
     "Delete",
     "EtagMismatchError",
     "MessageTooLargeError",
+    "SidecarTimeoutError",
     "JSON_METADATA",
     "MAX_KEYS_PER_READ",
 ]
@@ -41,6 +42,11 @@ MAX_KEYS_PER_READ = 1000
 
 class EtagMismatchError(Exception):
     """A state write lost a race: the key changed (or appeared) since it was read."""
+
+
+class SidecarTimeoutError(SidecarUnavailableError):
+    """A call's deadline passed before the sidecar answered: it may or may not have done
+    what was asked (a write may have landed, a message may have been published)."""
 
 
 class MessageTooLargeError(SidecarUnavailableError):
@@ -165,7 +171,8 @@ class SidecarClient:
                 " or raise daprd --max-body-size and STATESTORE_SIDECAR_MAX_BODY_BYTES together"
             )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return SidecarUnavailableError(
+            error = SidecarTimeoutError if code == grpc.StatusCode.DEADLINE_EXCEEDED else SidecarUnavailableError
+            return error(
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
             )
@@ -182,12 +189,17 @@ class SidecarClient:
             ) from None
 
     async def bulk_publish(
-        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]]
+        self,
+        pubsub: str,
+        topic: str,
+        cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]],
+        timeout: float | None = None,
     ) -> dict[str, str]:
         """Publish structured CloudEvents ``(entry_id, body[, partition_key])``; returns failed ids -> error.
 
         A partition key (Kafka: the record key, so the partition) travels as the entry's
-        ``partitionKey`` metadata; brokers without partitions ignore it.
+        ``partitionKey`` metadata; brokers without partitions ignore it. ``timeout``: the
+        call's deadline (default the sidecar call timeout).
         """
         request = pubsub_pb2.BulkPublishRequest(
             pubsub_name=pubsub,
@@ -202,7 +214,7 @@ class SidecarClient:
                 for entry in cloudevents
             ],
         )
-        response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish")
+        response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish", timeout)
         return {entry.entry_id: entry.error for entry in response.failedEntries}
 
     async def publish(self, pubsub: str, topic: str, data: bytes, content_type: str) -> None:
