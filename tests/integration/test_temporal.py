@@ -60,9 +60,9 @@ async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_cre
     report = await run_workflows(client, 20, steps=3)
     assert report.failures == {} and report.args_not_found == []
     assert sorted(report.results) == sorted(report.ids)
-    # Every workflow read the arguments saved for it, in the worker, at the first attempt
-    # (a miss is not retried: it fails the workflow).
-    assert report.args_read_at_first_attempt() == 20
+    # Every workflow read the arguments saved for it, in the worker (a miss is not
+    # retried: it fails the workflow).
+    assert report.args_read_back() == 20
     for workflow_id, result in report.results.items():
         saved = report.args[workflow_id]
         assert (result.args.workflow_id, result.args.credential_guid, result.args.steps) == (
@@ -101,7 +101,7 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
     clean = await run_workflows(client, 3, steps=3)
     for report in (retried, clean):
         assert report.failures == {} and report.states_as_written() == []
-        assert report.args_read_at_first_attempt() == 3
+        assert report.args_read_back() == 3
     # Temporal ran step 2 again in every retried workflow.
     assert all(r.steps[1].attempt >= 2 for r in retried.results.values())
     # The failed attempt's events were applied too (3 more per state than a clean run):

@@ -73,10 +73,16 @@ def test_the_report_finds_a_wrong_state_and_a_wrong_credential():
     assert report_of(expected_state("wf-1", 2, ARGS), good, mode="statestore").states_as_written() == []
 
 
-def test_the_report_counts_the_arguments_read_at_the_first_attempt():
+def test_the_report_counts_the_arguments_read_and_those_read_at_the_first_attempt():
     good = credential_fingerprint({"username": "svc", "password": "p"})
-    assert report_of(expected_state("wf-1", 2), good).summary()["args_read_at_first_attempt"] == 1
-    assert report_of(expected_state("wf-1", 2), good, read_attempt=2).summary()["args_read_at_first_attempt"] == 0
+    first = report_of(expected_state("wf-1", 2), good).summary()
+    assert (first["args_read_back"], first["args_read_at_first_attempt"], first["args_not_found"]) == (1, 1, 0)
+    again = report_of(expected_state("wf-1", 2), good, read_attempt=2).summary()
+    assert (again["args_read_back"], again["args_read_at_first_attempt"]) == (1, 0)
+    missed = report_of(expected_state("wf-1", 2), good)
+    missed.results.clear()
+    missed.args_not_found.append("wf-1")
+    assert (missed.summary()["args_read_back"], missed.summary()["args_not_found"]) == (0, 1)
 
 
 def test_the_summary_counts_events_re_sent_by_retried_attempts():
@@ -87,6 +93,15 @@ def test_the_summary_counts_events_re_sent_by_retried_attempts():
     assert summary["progress_events_published"] == 2 * 3 + 1 + 6
     assert summary["step_records_applied"] == summary["step_records_expected"] == 2
     assert summary["final_states_as_written"] == summary["credentials_read_back"] == 1
+
+
+def test_events_certainly_sent_count_the_recorded_attempts_and_the_injected_failures():
+    good = credential_fingerprint({"username": "svc", "password": "p"})
+    lost = report_of(expected_state("wf-1", 2), good, attempts=(1, 3))  # Temporal lost 2 attempts: sent or not
+    assert (lost.progress_events_certain(), lost.progress_events_published()) == (2 * 3 + 1, 2 * 3 + 1 + 6)
+    injected = report_of(expected_state("wf-1", 2), good, attempts=(1, 2))
+    injected.results["wf-1"].args.fail_once_at_step = 2  # its first attempt wrote, then failed
+    assert injected.progress_events_certain() == injected.progress_events_published() == 2 * 3 + 1 + 3
 
 
 def test_the_workflow_code_imports_no_statestore_dapr_or_activity_code():
