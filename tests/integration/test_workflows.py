@@ -144,7 +144,7 @@ async def test_workflows_started_by_another_process_read_their_arguments_at_once
 
 
 async def test_a_repeated_activity_resends_its_progress_with_newer_stamps_and_the_same_values(stack):
-    """What the README promises for retries: each run of an activity sends its events
+    """What docs/examples.md promises for retries: each run of an activity sends its events
     again with new stamps; the fields end with the values one run writes."""
     app = WorkflowApp(step_ms=0)
     workflow_id = f"wf-retry-{uuid.uuid4().hex[:6]}"
