@@ -38,9 +38,9 @@ from examples.temporal.workflow import StateStoreWorkflow
 from examples.workflow_args import ARGS_NOT_FOUND, CredentialBatcher, save_workflow_args
 from statestore import StateQueryClient, StateStore, StateType
 from statestore.core.paths import caller_app_name
-from statestore.publisher.demo import settled_count
 from statestore.core.settings import get_settings
 from statestore.core.sidecar import SidecarClient
+from statestore.publisher.demo import settled_count
 
 __all__ = ["RunReport", "run_workflows", "read_state", "main"]
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.profile("local")
 
 @pytest.fixture(scope="module")
 def temporal(stack, caller_environment):
-    # The worker shares this process's app name (to read the credentials saved here) and
+    # The worker shares this process's app name (to read the arguments and credentials saved here) and
     # takes tasks from a queue of its own.
     queue = f"statestore-test-{uuid.uuid4().hex[:8]}"
     temporal = TemporalStack(
