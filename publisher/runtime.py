@@ -229,6 +229,11 @@ class Runtime:
                 self._issued[key][identity.id] = (seq, identity.started)
             return ProducerStamp(identity.id, seq, self.clock.now())
 
+    def wrote(self, key: str) -> bool:
+        """Whether this process wrote state ``key`` before (with either producer id)."""
+        with self._lock:
+            return key in self._issued or self._confirmed_identity.seq.get(key, 0) > 0
+
     def retire_confirmed(self, producer: str) -> None:
         """A confirmed replace of ``producer`` failed before its event was published: its
         sequence number will never be processed, so the id writes no more (a new one is taken)."""

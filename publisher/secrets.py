@@ -134,7 +134,7 @@ class SecretStore:
             await cls._queue(events)
             await cls._await_applied(list(sealed), deadline, timeout, f"the direct write failed: {exc}")
             return
-        await cls._queue(events, stored=True)
+        await StateStore._queue_stored(*events)
         # Stored and readable now; wait (within the timeout) until the events are in the
         # broker too, so the snapshot follows even if this process dies right after.
         try:
@@ -148,12 +148,11 @@ class SecretStore:
             )
 
     @classmethod
-    async def _queue(cls, events: list[Any], stored: bool = False) -> None:
-        """Hand ``events`` to the credential pipeline; none is dropped. ``stored``: written
-        ahead already (so this process's reads need not merge them in)."""
+    async def _queue(cls, events: list[Any]) -> None:
+        """Hand ``events`` (not stored yet) to the credential pipeline; none is dropped."""
         for event in events:
             try:
-                await StateStore._submit(event, stored)
+                await StateStore._submit(event)
             except PublishError as exc:  # earlier credentials failed to publish: queue them again
                 await StateStore.republish(exc.events)
 

@@ -22,6 +22,7 @@ from statestore.core.cutting import cut
 from statestore.core.document import StateDocument, apply_events, encode_document, provisional_document
 from statestore.core.errors import (
     InvalidValueError,
+    PublishError,
     ListingDisabledError,
     SidecarUnavailableError,
     StateNotStoredError,
@@ -152,13 +153,15 @@ class StateStore:
         """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
 
         Returns the saved object (as it reads back) once it is stored: from then on
-        ``get_state`` in any process returns it. It does not wait behind this process's
-        queued progress updates nor the subscriber's backlog (statestore.publisher.confirmed), and it
-        is ordered with every other write by its stamp: a field written after it stays.
-        Raises StateNotStoredError when it cannot be confirmed within ``timeout`` seconds
-        (default STATESTORE_OUTAGE_BUDGET_S: a sidecar or broker outage is ridden out
-        until then); ``error.published`` says whether the replace still happens later
-        (False: nothing was written, the stored state is unchanged).
+        ``get_state`` in any process returns it. It is written through the caller's own
+        sidecar, ahead of the subscriber (statestore.publisher.confirmed): it never waits
+        behind this process's queued progress updates nor the subscriber's backlog, and it
+        is ordered with every other write by its stamp (a field written after it stays).
+        Its event follows for the subscriber, which writes the snapshot.
+        Raises StateNotStoredError when it cannot be stored within ``timeout`` seconds
+        (default STATESTORE_OUTAGE_BUDGET_S: an outage of the sidecar or the state store is
+        ridden out until then); ``error.stored`` is False (the stored state is unchanged)
+        or None (the sidecar did not answer the last write in time).
 
         ``wait=False``: fire-and-forget like ``save_state`` (returns once queued; this
         process reads it at once, others once the subscriber applied it).
@@ -172,20 +175,31 @@ class StateStore:
             return json.loads(json.dumps(event.value))
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise InvalidValueError(f"timeout must be a number of seconds > 0 (or None), not {timeout!r}")
-        event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True)
         runtime = get_runtime()
+        known = runtime.wrote(state_key(id, coerce_state_type(type)))
+        event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True)
         settings = runtime.settings
-        lane = ConfirmedLane(
-            runtime.loop_runtime().sidecar, settings.statestore_name, settings.credentials_pubsub_name,
-            settings.credentials_topic, settings.max_document_bytes,
-        )  # fmt: skip
+        lane = ConfirmedLane(runtime.loop_runtime().sidecar, settings.statestore_name, settings.max_document_bytes,
+                             cls._queue_stored)  # fmt: skip
         try:
-            await replace_confirmed(event, lane, settings.outage_budget_s if timeout is None else timeout)
-        except StateNotStoredError as exc:
-            if exc.published is False:
-                runtime.retire_confirmed(event.producer)  # its seq will never be processed
+            await replace_confirmed(event, lane, settings.outage_budget_s if timeout is None else timeout, known)
+        except StateNotStoredError:
+            runtime.retire_confirmed(event.producer)  # its event is never published: its seq never processed
             raise
         return json.loads(json.dumps(event.value))
+
+    @classmethod
+    async def _queue_stored(cls, *events: AnyEvent) -> None:
+        """Queue the events of states written ahead (a confirmed replace, new credentials)
+        on the credentials pipeline, at once (no batch window): the subscriber's apply of
+        them writes the snapshots. None is dropped: earlier ones a PublishError hands back
+        are queued again (their states are stored; only their snapshots wait)."""
+        pipeline = cls._pipeline_of(StateType.CREDENTIALS)
+        for event in events:
+            try:
+                await pipeline.submit(QueuedEvent.of(event))
+            except PublishError as exc:
+                await cls.republish(exc.events)
 
     @classmethod
     def _replace_event(

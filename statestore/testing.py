@@ -106,6 +106,9 @@ class _MemorySidecar:
     async def transact(self, store: str, operations: Sequence[Upsert], timeout: float | None = None) -> None:
         await self._store.repository.commit(operations)  # a credential written ahead of its event
 
+    async def save_state(self, store: str, upsert: Upsert, timeout: float | None = None) -> None:
+        await self._store.repository.commit([upsert])  # a confirmed replace
+
     async def get_secret(self, store: str, name: str) -> dict[str, str]:
         if name != get_settings().keyring_secret:
             raise KeyError(f"no secret {name!r} in the memory secret store")

@@ -73,15 +73,14 @@ class SyncTimeoutError(StateStoreError, TimeoutError):
 
 
 class StateNotStoredError(StateStoreError):
-    """A confirmed ``save_state_object`` could not confirm the object stored.
+    """``save_state_object`` could not store the object within its timeout.
 
-    ``published`` says what became of the replace: False, nothing was written or
-    published and the stored state is unchanged; True, its event is in the broker and the
-    subscriber applies it (the replace happens, later); None, not known (the sidecar did
-    not answer while the event was being sent).
+    ``stored`` is False when nothing was written (the stored state is unchanged), None
+    when the sidecar did not answer the last write in time (it may have landed: read the
+    state). Nothing of the replace is queued or published either way.
     """
 
-    def __init__(self, message: str, state_id: str, published: bool | None) -> None:
+    def __init__(self, message: str, state_id: str, stored: bool | None) -> None:
         super().__init__(message)
         self.state_id = state_id
-        self.published = published
+        self.stored = stored

@@ -284,6 +284,12 @@ class SidecarClient:
             )
         await self._call(self._stub.ExecuteStateTransaction, request, "state transaction", timeout)
 
+    async def save_state(self, store: str, upsert: Upsert, timeout: float | None = None) -> None:
+        """Write one key (SaveState: cheaper than a one-operation transaction); with its ETag,
+        first-write when it has none (EtagMismatchError if the key moved on or appeared)."""
+        request = state_pb2.SaveStateRequest(store_name=store, states=[_state_item(upsert)])
+        await self._call(self._stub.SaveState, request, f"save state {upsert.key!r}", timeout)
+
     async def invoke_binding(
         self,
         name: str,
@@ -325,10 +331,14 @@ def _operation(op: Upsert | Delete) -> state_pb2.TransactionalStateOperation:
         if op.etag is not None:
             item.etag.value = op.etag
         return state_pb2.TransactionalStateOperation(operationType="delete", request=item)
+    return state_pb2.TransactionalStateOperation(operationType="upsert", request=_state_item(op))
+
+
+def _state_item(op: Upsert) -> common_pb2.StateItem:
     metadata = JSON_METADATA if op.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(op.ttl_s)}
     item = common_pb2.StateItem(key=op.key, value=op.value, metadata=metadata)
     if op.etag is None and not op.overwrite:
         item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
     elif op.etag is not None:
         item.etag.value = op.etag
-    return state_pb2.TransactionalStateOperation(operationType="upsert", request=item)
+    return item

@@ -28,8 +28,8 @@ def record_events() -> None:
         await submit(cls, event, stored)
         written.append(event)
 
-    async def recording_replace(event, lane, timeout):
-        await replace(event, lane, timeout)
+    async def recording_replace(event, *args):
+        await replace(event, *args)
         written.append(event)
 
     store_module.StateStore._submit = classmethod(recording_submit)

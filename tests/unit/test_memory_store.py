@@ -116,6 +116,7 @@ async def test_a_confirmed_replace_and_own_writes_in_memory(memory_state_store):
 
     assert await StateStore.save_state_object("wf-args", {"workflow_id": "wf-args"}, W) == {"workflow_id": "wf-args"}
     assert await StateStore.get_state("wf-args", W) == {"workflow_id": "wf-args"}
+    await StateStore.flush()  # its event follows the write: the subscriber's apply writes the snapshot
     assert memory_state_store.snapshot(object_key("wf-args", W)) == {"workflow_id": "wf-args"}
     await StateStore.save_state("status", "running", "wf-args", W)
     assert await StateStore.get_state("wf-args", W) == {"workflow_id": "wf-args", "status": "running"}
