@@ -1,8 +1,9 @@
 """The confirmed replace of ``save_state_object``: the object is stored when the call returns.
 
-1. The replace is an ``object_replaced`` event stamped by the process's confirmed-write
-   producer id (``Runtime.stamp(confirmed=True)``): a replace that fails leaves no gap in a
-   sequence ``sync`` waits on (that id is retired instead).
+1. The replace is an ``object_replaced`` event (a confirmed delete, of the successor's
+   interface: ``state_deleted``) stamped by the process's confirmed-write producer id
+   (``Runtime.stamp(confirmed=True)``): a write that fails leaves no gap in a sequence
+   ``sync`` waits on (that id is retired instead).
 2. **Written ahead of the subscriber**, through the caller's own sidecar: the state's
    document is read, the event merged into it with the subscriber's own merge
    (statestore.core.document.written_ahead), and the result written with the document's
@@ -29,10 +30,10 @@ from collections.abc import Awaitable, Callable
 
 from statestore.core.document import StateDocument, decode_document, encode_document, written_ahead
 from statestore.core.errors import InvalidValueError, SidecarUnavailableError, StateDecodeError, StateNotStoredError
-from statestore.core.events import ObjectReplaced
+from statestore.core.events import AnyEvent
 from statestore.core.sidecar import EtagMismatchError, SidecarClient, SidecarTimeoutError, StoredItem, Upsert
 
-__all__ = ["ConfirmedLane", "replace_confirmed"]
+__all__ = ["ConfirmedLane", "write_confirmed"]
 
 MAX_CONFLICTS = 20
 # Retries while the sidecar or its state store refuses: the first delay (doubling, with jitter) and its cap.
@@ -48,7 +49,7 @@ class ConfirmedLane:
         sidecar: SidecarClient,
         store: str,
         max_document_bytes: int,
-        hand_over: Callable[[ObjectReplaced], Awaitable[None]],
+        hand_over: Callable[[AnyEvent], Awaitable[None]],
     ) -> None:
         self.sidecar = sidecar
         self.store = store
@@ -56,13 +57,14 @@ class ConfirmedLane:
         self.hand_over = hand_over
 
 
-async def replace_confirmed(event: ObjectReplaced, lane: ConfirmedLane, timeout: float, known: bool) -> None:
+async def write_confirmed(event: AnyEvent, lane: ConfirmedLane, timeout: float, known: bool) -> StateDocument | None:
     """Store ``event``'s effect, then queue the event (module docstring); StateNotStoredError
-    if it cannot be stored within ``timeout`` seconds. ``known``: this process wrote or read
-    the state before (so it is read first, not tried as new)."""
+    if it cannot be stored within ``timeout`` seconds. ``known``: this process wrote the
+    state before (so it is read first, not tried as new). Returns the document read before
+    the write (None when there was none, or none was read)."""
     deadline = asyncio.get_running_loop().time() + timeout
     try:
-        await _store(event, lane, deadline, known)
+        before = await _store(event, lane, deadline, known)
     except SidecarTimeoutError as exc:  # the last try was cut off: it may have landed
         raise StateNotStoredError(
             f"state {event.state_id!r}: the replace was not confirmed within {timeout:g} s ({exc}); the sidecar"
@@ -77,10 +79,12 @@ async def replace_confirmed(event: ObjectReplaced, lane: ConfirmedLane, timeout:
             event.state_id, stored=False,
         ) from None
     await lane.hand_over(event)
+    return before
 
 
-async def _store(event: ObjectReplaced, lane: ConfirmedLane, deadline: float, known: bool) -> None:
-    """Merge ``event`` into the stored document and write it with its ETag, until it sticks."""
+async def _store(event: AnyEvent, lane: ConfirmedLane, deadline: float, known: bool) -> StateDocument | None:
+    """Merge ``event`` into the stored document and write it with its ETag, until it sticks;
+    the document it was merged into."""
     loop = asyncio.get_running_loop()
     delay, conflicts = BACKOFF_S[0], 0
     item: StoredItem | None = None
@@ -92,9 +96,9 @@ async def _store(event: ObjectReplaced, lane: ConfirmedLane, deadline: float, kn
             current = decode_document(event.key, item.value) if item else None
             document = written_ahead(current, event)
             if document is current:
-                return  # the subscriber applied it first
+                return current  # the subscriber applied it first
             await lane.sidecar.save_state(lane.store, _upsert(event, document, item, lane), max(deadline - loop.time(), 0.001))
-            return
+            return current
         except EtagMismatchError:
             conflicts += 1  # another writer was first (or the state was not new): merge over what is stored
             if conflicts > MAX_CONFLICTS or loop.time() >= deadline:
@@ -112,7 +116,7 @@ async def _store(event: ObjectReplaced, lane: ConfirmedLane, deadline: float, kn
         read = True
 
 
-def _upsert(event: ObjectReplaced, document: StateDocument, stored: StoredItem | None, lane: ConfirmedLane) -> Upsert:
+def _upsert(event: AnyEvent, document: StateDocument, stored: StoredItem | None, lane: ConfirmedLane) -> Upsert:
     """The write of ``document``: with the ETag of what was read, first-write when nothing was."""
     encoded = encode_document(document)
     if len(encoded) > lane.max_document_bytes:

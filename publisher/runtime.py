@@ -111,6 +111,12 @@ class LoopRuntime:
         self._closer = self._close_at_loop_shutdown()
         self._start_closer()
 
+    def query_for(self, app: str | None) -> StateQueryClient:
+        """The query client of ``app``'s states (None: this process's app)."""
+        if app is None:
+            return self.query
+        return StateQueryClient(self.sidecar, self._runtime.settings.statestore_name, app)
+
     def pipeline(self, pubsub: str, topic: str, batch_max_events: int | None = None) -> PublishPipeline:
         found = self.pipelines.get((pubsub, topic))
         if found is None:

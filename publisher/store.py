@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any, NamedTuple
 
-from statestore.publisher.confirmed import ConfirmedLane, replace_confirmed
+from statestore.publisher.confirmed import ConfirmedLane, write_confirmed
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.core.cutting import cut
@@ -98,10 +98,11 @@ class StateStore:
         return get_runtime().loop_runtime()
 
     @classmethod
-    def _stamp_fields(cls, id: str, state_type: StateType, confirmed: bool = False) -> dict[str, Any]:
-        stamp = get_runtime().stamp(state_key(id, state_type), confirmed)
+    def _stamp_fields(cls, id: str, state_type: StateType, confirmed: bool = False, app: str | None = None) -> dict[str, Any]:
+        app = caller_app_name() if app is None else app
+        stamp = get_runtime().stamp(state_key(id, state_type, app), confirmed)
         return {
-            "app": caller_app_name(),
+            "app": app,
             "state_id": id,
             "state_type": state_type,
             "producer": stamp.producer,
@@ -173,20 +174,45 @@ class StateStore:
             event = cls._replace_event(id, value, type, ttl_seconds)
             await cls._submit(event)
             return json.loads(json.dumps(event.value))
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise InvalidValueError(f"timeout must be a number of seconds > 0 (or None), not {timeout!r}")
+        return await cls._replace_confirmed(id, value, type, ttl_seconds, timeout)
+
+    @classmethod
+    async def _replace_confirmed(
+        cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None, timeout: float | None,
+        app: str | None = None,
+    ) -> dict[str, Any]:
+        """``save_state_object``'s confirmed replace, for ``app`` (None: this process's)."""
+        timeout = _timeout(timeout)
+        known = get_runtime().wrote(state_key(id, coerce_state_type(type), app))
+        event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True, app=app)
+        await cls._write_confirmed(event, timeout, known)
+        return json.loads(json.dumps(event.value))
+
+    @classmethod
+    async def _delete_confirmed(cls, id: str, type: StateType, timeout: float | None = None, app: str | None = None) -> bool:
+        """Delete state ``id`` of ``app`` (None: this process's) and return once that is
+        stored (publisher.confirmed): True when the state existed."""
+        state_type = _check_target(id, type)
+        timeout = _timeout(timeout)
+        event = StateDeleted.model_construct(
+            kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type, True, app)
+        )  # fmt: skip
+        before = await cls._write_confirmed(event, timeout, known=True)
+        return before is not None and before.exists()
+
+    @classmethod
+    async def _write_confirmed(cls, event: AnyEvent, timeout: float, known: bool) -> StateDocument | None:
+        """Store ``event``'s effect ahead of the subscriber, then queue it (publisher.confirmed);
+        the document read before (None when there was none, or none was read)."""
         runtime = get_runtime()
-        known = runtime.wrote(state_key(id, coerce_state_type(type)))
-        event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True)
         settings = runtime.settings
         lane = ConfirmedLane(runtime.loop_runtime().sidecar, settings.statestore_name, settings.max_document_bytes,
                              cls._queue_stored)  # fmt: skip
         try:
-            await replace_confirmed(event, lane, settings.outage_budget_s if timeout is None else timeout, known)
+            return await write_confirmed(event, lane, timeout, known)
         except StateNotStoredError:
             runtime.retire_confirmed(event.producer)  # its event is never published: its seq never processed
             raise
-        return json.loads(json.dumps(event.value))
 
     @classmethod
     async def _queue_stored(cls, *events: AnyEvent) -> None:
@@ -210,11 +236,13 @@ class StateStore:
         ttl_seconds: int | None,
         checked: bool = False,
         confirmed: bool = False,
+        app: str | None = None,
     ) -> ObjectReplaced:
         """The stamped ``object_replaced`` event of ``save_state_object`` (checked, not queued).
 
         ``checked``: ``value`` is known to be JSON of an allowed size (a sealed credential):
-        not checked or copied again. ``confirmed``: stamped for a confirmed replace."""
+        not checked or copied again. ``confirmed``: stamped for a confirmed replace; ``app``:
+        for that app (None: this process's)."""
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
@@ -222,7 +250,7 @@ class StateStore:
         normalised = value if checked else _json_roundtrip(value, "state object", id)
         return ObjectReplaced.model_construct(
             value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION,
-            **cls._stamp_fields(id, state_type, confirmed),
+            **cls._stamp_fields(id, state_type, confirmed, app),
         )  # fmt: skip
 
     @classmethod
@@ -445,12 +473,18 @@ class StateStore:
         applied or it expires. A page may hold fewer than ``page_size`` ids when some
         expired since they were indexed.
         """
-        state_type = coerce_state_type(type)
+        return await cls._list(coerce_state_type(type), prefix, page_size, page_token)
+
+    @classmethod
+    async def _list(
+        cls, state_type: StateType, prefix: str, page_size: int, page_token: str | None, app: str | None = None
+    ) -> StatePage:
+        """``list_states`` for ``app`` (None: this process's)."""
         if not isinstance(prefix, str):
             raise InvalidValueError("prefix must be a string")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
-        query = get_runtime().loop_runtime().query
+        query = get_runtime().loop_runtime().query_for(app)
         if not await query.index_enabled():
             raise ListingDisabledError(
                 "listing needs the id index, which no subscriber keeps: start the subscriber with"
@@ -458,7 +492,7 @@ class StateStore:
             )
         after = "" if page_token is None else _decode_token(page_token)
         ids, more = await query.index_page(state_type, prefix, after, page_size)
-        keys = {id: state_key(id, state_type) for id in ids}
+        keys = {id: state_key(id, state_type, app) for id in ids}
         documents: dict[str, StateDocument] = {}
         for chunk in _chunks(ids, keys):
             documents.update(await query.get_documents(chunk, state_type))
@@ -481,15 +515,20 @@ class StateStore:
         than STATESTORE_OWN_WRITES_MAX_EVENTS writes that were not read back (the state
         lost some to that bound) and they are still not applied after 10 s.
         """
-        state_type = _check_target(id, type)
+        return await cls._get(id, _check_target(id, type))
+
+    @classmethod
+    async def _get(cls, id: str, state_type: StateType, app: str | None = None) -> dict[str, Any] | None:
+        """``get_state`` for ``app`` (None: this process's)."""
         runtime = get_runtime()
-        query = runtime.loop_runtime().query
+        query = runtime.loop_runtime().query_for(app)
         document = await query.get_document(id, state_type)
-        key = state_key(id, state_type)
+        key = state_key(id, state_type, app)
         own, lost_some = runtime.own_writes.pending(key)
         if lost_some:
             # Some of this process's writes of the state are no longer kept: wait until
             # they are applied (at once when they are, the usual case), then read again.
+            # (Only the process's own app queues events: it is the one that can lose some.)
             await cls.sync(id, state_type)
             document = await query.get_document(id, state_type)
         if own or lost_some:
@@ -530,6 +569,15 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
         chunks[-1].append(id)
         size += key_bytes
     return [c for c in chunks if c]
+
+
+def _timeout(timeout: object) -> float:
+    """A confirmed write's timeout: ``timeout``, else STATESTORE_OUTAGE_BUDGET_S."""
+    if timeout is None:
+        return get_settings().outage_budget_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidValueError(f"timeout must be a number of seconds > 0 (or None), not {timeout!r}")
+    return float(timeout)
 
 
 def _check_target(id: object, type: object) -> StateType:

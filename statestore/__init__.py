@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "StateStore": "statestore.publisher.store",
     "StatePage": "statestore.publisher.store",
+    "StateStoreClient": "statestore.publisher.client",
     "StateType": "statestore.core.paths",
     "build_state_store_path": "statestore.core.paths",
     "StateQueryClient": "statestore.publisher.query",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         SyncTimeoutError,
     )
     from statestore.core.paths import StateType, build_state_store_path
+    from statestore.publisher.client import StateStoreClient
     from statestore.publisher.crypto import (
         CredentialError,
         KeyringError,

@@ -22,18 +22,19 @@ written: list = []
 
 def record_events() -> None:
     submit = store_module.StateStore._submit.__func__
-    replace = store_module.replace_confirmed
+    replace = store_module.write_confirmed
 
     async def recording_submit(cls, event, stored=False):
         await submit(cls, event, stored)
         written.append(event)
 
     async def recording_replace(event, *args):
-        await replace(event, *args)
+        before = await replace(event, *args)
         written.append(event)
+        return before
 
     store_module.StateStore._submit = classmethod(recording_submit)
-    store_module.replace_confirmed = recording_replace
+    store_module.write_confirmed = recording_replace
 
 
 async def main(ids: list[str], index: int, rounds: int, seed: int, out: str) -> None:

@@ -306,3 +306,27 @@ async def test_sigterm_during_confirmed_writes_loses_nothing_that_was_confirmed(
     assert proc.returncode != 0  # it was terminated mid-loop
     states = await Store._runtime().query.get_documents([f"term-{tag}-{n}" for n in confirmed], W)
     assert {i: d.to_state() for i, d in states.items()} == {f"term-{tag}-{n}": {"n": n} for n in confirmed}
+
+
+async def test_the_successors_interface_on_the_real_stack(stack):
+    """StateStoreClient (the application SDK 3.x protocol) over the same confirmed writes:
+    another process reads what save stored, delete is seen everywhere on return."""
+    from statestore import StateStoreClient
+
+    tag = uuid.uuid4().hex[:8]
+    store = StateStoreClient(StateType.WORKFLOWS)
+    await store.save(f"succ-{tag}-1", {"args": 1})
+    await store.save(f"succ-{tag}-2", {"args": 2})
+    reader = Reader(stack)
+    await reader.ready()
+    assert await reader.read([f"succ-{tag}-1"]) == {f"succ-{tag}-1": {"args": 1}}
+    assert await store.load(f"succ-{tag}-2") == {"args": 2}
+
+    async def listed():
+        return await store.list_keys(f"succ-{tag}") == [f"succ-{tag}-1", f"succ-{tag}-2"]
+
+    await eventually(listed)  # the subscriber indexes them when it applies their events
+    assert await store.delete(f"succ-{tag}-1") is True and await store.delete(f"succ-{tag}-9") is False
+    reader = Reader(stack)
+    await reader.ready()
+    assert await reader.read([f"succ-{tag}-1"]) == {f"succ-{tag}-1": None}
