@@ -284,6 +284,9 @@ class SnapshotFlusher:
         self._rounds = 0
         self._sweep_error = ""
         self.written = 0
+        # When run()'s loop last finished a round, a sweep or a back-off (the health check
+        # watches it: statestore.subscriber.health).
+        self.turned_at = clock()
 
     # -- the lease -------------------------------------------------------------------
 
@@ -364,6 +367,7 @@ class SnapshotFlusher:
         last_error = ""
         next_sweep = self._clock() + self._sweep_interval_s  # the sidecar may still be starting
         while not stop.is_set():
+            self.turned_at = self._clock()
             if self._clock() >= next_sweep:
                 more = await self._sweep_logged()
                 next_sweep = self._clock() + (0 if more else self._sweep_interval_s)
