@@ -131,13 +131,22 @@ class Load:
     async def _snapshot_mismatches(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout
         while True:
-            bad = [i for i in self.ids if _read(build_state_store_path(i, W)) != self.expected.get(i)]
+            bad = [i for i in self.ids if read_snapshot(build_state_store_path(i, W)) != self.expected.get(i)]
             if not bad or time.monotonic() > deadline:
                 return len(bad)
             await asyncio.sleep(0.05)
 
 
-def _read(path: str) -> dict | None:
+def result_row(name: str) -> FaultResult:
+    """The row of RESULTS for the fault called ``name`` (made on first use)."""
+    result = next((r for r in RESULTS if r.fault == name), None)
+    if result is None:
+        result = FaultResult(name)
+        RESULTS.append(result)
+    return result
+
+
+def read_snapshot(path: str) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, ValueError):
@@ -155,10 +164,7 @@ async def run_across_fault(
 ) -> FaultResult:
     """Run a load, inject the fault, hold it, recover, finish the load, check it."""
     load = load or Load()
-    result = next((r for r in RESULTS if r.fault == name), None)
-    if result is None:
-        result = FaultResult(name)
-        RESULTS.append(result)
+    result = result_row(name)
     stop = asyncio.Event()
     task = asyncio.create_task(load.run(stop))
     await asyncio.sleep(warmup_s)

@@ -16,10 +16,12 @@ import time
 
 import pytest
 
+from statestore import StateType, build_state_store_path
 from statestore.cli.metrics import ScrapeError, scrape
+from statestore.publisher.store import StateStore as Store
 from statestore.devstack.processes import ManagedProcess, http_ok
 from tests.integration.conftest import eventually
-from tests.integration.faults import RESULTS, FaultResult, Load, Progress, _read, await_handover, run_across_fault
+from tests.integration.faults import FaultResult, Load, Progress, await_handover, read_snapshot, result_row, run_across_fault
 from tests.integration.test_faults import CHAOS_ROUNDS, assert_clean
 
 pytestmark = pytest.mark.profile("scale")
@@ -89,14 +91,6 @@ def pick_victim(stack) -> tuple[ManagedProcess, ManagedProcess]:
     return stack.replicas[0]
 
 
-def result_row(name: str) -> FaultResult:
-    result = next((r for r in RESULTS if r.fault == name), None)
-    if result is None:
-        result = FaultResult(name)
-        RESULTS.append(result)
-    return result
-
-
 class Running:
     """A load and its progress sampler, started together, stopped together."""
 
@@ -106,26 +100,23 @@ class Running:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
-    async def __aenter__(self) -> Running:
+    async def start(self) -> Running:
+        """Start both; return once every state has been applied (the load runs on every partition)."""
         self._tasks = [asyncio.create_task(self.load.run(self._stop)), asyncio.create_task(self.progress.run(self._stop))]
 
-        async def every_state_applied():  # the load runs on every partition before the fault
+        async def every_state_applied():
             return self.progress.samples and all(self.progress.samples[-1][1][i] > 0 for i in self.load.ids)
 
-        await eventually(every_state_applied, timeout=60)
+        try:
+            await eventually(every_state_applied, timeout=60)
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks)
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
-
-
-async def until_ready(stack, app: ManagedProcess, timeout: float = 60.0) -> None:
-    url = metrics_url(stack, app).replace("/metrics", "/healthz/ready")
-    await eventually(lambda: asyncio.to_thread(http_ok, url), timeout=timeout, interval=0.1)
 
 
 # A steady load: 48 states over the 12 partitions, each written 10 times a second (480
@@ -139,7 +130,7 @@ async def handover(fault: str, inject) -> tuple[Running, float, float, float]:
     and wait until the live replicas took over, within the issue's bounds. Returns the
     load (still running), when the fault began, and the seconds until the partitions
     moved and until the backlog was applied."""
-    running = await Running(steady_load()).__aenter__()
+    running = await Running(steady_load()).start()
     try:
         started = time.monotonic()
         await inject()
@@ -152,6 +143,15 @@ async def handover(fault: str, inject) -> tuple[Running, float, float, float]:
         await running.stop()
         raise
     return running, started, moved_s, applied_s
+
+
+def killing(app: ManagedProcess):
+    """The fault: SIGKILL the app (its sidecar stays up)."""
+
+    async def inject() -> None:
+        app.kill()
+
+    return inject
 
 
 async def finish(running: Running, result: FaultResult) -> None:
@@ -167,18 +167,14 @@ async def finish(running: Running, result: FaultResult) -> None:
 
 async def test_a_replicas_app_sigkilled_and_not_restarted_its_partitions_move(stack):
     """Issue 27: one app SIGKILLed, its sidecar up, the app not restarted: the sidecar's
-    health probe fails, it leaves the consumer group, and the other two replicas apply
+    health probe fails, it drops out of the consumer group, and the other two replicas apply
     its partitions' events within the bounds."""
     fault = "scale: one of 3 subscriber apps SIGKILLed, not restarted (sidecar up)"
     result = result_row(fault)
     for _ in range(CHAOS_ROUNDS):
         app, sidecar = pick_victim(stack)
-
-        async def inject(app=app):
-            app.kill()
-
         try:
-            running, _, moved_s, applied_s = await handover(fault, inject)
+            running, _, moved_s, applied_s = await handover(fault, killing(app))
             result.moved_s.append(moved_s)
             result.applied_s.append(applied_s)
             await finish(running, result)
@@ -241,9 +237,6 @@ async def watch_for_stale_writes(stack, load: Load, app: ManagedProcess, since: 
     """What differs from the oracle in the store or the object store, sampled every 50 ms
     from ``since`` until the app is ready again, has no delivery in flight and
     ``quiet_s`` (two snapshot lease periods) have passed."""
-    from statestore.publisher.store import StateStore as Store
-    from statestore import StateType, build_state_store_path
-
     query = Store._runtime().query
     seen: list[str] = []
     deadline = since + 60.0
@@ -253,7 +246,7 @@ async def watch_for_stale_writes(stack, load: Load, app: ManagedProcess, since: 
             document = documents.get(state_id)
             if (document.to_state() if document else None) != load.expected[state_id]:
                 seen.append(f"state {state_id}")
-            snapshot = _read(build_state_store_path(state_id, StateType.WORKFLOWS))
+            snapshot = read_snapshot(build_state_store_path(state_id, StateType.WORKFLOWS))
             if snapshot is not None and snapshot != load.expected[state_id]:
                 seen.append(f"snapshot {state_id}")
         now = time.monotonic()
@@ -276,16 +269,12 @@ async def test_a_dead_replica_restarted_rejoins_and_takes_a_share(stack):
     """Issue 27: after its app was SIGKILLed and its partitions moved, the app is started
     again (its sidecar never stopped): the probe succeeds, the sidecar subscribes again,
     and the group gives it partitions: it applies events of the load again."""
-    fault = "scale: a SIGKILLed subscriber app restarted, rejoins (partitions back: s after its start)"
+    fault = "scale: a SIGKILLed subscriber app restarted, rejoins (moved: from its restart until it applies again)"
     result = result_row(fault)
     for _ in range(CHAOS_ROUNDS):
         app, sidecar = pick_victim(stack)
-
-        async def inject(app=app):
-            app.kill()
-
         try:
-            running, *_ = await handover(fault, inject)  # the first row measures the way out; here the way back
+            running, *_ = await handover(fault, killing(app))  # the first row measures the way out; here the way back
             restarted = time.monotonic()
             await asyncio.to_thread(stack.start_replica, (app, sidecar))
 
