@@ -307,10 +307,9 @@ class Stack:
         """Start what stopped in a running stack: a server, a subscriber app (and its
         sidecar), the caller sidecar. Returns the names of the processes started.
 
-        A subscriber app that died left its sidecar up but idle (its app health probe
-        failed, so it stopped its subscriptions). That sidecar is restarted with the app:
-        it would reconnect to the new app only after gRPC's reconnect backoff, which
-        grows to 2 minutes while the app stays down.
+        A subscriber app that died left its sidecar up. That sidecar is restarted with the
+        app: it would reach the new app only at gRPC's next reconnect attempt, whose
+        backoff grows to 2 minutes while the app stays down.
         """
         if not DAPRD.exists():
             raise StackError(f"{DAPRD} is missing: run `make setup` to build daprd.")
@@ -351,8 +350,8 @@ class Stack:
             if spec.app_metrics_port:
                 ok, reason = health_answer(f"http://127.0.0.1:{spec.app_metrics_port}/healthz/ready")
                 if ok is not True:
-                    found.append(f"{app.name}: running but unhealthy ({reason}); its sidecar stops delivering"
-                                 f" to it until it is healthy again (its log: {app.log_path}).")  # fmt: skip
+                    stops = "; its sidecar stops delivering to it until it is healthy again" if self.profile.app_health_check else ""
+                    found.append(f"{app.name}: running but unhealthy ({reason}){stops} (its log: {app.log_path}).")
         if not self.caller_sidecar.alive():
             found.append("the caller sidecar is not running: writes and reads fail. Start it: `make up`.")
         return found
@@ -454,4 +453,3 @@ class Stack:
         (self.run / "profile").unlink(missing_ok=True)  # no profile is up any more
         (self.run / "replicas.json").unlink(missing_ok=True)
         return stopped
-

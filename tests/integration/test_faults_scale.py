@@ -17,6 +17,7 @@ import time
 import pytest
 
 from statestore import StateType, build_state_store_path
+from statestore.cli.main import PROBES
 from statestore.cli.metrics import ScrapeError, scrape
 from statestore.publisher.store import StateStore as Store
 from statestore.devstack.processes import ManagedProcess, http_ok
@@ -125,6 +126,23 @@ def steady_load() -> Load:
     return Load(states=48, spread=True, pause_s=0.1)
 
 
+def probes(stack) -> str:
+    """What each sidecar's app health probes saw so far (daprd's metrics): failures and
+    the mean round trip, for the report."""
+    seen = []
+    for app, sidecar in stack.subscriber_pairs():
+        try:
+            scraped = scrape(f"http://127.0.0.1:{stack.spec_of(app).metrics_port}/metrics")
+        except ScrapeError:
+            continue
+        by_status = scraped.by(PROBES, "grpc_client_status")
+        count = scraped.total("dapr_grpc_io_healthprobes_roundtrip_latency_count")
+        mean_ms = scraped.total("dapr_grpc_io_healthprobes_roundtrip_latency_sum") / count if count else 0.0
+        failed = {code: int(n) for code, n in by_status.items() if code != "OK"}
+        seen.append(f"{app.name} {int(by_status.get('OK', 0))} OK, failed {failed or 0}, mean {mean_ms:.1f} ms")
+    return "; ".join(seen)
+
+
 async def handover(fault: str, inject) -> tuple[Running, float, float, float]:
     """Run a steady load, inject the fault into one replica's app (its sidecar stays up),
     and wait until the live replicas took over, within the issue's bounds. Returns the
@@ -178,6 +196,7 @@ async def test_a_replicas_app_sigkilled_and_not_restarted_its_partitions_move(st
             result.moved_s.append(moved_s)
             result.applied_s.append(applied_s)
             await finish(running, result)
+            print(f"health probes since the stack started: {probes(stack)}")
         finally:
             await asyncio.to_thread(stack.start_replica, (app, sidecar))
     assert_clean(result)
@@ -218,6 +237,7 @@ async def test_a_replicas_app_sigstopped_60_s_resumes_without_stale_writes(stack
         after = counters(stack, app)
         said = [line for line in app.log_path.read_text()[log_at:].splitlines()
                 if any(word in line for word in ("lease", "flush failed", "healthy", "redelivered"))]  # fmt: skip
+        print(f"health probes since the stack started: {probes(stack)}")
         print(f"resumed {app.name} (held the snapshot lease: {before['statestore_snapshot_lease_held'] == 1}):"
               f" ready and idle {time.monotonic() - resumed:.1f} s after SIGCONT; counters since the stop: "
               + ", ".join(f"{name} +{after[name] - before[name]:g}" for name in before) + "; its log: " + " | ".join(said))  # fmt: skip
