@@ -239,6 +239,7 @@ async def test_a_replicas_app_sigstopped_60_s_resumes_without_stale_writes(stack
         # hand (its deliveries, a flush round, a commit) and rejoins; nothing else writes.
         stale = await watch_for_stale_writes(stack, running.load, app, resumed)
         assert not stale, f"the resumed replica wrote older data: {stale[:5]}"
+        await running.load.check(result)  # and after it: values, producer records, snapshots
         # What it did on resuming (for the report): deadlines passed, ETag conflicts, the lease.
         after = counters(stack, app)
         said = [line for line in app.log_path.read_text()[log_at:].splitlines()
