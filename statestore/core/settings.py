@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         "", description="Append the subscriber's finished spans to this file as JSON lines (empty: no file)."
     )
     stuck_delivery_s: float = Field(
-        120.0, gt=0, description="A delivery in flight longer than this makes /healthz/live fail."
+        120.0, gt=0, description="A delivery in flight longer than this fails /healthz/live and /healthz/ready."
     )
 
     @property
