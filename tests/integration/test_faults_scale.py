@@ -123,7 +123,9 @@ class Running:
 # A steady load: 48 states over the 12 partitions, each written 10 times a second (480
 # events/s, well under what the two live replicas apply here, so a backlog clears).
 def steady_load() -> Load:
-    return Load(states=48, spread=True, pause_s=0.1)
+    # Fire-and-forget replaces: every write of the load goes through the event pipeline,
+    # which is what a replica's death delays (a confirmed replace is stored by the caller).
+    return Load(states=48, spread=True, pause_s=0.1, confirmed=False)
 
 
 def probes(stack) -> str:
