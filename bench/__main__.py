@@ -103,7 +103,7 @@ async def measure(stack: Stack, size: dict) -> dict:
 
     # Many states, few updates each (issue 9): statestore and plain Dapr RMW side by side.
     pids = {"subscriber": stack.subscriber_app.pid, "subscriber-daprd": stack.subscriber_sidecar.pid,
-            "caller-daprd": stack.caller_sidecar.pid}  # fmt: skip
+            "caller-daprd": stack.caller_sidecar.pid, "broker": stack.redis.pid}  # fmt: skip
     done = m.snapshot_checker(os.environ["STATESTORE_TMP_ROOT"])
     results["fleet"] = []
     for ids, fields in size["fleet"]:
@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the stack below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="statestore-bench-"))
-    stack = Stack(base, Ports.free())
+    from bench.peers import with_reference_binding
+
+    stack = Stack(base, Ports.free(), profile=with_reference_binding("local"))
     say(f"starting the stack in {base} ({mode} mode)")
     stack.up()
     os.environ.update(stack.caller_env())

@@ -23,16 +23,28 @@ The lease does not depend on clocks agreeing. Its record carries a nonce that th
 rewrites at least every quarter lease period while it works. Another flusher takes over
 only after it has seen the same record, unchanged, for a whole lease period on its own
 monotonic clock; the holder stops writing half a lease period after its last renewal
-began. Snapshots never go backwards: every put and delete carries the holder's remaining
-write window as its gRPC deadline, and daprd hands that deadline to the binding (the S3
-upload's context), so a write is cancelled rather than landing after the window closed.
-A successor starts writing at least half a lease period after that (it waited a whole
-period; the holder's window ends half a period after its last renewal began), so an
-older holder's snapshot cannot overwrite a newer one, as long as the two monotonic
-clocks run at rates within a factor of two (the assumption of every lease). A write
-cut at its deadline fails the round and is written again by the next. As a second line,
-a holder deposed mid-round (its fenced commit fails) marks its states again in its own
-outbox and the successor rewrites them from the current documents. The window is a
+began.
+
+Snapshots never go backwards, by two fences:
+
+- every snapshot put is conditional (statestore.subscriber.objectstore): it lands only if
+  the object is still the version this flusher last wrote or saw there, else
+  ObjectChangedError and nothing is written. The flusher reads a state's document after
+  its previous put of that snapshot (or after the store told it the current version), so
+  a put of an older document can never replace a snapshot another flusher wrote from a
+  newer one: a deposed or paused holder's late put is refused, whatever the clocks did.
+  On ObjectChangedError the flusher reads the document again and puts it again;
+- every put and delete carries the holder's remaining write window as its deadline (a
+  file write checks it just before its rename, an S3 call is cancelled at it), so no
+  write starts landing after the window closed. A successor starts writing at least half
+  a lease period after that (it waited a whole period; the holder's window ends half a
+  period after its last renewal began), as long as the two monotonic clocks run at rates
+  within a factor of two (the assumption of every lease). Deletes (a deleted state's
+  snapshot, the expiry sweep) have only this fence: S3 has no conditional delete.
+
+A write cut at its deadline fails the round and is written again by the next. As a third
+line, a holder deposed mid-round (its fenced commit fails) marks its states again in its
+own outbox and the successor rewrites them from the current documents. The window is a
 quarter to half a lease period (STATESTORE_SNAPSHOT_LEASE_S, 5 s): an object store
 slower than that per write needs a longer lease.
 """
@@ -49,17 +61,26 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from statestore.core.cutting import cut
-from statestore.core.document import StateDocument, decode_document
+from statestore.core.document import snapshot_of
 from statestore.core.errors import StateDecodeError
 from statestore.core.paths import object_key, parse_state_key
-from statestore.core.sidecar import MessageTooLargeError
 from statestore.core.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
 from statestore.subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
 from statestore.subscriber.metrics import SubscriberMetrics
-from statestore.subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
+from statestore.subscriber.ports import (
+    Delete,
+    EtagMismatchError,
+    ObjectChangedError,
+    ObjectStore,
+    StateRepository,
+    StoredItem,
+    Upsert,
+    in_lanes,
+)
 
 __all__ = [
     "OUTBOX",
@@ -123,11 +144,14 @@ def _parse(model: type[BaseModel], item: StoredItem | None):
 
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
     """The object-store file: the state as plain JSON, as the reference system stores it."""
-    return _snapshot(decode_document(key, item.value))
+    return _snapshot(snapshot_of(key, item.value)[0] or {})
 
 
-def _snapshot(document: StateDocument) -> bytes:
-    return json.dumps(document.to_state(), indent=2).encode()
+def _snapshot(state: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(state, option=orjson.OPT_INDENT_2)
+    except TypeError:  # an integer beyond 64 bits: only the standard library writes it
+        return json.dumps(state, indent=2, ensure_ascii=False).encode()
 
 
 class OutboxWriter:
@@ -270,7 +294,7 @@ class SnapshotFlusher:
         self._interval_s = interval_s
         self._coalesce_s = coalesce_s
         self._max_keys = max_keys_per_round
-        self._writes = asyncio.Semaphore(parallel_writes)
+        self._lanes = parallel_writes  # snapshot writes at once
         self._lease_s = lease_s
         self._outbox = outbox or OutboxWriter(repository)
         self._keys_per_read = keys_per_read
@@ -471,10 +495,7 @@ class SnapshotFlusher:
             written = 0
             try:
                 for piece in cut(keys, len, 1 << 20, self._keys_per_read):
-                    if not self.holding():
-                        raise _LeaseLost
-                    documents = await self._repository.load(piece)
-                    await finish_all(self._write(key, documents.get(key)) for key in piece)
+                    await self._write_piece(piece)
                     written += len(piece)
                 await self._advance(consumed)
             except _LeaseLost:
@@ -553,28 +574,41 @@ class SnapshotFlusher:
                 break
         return consumed, list(keys), traces
 
-    async def _write(self, key: str, item: StoredItem | None) -> None:
+    async def _write_piece(self, keys: list[str], rereads: int = 3) -> None:
+        """Write the snapshots of ``keys`` from their documents, read now. A snapshot another
+        writer changed since this flusher last wrote it (ObjectChangedError) is written
+        again from its document read again, up to ``rereads`` times."""
+        while keys:
+            if not self.holding():
+                raise _LeaseLost
+            documents = await self._repository.load(keys)
+            changed: list[str] = []
+            await in_lanes(keys, lambda key: self._write(key, documents.get(key), changed), self._lanes)
+            if changed and rereads == 0:
+                raise ObjectChangedError(f"{len(changed)} snapshots kept changing under this flusher (first: {changed[0]})")
+            keys, rereads = changed, rereads - 1
+
+    async def _write(self, key: str, item: StoredItem | None, changed: list[str]) -> None:
         if item is None:
             return  # named but absent: nothing to snapshot
         try:
-            document = decode_document(key, item.value)
+            state, ttl_s = snapshot_of(key, item.value)
         except StateDecodeError as exc:  # not ours to fix here; never block the others
             log.error("no snapshot for %s: %s", key, exc)
             return
-        async with self._writes:
-            window = self._window()
-            try:
-                if not document.exists():  # deleted: its snapshot goes too
-                    await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
-                else:
-                    await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document), timeout=window)
-            except MessageTooLargeError as exc:  # would fail the same way forever
-                log.error("no snapshot for %s: %s", key, exc)
-                return
-            # A write cut at its deadline never lands: the round fails like any store error,
-            # its entries stay, and the next round writes those states again.
-            if document.exists() and document.ttl_s is not None:  # the sweep removes it once expired
-                await self.expiry.mark(key, document.ttl_s, timeout=self._window())
+        window = self._window()
+        try:
+            if state is None:  # deleted: its snapshot goes too
+                await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
+            else:
+                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(state), timeout=window, conditional=True)
+        except ObjectChangedError:  # another flusher wrote it since: read the document again
+            changed.append(key)
+            return
+        # A write cut at its deadline never lands: the round fails like any store error,
+        # its entries stay, and the next round writes those states again.
+        if state is not None and ttl_s is not None:  # the sweep removes it once expired
+            await self.expiry.mark(key, ttl_s, timeout=self._window())
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""

@@ -32,20 +32,20 @@ class SlowObjects(InMemoryObjectStore):
         self.honour_deadlines = True
         self.cut = 0  # writes cancelled at their deadline
 
-    async def put(self, key, data, timeout=None):
-        # As daprd does with the call's deadline: a write not done by then is cancelled.
+    async def put(self, key, data, timeout=None, conditional=False):
+        # As an S3 call is cancelled at its deadline: a write not done by then never lands.
         try:
-            await asyncio.wait_for(self._slow_put(key, data), timeout if self.honour_deadlines else None)
+            await asyncio.wait_for(self._slow_put(key, data, conditional), timeout if self.honour_deadlines else None)
         except asyncio.TimeoutError:
             self.cut += 1
             raise
 
-    async def _slow_put(self, key, data):
+    async def _slow_put(self, key, data, conditional):
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
-        self.log.append((key, data))
-        await super().put(key, data)
+        await super().put(key, data, conditional=conditional)
+        self.log.append((key, data))  # landed
 
 
 async def snapshot(objects, state_id="s1"):
@@ -184,6 +184,36 @@ async def test_a_deposed_holder_cannot_leave_a_snapshot_behind_for_good():
     assert repo.items[LEASE_KEY] and not old.holding()
 
 
+async def test_a_deposed_holders_late_put_never_replaces_a_newer_snapshot():
+    """The conditional put fences without any clock: the old holder's put of v2 is held up
+    past every deadline (none honoured here) and reaches the store after the successor
+    wrote v3 from a newer document. It is refused; the snapshot stays v3."""
+    repo, clock = InMemoryStateRepository(), Clock()
+    slow = SlowObjects()
+    slow.honour_deadlines = False
+    applier = EventApplier(repo)
+    old = SnapshotFlusher(repo, slow, lease_s=5.0, clock=clock)
+    new = SnapshotFlusher(repo, slow.writer(), lease_s=5.0, clock=clock)  # another replica
+    await applier.apply([field_updated("f", "v1")])
+    assert await old.flush_once() == 1
+    await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0))])
+    slow.gate = asyncio.Event()
+    stalled = asyncio.create_task(old.flush_once())  # reads v2, its put is held
+    await asyncio.sleep(0.01)
+    await applier.apply([field_updated("f", "v3", seq=3, hlc=(3, 0))])
+    assert await new.flush_once() == 0  # starts watching the lease record
+    clock.now += 5.1  # the old holder stalled for more than a lease period
+    assert await new.flush_once() == 1  # takes over, writes v3 (reading it again after the store said "changed")
+    assert await snapshot(slow) == {"f": "v3"}
+    slow.gate.set()
+    assert await stalled == 0  # its put of v2 was refused, then it saw the lease was gone
+    assert await snapshot(slow) == {"f": "v3"}
+    assert [json.loads(data) for _, data in slow.log] == [{"f": "v1"}]  # v2 never landed
+    while await pending_keys(repo):  # the old holder marked its states again: rewritten, still v3
+        await new.flush_once()
+    assert await snapshot(slow) == {"f": "v3"}
+
+
 async def test_a_snapshot_write_is_cut_when_the_holders_window_closes_and_never_lands_later():
     """Issue 10.6: snapshots never go backwards. The old holder's put of v1 is held up
     past its write window: it is cancelled at its deadline (as daprd cancels the binding
@@ -213,7 +243,7 @@ async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
     class Broken(InMemoryObjectStore):
         puts = 0
 
-        async def put(self, key, data, timeout=None):
+        async def put(self, key, data, timeout=None, conditional=False):
             Broken.puts += 1
             raise OSError("binding down")
 
@@ -255,11 +285,11 @@ class OneFailingPut(SlowObjects):
         self.failed = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def put(self, key, data, timeout=None):
+    async def put(self, key, data, timeout=None, conditional=False):
         if key == self.failing and not self.failed.is_set():
             self.failed.set()
             raise RuntimeError("object store down for this write")
-        await super().put(key, data, timeout)
+        await super().put(key, data, timeout, conditional)
 
 
 async def test_a_failed_round_ends_only_after_its_other_writes_so_none_lands_after_the_retry():
