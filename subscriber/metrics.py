@@ -20,7 +20,7 @@ import errno
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import count
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -107,9 +107,18 @@ class SubscriberMetrics:
 
     def applied(self, kind: str, stamped_ms: int, now_ms: float | None = None) -> None:
         """One event applied; ``stamped_ms`` is the wall time of its hybrid-clock stamp."""
-        self.events_applied.labels(kind=kind).inc()
+        self.applied_many([(kind, stamped_ms)], now_ms)
+
+    def applied_many(self, events: Iterable[tuple[str, int]], now_ms: float | None = None) -> None:
+        """Events applied, each as (kind, the wall time of its stamp): one count per kind."""
         now_ms = time.time() * 1000 if now_ms is None else now_ms
-        self.staleness.observe(max(0.0, (now_ms - stamped_ms) / 1000))
+        counts: dict[str, int] = {}
+        observe = self.staleness.observe
+        for kind, stamped_ms in events:
+            counts[kind] = counts.get(kind, 0) + 1
+            observe(max(0.0, (now_ms - stamped_ms) / 1000))
+        for kind, count in counts.items():
+            self.events_applied.labels(kind=kind).inc(count)
 
     def set_ready(self, ready: bool, reason: str = "") -> None:
         self.ready.set(1 if ready else 0)
