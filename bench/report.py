@@ -47,15 +47,16 @@ def _fleet(rows: list[dict]) -> list[str]:
                 rss.get("subscriber") if name == "statestore" else "", rss.get("subscriber-daprd"), rss.get("caller-daprd"),
                 f["snapshots_after_s"] if name == "statestore" else "", f["complete"],
             ])  # fmt: skip
-    processes = ["caller", "caller-daprd", "subscriber", "subscriber-daprd"]
-    cpu = [[f"{f['ids']:,} x {f['fields']}", name, *(f["cpu_us_per_update"].get(p, "") for p in processes)]
+    processes = ["caller", "caller-daprd", "subscriber", "subscriber-daprd", "broker"]
+    cpu = [[f"{f['ids']:,} x {f['fields']}", name, *(f["cpu_us_per_update"].get(p, "") for p in processes),
+            sum(f["cpu_us_per_update"].values()), f["cpu_us_per_update"].get("caller", 0) + f["cpu_us_per_update"].get("subscriber", 0)]
            for row in rows for name, f in row.items() if f and "cpu_us_per_update" in f]  # fmt: skip
     return [_table(["workload", "peer", "applied/s", "vs plain-dapr", "visible p50 ms", "visible p99 ms",
                     "subscriber MiB", "subscriber sidecar MiB", "caller sidecar MiB", "snapshots after s",
                     "complete"], table),
             "", "CPU µs per update of each process, from the first update until all are visible (snapshots"
             " still being written count too; the bench process is the caller):", "",
-            _table(["workload", "peer", *processes], cpu) if cpu else "(not measured in this run)"]  # fmt: skip
+            _table(["workload", "peer", *processes, "all", "caller + subscriber"], cpu) if cpu else "(not measured in this run)"]  # fmt: skip
 
 
 def _credential_seconds(rows: list[dict], peer_prefix: str, count: int, scenario_prefix: str) -> float | None:
