@@ -19,7 +19,7 @@ from statestore.subscriber.dapr_ports import DaprParking, DaprStateRepository
 from statestore.subscriber.deadletter import DeadLetterBox
 from statestore.subscriber.expiry import ExpiryMarkers
 from statestore.subscriber.metrics import SubscriberMetrics
-from statestore.subscriber.objectstore import open_object_store
+from statestore.subscriber.objectstore import LocalFileObjectStore, open_object_store
 from statestore.subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
 from statestore.subscriber.ports import ObjectStoreError, StateRepository
 from statestore.subscriber.servicer import SubscriberServicer
@@ -154,6 +154,8 @@ async def serve(stop: asyncio.Event) -> None:
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
     log.info("snapshots to %r", objects)
+    if isinstance(objects, LocalFileObjectStore):
+        metrics.snapshot_write_cpu.set_function(lambda: objects.write_cpu_s)
     if tracing:
         log.info("traces: apply and snapshot spans exported to %s", ", ".join(
             f"{name} {settings.trace_file}" if name == "file" else name for name in tracing.exporters))  # fmt: skip

@@ -77,6 +77,11 @@ class SubscriberMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.snapshots_written = Counter("statestore_snapshots_written", "Snapshot files written.", registry=r)
+        self.snapshot_write_cpu = Gauge(
+            "statestore_snapshot_write_cpu_seconds",
+            "CPU time this process spent writing objects to a local object-store folder (rises only; an S3"
+            " client's own threads are not counted).", registry=r,
+        )  # fmt: skip
         self.expired_snapshots_removed = Counter(
             "statestore_expired_snapshots_removed", "Snapshots of expired states removed by the expiry sweep.", registry=r
         )

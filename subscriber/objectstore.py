@@ -23,16 +23,18 @@ adapters against the binding they replace (docs/benchmarks.md, docs/scaling.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from statestore.core.settings import Settings
-from statestore.subscriber.ports import ObjectChangedError, ObjectStore, ObjectStoreError, RememberedVersions
+from statestore.subscriber.ports import ObjectChangedError, ObjectStore, ObjectStoreError, RememberedVersions, put_each
 
 __all__ = ["LocalFileObjectStore", "S3ObjectStore", "open_object_store", "TEMPORARY_SUFFIX"]
 
@@ -64,14 +66,18 @@ def _check(deadline: float | None, key: str) -> None:
 
 
 class LocalFileObjectStore:
-    """Objects as files under ``root`` (a local disk: a write blocks the event loop for
-    the few system calls it takes, about 100 µs; a network file system that stalls
-    would stall the subscriber, use S3 there)."""
+    """Objects as files under ``root``. ``put_many`` (a flush round's snapshots) writes in
+    a worker thread, beside the event loop (the system calls release the GIL); ``put``
+    (an expiry marker) in the loop. A local disk: a network file system that stalls would
+    hold up the flusher, use S3 there."""
 
     def __init__(self, root: str | os.PathLike[str], remembered: int = 100_000) -> None:
         self.root = Path(root)
+        # key -> (inode, mtime ns, hash of the bytes this store wrote, or None)
         self._seen = RememberedVersions(remembered)
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.write_cpu_s = 0.0  # CPU time its writes took (statestore_snapshot_write_cpu_seconds)
+        self._cpu_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LocalFileObjectStore({str(self.root)!r})"
@@ -88,13 +94,43 @@ class LocalFileObjectStore:
         )
 
     async def put(self, key: str, data: bytes, timeout: float | None = None, conditional: bool = False) -> None:
+        with self._counting():
+            self._put(key, data, _deadline(timeout), conditional)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[str]:
+        return await asyncio.to_thread(self._put_all, items, _deadline(timeout))
+
+    def _put_all(self, items: Sequence[tuple[str, bytes]], deadline: float | None) -> list[str]:
+        refused = []
+        with self._counting():
+            for key, data in items:
+                try:
+                    self._put(key, data, deadline, conditional=True)
+                except ObjectChangedError:
+                    refused.append(key)
+        return refused
+
+    @contextlib.contextmanager
+    def _counting(self) -> Iterator[None]:
+        """Add the CPU time of the block, in this thread, to ``write_cpu_s``."""
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            with self._cpu_lock:
+                self.write_cpu_s += time.thread_time() - started
+
+    def _put(self, key: str, data: bytes, deadline: float | None, conditional: bool) -> None:
         path = self._path(key)
-        deadline = _deadline(timeout)
+        digest = hash(data)
+        seen = self._seen.get(key)
+        if conditional and seen is not None and seen[2] == digest and _version(path) == seen[:2]:
+            return  # it holds these very bytes, as this store wrote them: nothing to write
         temporary = f"{path}.{self._token}{TEMPORARY_SUFFIX}"
         try:
             version = self._write_temporary(temporary, data)
             try:
-                self._move_in(key, path, temporary, conditional, deadline)
+                self._move_in(key, path, temporary, seen if conditional else None, conditional, deadline)
             except BaseException:
                 _unlink_quietly(temporary)
                 raise
@@ -102,7 +138,7 @@ class LocalFileObjectStore:
             raise
         except OSError as exc:
             raise self._error(exc, "write the object", path) from None
-        self._seen.saw(key, version)
+        self._seen.saw(key, (*version, digest))
 
     @staticmethod
     def _write_temporary(temporary: str, data: bytes) -> tuple[int, int]:
@@ -124,25 +160,26 @@ class LocalFileObjectStore:
         finally:
             os.close(fd)
 
-    def _move_in(self, key: str, path: str, temporary: str, conditional: bool, deadline: float | None) -> None:
-        """Put the written file at ``path``; conditionally: only over the version last seen."""
-        expected = self._seen.get(key) if conditional else None
-        if conditional and expected is None:  # never seen: only where nothing is (atomic)
+    def _move_in(self, key: str, path: str, temporary: str, seen: Any, conditional: bool, deadline: float | None) -> None:
+        """Put the written file at ``path``; conditionally: only over the version ``seen``."""
+        if conditional and seen is None:  # never seen: only where nothing is (atomic)
             _check(deadline, key)
             try:
                 os.link(temporary, path)
             except FileExistsError:
-                self._seen.saw(key, _version(path))
+                self._refresh(key, path)
                 raise ObjectChangedError(f"{path} exists, written by another writer") from None
             _unlink_quietly(temporary)
             return
-        if conditional:
-            current = _version(path)
-            if current != expected:
-                self._seen.saw(key, current)
-                raise ObjectChangedError(f"{path} changed since this writer last wrote it")
+        if conditional and _version(path) != seen[:2]:
+            self._refresh(key, path)
+            raise ObjectChangedError(f"{path} changed since this writer last wrote it")
         _check(deadline, key)
         os.replace(temporary, path)
+
+    def _refresh(self, key: str, path: str) -> None:
+        current = _version(path)
+        self._seen.saw(key, None if current is None else (*current, None))
 
     async def get(self, key: str) -> bytes | None:
         path = self._path(key)
@@ -158,7 +195,8 @@ class LocalFileObjectStore:
         path = self._path(key)
         _check(_deadline(timeout), key)
         try:
-            os.unlink(path)
+            with self._counting():
+                os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             pass  # already gone (a redelivered delete): done
         except OSError as exc:
@@ -199,6 +237,8 @@ class S3ObjectStore:
     """Objects in an S3 bucket (any S3-compatible server that honours conditional PUTs:
     AWS S3, MinIO, S3Proxy). Each call runs on obstore's own threads; the event loop
     only awaits it."""
+
+    lanes = 32  # requests in flight in put_many
 
     def __init__(self, store: Any, where: str, remembered: int = 100_000) -> None:
         import obstore
@@ -269,6 +309,9 @@ class S3ObjectStore:
             self._seen.saw(key, await self._etag(key))
             raise ObjectChangedError(f"{key} changed since this writer last wrote it ({self._where})") from None
         self._seen.saw(key, result.get("e_tag"))
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[str]:
+        return await put_each(self, items, timeout, lanes=self.lanes)
 
     async def _etag(self, key: str) -> str | None:
         try:

@@ -79,7 +79,6 @@ from statestore.subscriber.ports import (
     StateRepository,
     StoredItem,
     Upsert,
-    in_lanes,
 )
 
 __all__ = [
@@ -274,7 +273,6 @@ class SnapshotFlusher:
         interval_s: float = 0.02,
         coalesce_s: float = 0.0,
         max_keys_per_round: int = 2000,
-        parallel_writes: int = 32,
         lease_s: float = 5.0,
         outbox: OutboxWriter | None = None,
         keys_per_read: int = 250,
@@ -294,7 +292,6 @@ class SnapshotFlusher:
         self._interval_s = interval_s
         self._coalesce_s = coalesce_s
         self._max_keys = max_keys_per_round
-        self._lanes = parallel_writes  # snapshot writes at once
         self._lease_s = lease_s
         self._outbox = outbox or OutboxWriter(repository)
         self._keys_per_read = keys_per_read
@@ -575,40 +572,40 @@ class SnapshotFlusher:
         return consumed, list(keys), traces
 
     async def _write_piece(self, keys: list[str], rereads: int = 3) -> None:
-        """Write the snapshots of ``keys`` from their documents, read now. A snapshot another
-        writer changed since this flusher last wrote it (ObjectChangedError) is written
-        again from its document read again, up to ``rereads`` times."""
+        """Write the snapshots of ``keys`` from their documents, read now: the puts of the
+        piece at once (``put_many``, conditional), the deletes of deleted states one by one.
+        A snapshot another writer changed since this flusher last wrote it (refused) is
+        written again from its document read again, up to ``rereads`` times."""
         while keys:
             if not self.holding():
                 raise _LeaseLost
             documents = await self._repository.load(keys)
-            changed: list[str] = []
-            await in_lanes(keys, lambda key: self._write(key, documents.get(key), changed), self._lanes)
+            puts: dict[str, tuple[str, bytes, int | None]] = {}  # state key -> (object, snapshot, ttl_s)
+            for key in keys:
+                item = documents.get(key)
+                if item is None:
+                    continue  # named but absent: nothing to snapshot
+                try:
+                    state, ttl_s = snapshot_of(key, item.value)
+                except StateDecodeError as exc:  # not ours to fix here; never block the others
+                    log.error("no snapshot for %s: %s", key, exc)
+                    continue
+                name = object_key(*parse_state_key(key))
+                if state is None:  # deleted: its snapshot goes too
+                    await self._objects.delete(name, timeout=self._window())
+                else:
+                    puts[key] = (name, _snapshot(state), ttl_s)
+            # A write cut at its deadline never lands: the round fails like any store error,
+            # its entries stay, and the next round writes those states again.
+            items = [(name, data) for name, data, _ in puts.values()]
+            refused = set(await self._objects.put_many(items, self._window())) if items else set()
+            for key, (name, _, ttl_s) in puts.items():
+                if ttl_s is not None and name not in refused:  # the sweep removes it once expired
+                    await self.expiry.mark(key, ttl_s, timeout=self._window())
+            changed = [key for key, (name, _, _) in puts.items() if name in refused]
             if changed and rereads == 0:
                 raise ObjectChangedError(f"{len(changed)} snapshots kept changing under this flusher (first: {changed[0]})")
             keys, rereads = changed, rereads - 1
-
-    async def _write(self, key: str, item: StoredItem | None, changed: list[str]) -> None:
-        if item is None:
-            return  # named but absent: nothing to snapshot
-        try:
-            state, ttl_s = snapshot_of(key, item.value)
-        except StateDecodeError as exc:  # not ours to fix here; never block the others
-            log.error("no snapshot for %s: %s", key, exc)
-            return
-        window = self._window()
-        try:
-            if state is None:  # deleted: its snapshot goes too
-                await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
-            else:
-                await self._objects.put(object_key(*parse_state_key(key)), _snapshot(state), timeout=window, conditional=True)
-        except ObjectChangedError:  # another flusher wrote it since: read the document again
-            changed.append(key)
-            return
-        # A write cut at its deadline never lands: the round fails like any store error,
-        # its entries stay, and the next round writes those states again.
-        if state is not None and ttl_s is not None:  # the sweep removes it once expired
-            await self.expiry.mark(key, ttl_s, timeout=self._window())
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""

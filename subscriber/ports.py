@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
@@ -17,6 +18,7 @@ from statestore.core.sidecar import Delete, EtagMismatchError, StoredItem, Upser
 __all__ = [
     "finish_all",
     "in_lanes",
+    "put_each",
     "StateRepository",
     "ObjectStore",
     "ObjectChangedError",
@@ -71,6 +73,14 @@ class ObjectStore(Protocol):
         saw none); else ObjectChangedError, and nothing is written. A writer that read its
         source after its last conditional put of a key can never overwrite a newer
         object written from a later source by another writer (the snapshot fence)."""
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[str]:
+        """Conditional puts of many objects (a flush round's snapshots): each as
+        ``put(key, data, timeout, conditional=True)``, as many at once as the store does
+        well. Returns the keys refused because another writer changed them (each an
+        ObjectChangedError); raises the first other failure, once every write it started
+        has finished. An object that still holds exactly ``data`` as this store wrote it
+        may be left untouched."""
 
     async def get(self, key: str) -> bytes | None:
         """The object at ``key``, or None."""
@@ -138,18 +148,20 @@ class RememberedVersions:
     def __init__(self, limit: int = 100_000) -> None:
         self._limit = limit
         self._versions: dict[str, Hashable] = {}
+        self._lock = threading.Lock()  # a store may write from a worker thread too
 
     def get(self, key: str) -> Hashable | None:
         return self._versions.get(key)
 
     def saw(self, key: str, version: Hashable | None) -> None:
         """``key`` holds ``version`` now (None: absent)."""
-        self._versions.pop(key, None)
-        if version is None:
-            return
-        self._versions[key] = version
-        if len(self._versions) > self._limit:
-            del self._versions[next(iter(self._versions))]
+        with self._lock:
+            self._versions.pop(key, None)
+            if version is None:
+                return
+            self._versions[key] = version
+            if len(self._versions) > self._limit:
+                del self._versions[next(iter(self._versions))]
 
     def __len__(self) -> int:
         return len(self._versions)
@@ -178,6 +190,9 @@ class InMemoryObjectStore:
         self._versions[key] = version
         self._seen.saw(key, version)
 
+    async def put_many(self, items: Sequence[tuple[str, bytes]], timeout: float | None = None) -> list[str]:
+        return await put_each(self, items, timeout, lanes=1)
+
     async def get(self, key: str) -> bytes | None:
         return self.objects.get(key)
 
@@ -192,6 +207,20 @@ class InMemoryObjectStore:
 
     async def remove_folders(self, folders: Iterable[str]) -> None:
         pass  # keys, no folders
+
+
+async def put_each(store: ObjectStore, items: Sequence[tuple[str, bytes]], timeout: float | None, lanes: int) -> list[str]:
+    """``put_many`` as ``lanes`` concurrent runs of conditional ``put``s."""
+    refused: list[str] = []
+
+    async def put(item: tuple[str, bytes]) -> None:
+        try:
+            await store.put(item[0], item[1], timeout, conditional=True)
+        except ObjectChangedError:
+            refused.append(item[0])
+
+    await in_lanes(items, put, lanes)
+    return refused
 
 
 def _check_window(timeout: float | None, key: str) -> None:

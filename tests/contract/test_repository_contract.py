@@ -118,6 +118,18 @@ class ObjectStoreContract:
         await objects.put(key, b'{"v": 2}', conditional=True)
         assert await objects.get(key) == b'{"v": 2}'
 
+    async def test_put_many_writes_each_and_names_those_another_writer_changed(self, objects, other_writer):
+        a, b = self.snapshot_key(), self.snapshot_key()
+        assert await objects.put_many([(a, b'{"v": 1}'), (b, b'{"v": 1}')], timeout=5.0) == []
+        await other_writer.put(b, b'{"v": "theirs"}')
+        assert await objects.put_many([(a, b'{"v": 2}'), (b, b'{"v": 2}')], timeout=5.0) == [b]
+        assert (await objects.get(a), await objects.get(b)) == (b'{"v": 2}', b'{"v": "theirs"}')
+        assert await objects.put_many([(a, b'{"v": 2}'), (b, b'{"v": 3}')], timeout=5.0) == []  # b: now known
+        assert (await objects.get(a), await objects.get(b)) == (b'{"v": 2}', b'{"v": 3}')
+        with pytest.raises(TimeoutError):
+            await objects.put_many([(a, b'{"v": 4}')], timeout=0.0)
+        assert await objects.get(a) == b'{"v": 2}'
+
     async def test_a_put_past_its_deadline_fails_and_never_lands(self, objects):
         """The write window: a write whose deadline passed is refused, not written late."""
         key = self.snapshot_key()
