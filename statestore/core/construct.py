@@ -14,6 +14,7 @@ __all__ = ["FastConstructModel"]
 
 _Plan = tuple[tuple[str, Any, Any], ...]  # (field, default, default factory) of every field, in order
 _PLANS: dict[type, _Plan | None] = {}  # per model class; None: pydantic's own path
+_NAMES: dict[type, frozenset[str]] = {}  # per model class: its field names
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset, Enum)
 
 
@@ -44,6 +45,7 @@ class FastConstructModel(BaseModel):
         ):
             plan = None
         _PLANS[cls] = plan
+        _NAMES[cls] = frozenset(cls.model_fields)
         return plan
 
     @classmethod
@@ -51,19 +53,25 @@ class FastConstructModel(BaseModel):
         plan = cls._construct_plan()
         if plan is None:
             return super().model_construct(_fields_set, **values)
-        data: dict[str, Any] = {}
-        for name, default, factory in plan:
-            if name in values:
-                data[name] = values[name]
-            elif factory is not None:
-                data[name] = factory()
-            elif default is not PydanticUndefined:  # a required field not given stays absent, as in pydantic's
-                data[name] = default
-        if not values.keys() <= data.keys():
-            return super().model_construct(_fields_set, **values)  # names it does not know
+        if len(values) == len(plan) and values.keys() == _NAMES[cls]:
+            data = values  # every field given (the usual call): a fresh dict already
+        else:
+            data = {}
+            for name, default, factory in plan:
+                if name in values:
+                    data[name] = values[name]
+                elif factory is not None:
+                    data[name] = factory()
+                elif default is not PydanticUndefined:  # a required field not given stays absent, as in pydantic's
+                    data[name] = default
+            if not values.keys() <= data.keys():
+                return super().model_construct(_fields_set, **values)  # names it does not know
         model = cls.__new__(cls)
-        object.__setattr__(model, "__dict__", data)
-        object.__setattr__(model, "__pydantic_fields_set__", set(values) if _fields_set is None else set(_fields_set))
-        object.__setattr__(model, "__pydantic_extra__", None)
-        object.__setattr__(model, "__pydantic_private__", None)
+        _set(model, "__dict__", data)
+        _set(model, "__pydantic_fields_set__", set(values) if _fields_set is None else set(_fields_set))
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
         return model
+
+
+_set = object.__setattr__

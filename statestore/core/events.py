@@ -112,29 +112,36 @@ SafeName = Annotated[str, Field(pattern=_SAFE_NAME_RULE, max_length=MAX_ID_LENGT
 _T = TypeVar("_T")
 
 
-def computed_once(method: Callable[[Any], _T]) -> property:
-    """A read-only property computed on first read and kept in the instance's ``__dict__``.
+class computed_once:
+    """A read-only attribute computed on first read and kept in the instance's ``__dict__``.
 
-    Not ``functools.cached_property``: on Python 3.11 that holds one lock per attribute
-    for every instance of the class, so a thread reading ``event.key`` waits for any other
-    thread computing it, and a signal handler that interrupts the main thread there (the
-    SIGTERM drain) deadlocks with it. Two threads computing the same value here at once
-    is harmless: it is a pure function of the frozen event.
+    A non-data descriptor: once computed, the value in ``__dict__`` shadows it, and every
+    later read is a plain attribute read (``key`` and ``stamp`` are read several times per
+    event on the hot path). Not ``functools.cached_property``: on Python 3.11 that holds one
+    lock per attribute for every instance of the class, so a thread reading ``event.key``
+    waits for any other thread computing it, and a signal handler that interrupts the main
+    thread there (the SIGTERM drain) deadlocks with it. Two threads computing the same
+    value here at once is harmless: it is a pure function of the frozen event. Assigning
+    it is refused like any assignment to a frozen model.
     """
-    name = method.__name__
 
-    def read(self: Any) -> _T:
-        try:
-            return self.__dict__[name]
-        except KeyError:
-            value = self.__dict__[name] = method(self)
-            return value
+    def __init__(self, method: Callable[[Any], Any]) -> None:
+        self._method = method
+        self._name = method.__name__
+        self.__doc__ = method.__doc__
 
-    return property(read, doc=method.__doc__)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._method(instance)
+        return value
 
 
 class _EventBase(FastConstructModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(computed_once,))
 
     schema_version: Literal[2] = Field(SCHEMA_VERSION, description="The event schema version (1 is still read).")
     app: SafeName = Field(DEFAULT_APP, description="The caller's application name: its namespace of states.")
