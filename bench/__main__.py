@@ -105,11 +105,16 @@ async def measure(stack: Stack, size: dict) -> dict:
     pids = {"subscriber": stack.subscriber_app.pid, "subscriber-daprd": stack.subscriber_sidecar.pid,
             "caller-daprd": stack.caller_sidecar.pid, "broker": stack.redis.pid}  # fmt: skip
     done = m.snapshot_checker(os.environ["STATESTORE_TMP_ROOT"])
+    metrics_url = f"http://127.0.0.1:{stack.ports.subscriber.app_metrics_port}/metrics"
+
+    def writes() -> float | None:
+        return m.scrape(metrics_url, "statestore_snapshot_write_cpu_seconds")
+
     results["fleet"] = []
     for ids, fields in size["fleet"]:
         row = {}
         say(f"statestore: fleet, {ids} ids x {fields} fields from one caller")
-        row["statestore"] = await m.fleet(statestore, ids, fields, pids, snapshots_done=done)
+        row["statestore"] = await m.fleet(statestore, ids, fields, pids, snapshots_done=done, snapshot_write_cpu_s=writes)
         if ids <= size["fleet_plain_max_ids"]:
             say(f"plain-dapr: fleet, {ids} ids x {fields} fields (read-modify-write, 16 at once)")
             row["plain-dapr"] = await m.fleet(peers[1], ids, fields, pids, concurrency=16)

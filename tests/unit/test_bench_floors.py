@@ -41,5 +41,30 @@ def test_a_new_report_keeps_the_floor_section_in_its_place():
 def test_the_fleet_rows_report_cpu_per_update_of_each_process():
     row = {"ids": 10, "fields": 2, "applied_per_s": 100, "staleness": {}, "peak_rss_mb": {}, "snapshots_after_s": 1.0,
            "complete": True, "cpu_us_per_update": {"caller": 1, "caller-daprd": 2, "subscriber": 3, "subscriber-daprd": 4,
-                                                   "broker": 5}}  # fmt: skip
-    assert "| 10 x 2 | statestore | 1 | 2 | 3 | 4 | 5 | 15 | 4 |" in "\n".join(_fleet([{"statestore": row}]))
+                                                   "broker": 5},
+           "cpu_us_per_update_with_snapshots": {"caller": 1, "caller-daprd": 2, "subscriber": 13, "subscriber-daprd": 4,
+                                                "broker": 5, "subscriber-snapshot-writes": 9}}  # fmt: skip
+    text = "\n".join(_fleet([{"statestore": row}]))
+    assert "| 10 x 2 | statestore | visible | 1 | 2 | 3 | 4 | 5 | 15 | 4 |  |  |" in text
+    assert "| 10 x 2 | statestore | + snapshots | 1 | 2 | 13 | 4 | 5 | 25 | 14 | 9 | 5 |" in text
+
+
+def test_the_targets_table_checks_issue_29s_cpu_budget_misses_first():
+    from bench.report import _targets
+
+    cpu = {"caller": 60, "caller-daprd": 40, "subscriber": 110, "subscriber-daprd": 120, "broker": 5, "subscriber-snapshot-writes": 50}
+    fleet = {"ids": 100_000, "fields": 2, "applied_per_s": 8000, "snapshots_after_s": 4.0, "peak_rss_mb": {"subscriber": 80},
+             "cpu_us_per_update": cpu, "cpu_us_per_update_with_snapshots": {**cpu, "subscriber": 150}}  # fmt: skip
+    record = {"results": {
+        "fleet": [{"statestore": fleet, "plain-dapr": {"applied_per_s": 900}}],
+        "statestore": {"throughput": {"applied_per_s": 13_000}, "latency": {"p50_ms": 0.1},
+                       "staleness": [{"offered_per_s": 2000, "p99_ms": 90}, {"offered_per_s": 4000, "p99_ms": 300}]},
+        "plain-dapr": {"latency": {"p50_ms": 6.0}},
+    }}  # fmt: skip
+    text = "\n".join(_targets(record))
+    assert "| fleet 100,000 x 2: vs plain Dapr RMW | 8.9x (8,000/s) | >= 8x | yes |" in text
+    assert "every process, until visible | 335 | <= 330 | **no** |" in text
+    assert "snapshot writes aside, until visible | 120 | <= 110 | **no** |" in text
+    assert "until every snapshot is written | 375 | <= 330 | **no** |" in text
+    assert "| staleness p99 at 4,000 updates/s offered | 300 ms | < 250 ms | **no** |" in text
+    assert text.index("**no**") < text.index("| yes |")  # misses first
