@@ -24,6 +24,7 @@ def test_the_section_shows_both_snapshot_paths_and_what_the_budget_leaves():
     # 130 + 100 / 2 = 180 µs a fleet update directly, 430 through the binding; 330 - 180 = 150 left.
     assert "**180.0 µs** written directly, against 430.0 µs through the binding" in text
     assert "needs at least 36 CPU-s (was 86)" in text and "leaves **150 µs**" in text
+    assert "then 230.0 µs (was 730.0)" in text  # a snapshot after each update
 
 
 def test_the_scale_section_has_no_local_budget_and_a_negative_leftover_is_shown_as_is():
