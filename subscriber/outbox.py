@@ -489,16 +489,14 @@ class SnapshotFlusher:
         self.metrics.snapshot_backlog.set(len(keys))
         with self._snapshot_span(consumed, keys, traces) as span:
             renewing = asyncio.create_task(self._keep_lease())
-            written = 0
+            begun: list[str] = []  # keys whose snapshots may have been written
             try:
-                for piece in cut(keys, len, 1 << 20, self._keys_per_read):
-                    await self._write_piece(piece)
-                    written += len(piece)
+                await self._write_pieces(keys, begun)
                 await self._advance(consumed)
             except _LeaseLost:
                 if span is not None:
                     span.set_attribute("statestore.lease_lost", True)
-                await self._lost(keys if written else [])
+                await self._lost(keys if begun else [])
                 return 0
             finally:
                 renewing.cancel()
@@ -571,41 +569,67 @@ class SnapshotFlusher:
                 break
         return consumed, list(keys), traces
 
-    async def _write_piece(self, keys: list[str], rereads: int = 3) -> None:
-        """Write the snapshots of ``keys`` from their documents, read now: the puts of the
-        piece at once (``put_many``, conditional), the deletes of deleted states one by one.
-        A snapshot another writer changed since this flusher last wrote it (refused) is
-        written again from its document read again, up to ``rereads`` times."""
-        while keys:
-            if not self.holding():
-                raise _LeaseLost
-            documents = await self._repository.load(keys)
-            puts: dict[str, tuple[str, bytes, int | None]] = {}  # state key -> (object, snapshot, ttl_s)
-            for key in keys:
-                item = documents.get(key)
-                if item is None:
-                    continue  # named but absent: nothing to snapshot
-                try:
-                    state, ttl_s = snapshot_of(key, item.value)
-                except StateDecodeError as exc:  # not ours to fix here; never block the others
-                    log.error("no snapshot for %s: %s", key, exc)
-                    continue
-                name = object_key(*parse_state_key(key))
-                if state is None:  # deleted: its snapshot goes too
-                    await self._objects.delete(name, timeout=self._window())
-                else:
-                    puts[key] = (name, _snapshot(state), ttl_s)
-            # A write cut at its deadline never lands: the round fails like any store error,
-            # its entries stay, and the next round writes those states again.
+    async def _write_pieces(self, keys: list[str], begun: list[str]) -> None:
+        """Write the snapshots of ``keys``, a piece (``keys_per_read``) at a time: one bulk
+        read, then the piece's puts at once (``put_many``, conditional). The next piece's
+        documents are read while the previous piece is written; a piece's puts start after
+        the previous piece's finished, and a failed round ends only once every write it
+        started has finished (none lands after the retry's newer one)."""
+        writing: asyncio.Task | None = None
+        try:
+            for piece in cut(keys, len, 1 << 20, self._keys_per_read):
+                prepared = await self._prepare_piece(piece)
+                if writing is not None:
+                    await writing
+                begun.extend(piece)
+                writing = asyncio.create_task(self._put_piece(prepared))
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None:
+                if not writing.done():
+                    await asyncio.wait([writing])
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: the round fails with the first failure
+
+    async def _prepare_piece(self, keys: list[str]) -> dict[str, tuple[str, bytes, int | None]]:
+        """Read the documents of ``keys`` now; delete the snapshots of deleted states; the
+        puts to make: state key -> (object key, snapshot, ttl_s)."""
+        if not self.holding():
+            raise _LeaseLost
+        documents = await self._repository.load(keys)
+        puts: dict[str, tuple[str, bytes, int | None]] = {}
+        for key in keys:
+            item = documents.get(key)
+            if item is None:
+                continue  # named but absent: nothing to snapshot
+            try:
+                state, ttl_s = snapshot_of(key, item.value)
+            except StateDecodeError as exc:  # not ours to fix here; never block the others
+                log.error("no snapshot for %s: %s", key, exc)
+                continue
+            name = object_key(*parse_state_key(key))
+            if state is None:  # deleted: its snapshot goes too
+                await self._objects.delete(name, timeout=self._window())
+            else:
+                puts[key] = (name, _snapshot(state), ttl_s)
+        return puts
+
+    async def _put_piece(self, puts: dict[str, tuple[str, bytes, int | None]], rereads: int = 3) -> None:
+        """The conditional puts of one piece. A snapshot another writer changed since this
+        flusher last wrote it (refused) is written again from its document read again, up
+        to ``rereads`` times. A write cut at its deadline never lands: the round fails like
+        any store error, its entries stay, and the next round writes those states again."""
+        while puts:
             items = [(name, data) for name, data, _ in puts.values()]
-            refused = set(await self._objects.put_many(items, self._window())) if items else set()
+            refused = set(await self._objects.put_many(items, self._window()))
             for key, (name, _, ttl_s) in puts.items():
                 if ttl_s is not None and name not in refused:  # the sweep removes it once expired
                     await self.expiry.mark(key, ttl_s, timeout=self._window())
             changed = [key for key, (name, _, _) in puts.items() if name in refused]
             if changed and rereads == 0:
                 raise ObjectChangedError(f"{len(changed)} snapshots kept changing under this flusher (first: {changed[0]})")
-            keys, rereads = changed, rereads - 1
+            puts, rereads = (await self._prepare_piece(changed) if changed else {}), rereads - 1
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""

@@ -372,3 +372,33 @@ async def test_updates_during_the_pause_share_one_snapshot_write():
         await running
     writes = [key for key, _ in objects.log if key == object_key("hot", "workflows")]
     assert 2 <= len(writes) <= 3, writes  # the first, then the rest together (a stalled machine: one more)
+
+
+async def test_a_round_that_fails_reading_the_next_piece_ends_only_after_the_previous_pieces_writes():
+    """Pieces overlap (the next piece's documents are read while the previous piece is
+    written): a failure of the read must still wait for the writes in flight."""
+    repo = InMemoryStateRepository()
+    await EventApplier(repo).apply([field_updated("v", 1, state_id=f"s{n}") for n in range(2)])
+    objects = SlowObjects()
+    objects.gate = asyncio.Event()
+    flusher = SnapshotFlusher(repo, objects, keys_per_read=1)
+    loads = 0
+    real_load = repo.load
+
+    async def load(keys):
+        nonlocal loads
+        if any(key.startswith("workflows/") for key in keys):
+            loads += 1
+            if loads == 2:  # the second piece's documents
+                raise OSError("store busy")
+        return await real_load(keys)
+
+    repo.load = load
+    round_ = asyncio.create_task(flusher.flush_once())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert loads == 2 and not round_.done(), "the round ended while the first piece's write was still in flight"
+    objects.gate.set()
+    with pytest.raises(OSError):
+        await round_
+    assert len(objects.log) == 1  # the first piece's write finished (and landed) before the round failed
