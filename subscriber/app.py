@@ -12,6 +12,7 @@ import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 
+from statestore.core.dapr_sdk import add_app_callback
 from statestore.core.settings import get_settings, get_sidecar_settings
 from statestore.core.sidecar import SidecarClient
 from statestore.subscriber.applier import EventApplier
@@ -133,8 +134,7 @@ async def serve(stop: asyncio.Event) -> None:
         # whatever the backlog. Each topic also has its own budget (servicer).
         maximum_concurrent_rpcs=8 * settings.subscriber_deliveries_per_topic,
     )
-    pb_grpc.add_AppCallbackServicer_to_server(servicer, server)
-    pb_grpc.add_AppCallbackAlphaServicer_to_server(servicer, server)
+    add_app_callback(servicer, server)
     pb_grpc.add_AppCallbackHealthCheckServicer_to_server(_Health(), server)
     address = f"127.0.0.1:{settings.subscriber_port}"
     try:
