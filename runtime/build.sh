@@ -11,6 +11,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$ROOT/runtime/daprd
 OUT=${STATESTORE_RUNTIME_DIR:-$ROOT/.runtime}
 CLI_SRC=$ROOT/runtime/cli
+# Shared by every checkout on the machine (the patched dapr module copy).
+CACHE=${STATESTORE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/statestore}
 
 die() { echo "runtime/build.sh: $*" >&2; exit 1; }
 # built BIN STAMPFILE STAMP: BIN exists and was built from the recipe STAMP names.
@@ -31,28 +33,23 @@ build_dapr() {
   local bin=$OUT/.dapr/bin stampfile=$OUT/.dapr/bin/dapr.stamp stamp name missing=0
   # The stamp covers this step's own recipe, not the whole script: adding another build
   # step must not rebuild these.
-  stamp="$dapr_version $( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_dapr fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
+  stamp="$dapr_version $( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_dapr prepare_dapr_copy fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
   for name in daprd placement scheduler; do [ -x "$bin/$name" ] || missing=1; done
   if [ "$missing" = 0 ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
     echo "daprd, placement, scheduler $dapr_version: up to date ($bin)"
     return
   fi
   echo "daprd, placement, scheduler $dapr_version: building from Go modules (a cold build takes several minutes)..."
-  local moddir work=$OUT/build
+  local moddir copy work=$OUT/build
   moddir=$(fetch_dapr_module)
-  # The module cache is read-only: the changes below go into a private copy of the module.
+  # The private copy of the module sits in a cache shared by every checkout on the machine,
+  # named by its version and recipe: its path goes into the binaries' build info, so with
+  # one path for all checkouts Go's build cache serves a fresh clone's links too.
+  copy=$CACHE/dapr-$dapr_version-$(declare -f prepare_dapr_copy | sha256sum | cut -c1-12)
+  [ -d "$copy" ] || prepare_dapr_copy "$moddir" "$copy"
   rm -rf "$work" && mkdir -p "$work/out" "$bin"
-  cp -r "$moddir" "$work/dapr" && chmod -R u+w "$work/dapr"
-  # Upstream's daprd components package panics when built without its component tags;
-  # its no-tag file is emptied, so main.go picks components.
-  echo "package components" > "$work/dapr/cmd/daprd/components/zz_notag.go"
-  # Upstream's healthz server (placement's and scheduler's) binds every interface (both
-  # ignore --healthz-listen-address): here it binds 127.0.0.1.
-  local healthz=$work/dapr/pkg/healthz/server/server.go
-  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || die "$healthz changed upstream: check how its listen address is set"
-  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
   cp "$SRC/go.mod" "$SRC/go.sum" "$work/"
-  echo "replace github.com/dapr/dapr => $work/dapr" >> "$work/go.mod"
+  echo "replace github.com/dapr/dapr => $copy" >> "$work/go.mod"
   (cd "$SRC" && go build -modfile="$work/go.mod" -trimpath -ldflags "-s -w" -o "$work/out/" \
       . github.com/dapr/dapr/cmd/placement github.com/dapr/dapr/cmd/scheduler) \
     || die "building daprd, placement and scheduler failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
@@ -60,6 +57,23 @@ build_dapr() {
   rm -rf "$work"
   echo "$stamp" > "$stampfile"
   echo "daprd, placement, scheduler $dapr_version: built in $bin ($(du -ch "$bin/daprd" "$bin/placement" "$bin/scheduler" | tail -1 | cut -f1))"
+}
+
+prepare_dapr_copy() {
+  # prepare_dapr_copy MODULE_DIR COPY: a patched copy of the (read-only) dapr module.
+  local tmp=$2.tmp.$$
+  rm -rf "$tmp" && mkdir -p "$(dirname "$2")"
+  cp -r "$1" "$tmp" && chmod -R u+w "$tmp"
+  # Upstream's daprd components package panics when built without its component tags;
+  # its no-tag file is emptied, so main.go picks components.
+  echo "package components" > "$tmp/cmd/daprd/components/zz_notag.go"
+  # Upstream's healthz server (placement's and scheduler's) binds every interface (both
+  # ignore --healthz-listen-address): here it binds 127.0.0.1.
+  local healthz=$tmp/pkg/healthz/server/server.go
+  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || { rm -rf "$tmp"; die "$healthz changed upstream: check how its listen address is set"; }
+  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
+  # Another checkout may have made the same copy meanwhile: keep the first.
+  mv -T "$tmp" "$2" 2>/dev/null || rm -rf "$tmp"
 }
 
 fetch_dapr_module() {

@@ -45,7 +45,8 @@ def fake_go_env(tmp_path: Path) -> dict[str, str]:
     go.write_text(FAKE_GO)
     go.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GO_CALLS": str(tmp_path / "calls"),
-            "FAKE_MODULE": str(module), "STATESTORE_RUNTIME_DIR": str(tmp_path / "runtime")}  # fmt: skip
+            "FAKE_MODULE": str(module), "STATESTORE_RUNTIME_DIR": str(tmp_path / "runtime"),
+            "STATESTORE_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
 
 
 def builds(tmp_path: Path) -> list[str]:
@@ -60,7 +61,10 @@ def test_the_second_build_is_skipped_and_a_stale_stamp_rebuilds(tmp_path):
     assert build.split()[-3:] == [".", "github.com/dapr/dapr/cmd/placement", "github.com/dapr/dapr/cmd/scheduler"]
     out = tmp_path / "runtime" / ".dapr" / "bin"
     assert all((out / name).exists() for name in ("daprd", "placement", "scheduler"))
-    assert not (tmp_path / "runtime" / "build").exists(), "the private module copy is removed"
+    assert not (tmp_path / "runtime" / "build").exists(), "the build folder is removed"
+    (copy,) = (tmp_path / "cache").iterdir()  # the patched module copy, kept for other checkouts
+    assert "127.0.0.1:%d" in (copy / "pkg" / "healthz" / "server" / "server.go").read_text()
+    assert (copy / "cmd" / "daprd" / "components" / "zz_notag.go").read_text() == "package components\n"
 
     assert re.search(r"daprd, placement, scheduler v\S+: up to date", run_build(env))
     assert len(builds(tmp_path)) == 1, "an up-to-date runtime must not be rebuilt"
