@@ -34,11 +34,12 @@ test-compat: setup
 	$(PY) -m tests.compat $(COMPAT_ARGS)
 
 # The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
-# outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork.
+# outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork, and the
+# faults marked chaos (scale: a replica's app SIGSTOPped 60 s, a dead replica rejoining).
 chaos: setup
 	@mkdir -p local
 	CHAOS_KILLS=20 CHAOS_ROUNDS=3 OUTAGE_LONG=1 RELIABILITY_JSON=local/reliability-$(PROFILE).json \
-		$(PY) -m pytest -ra --profile $(PROFILE) tests/integration/test_faults.py tests/integration/test_poison.py \
+		$(PY) -m pytest -ra --chaos --profile $(PROFILE) tests/integration/test_faults.py tests/integration/test_poison.py \
 		tests/integration/test_outages.py tests/integration/test_lifecycle.py tests/integration/test_faults_scale.py
 
 # Benchmarks: statestore vs plain Dapr state vs the reference design (docs/benchmarks.md).

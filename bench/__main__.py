@@ -127,6 +127,9 @@ async def measure(stack: Stack, size: dict) -> dict:
     from bench import credentials
 
     results["credentials"] = await credentials.measure(stack, say)
+    from bench import confirmed
+
+    results["confirmed"] = await confirmed.measure(stack, say)
     results["memory"] = {
         "subscriber_peak_rss_mb": subscriber.peak_rss_mb(),
         "producer_peak_rss_mb": m.ProcessMeter(os.getpid()).peak_rss_mb(),

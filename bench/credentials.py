@@ -2,13 +2,7 @@
 
 statestore's `save_secrets` of 1 to 1,000 credentials beside the reference's synchronous
 way, one read-modify-write per credential through a plain Dapr client
-(bench.peers.PlainDaprPeer), in three situations:
-
-- ``idle``: nothing else queued;
-- ``caller``: 100,000 progress updates queued (fire-and-forget) in the same process just
-  before the save;
-- ``broker``: 100,000 progress updates just published (flushed) to the broker, the
-  subscriber catching up with them.
+(bench.peers.PlainDaprPeer), idle and behind a progress backlog (bench.backlog).
 
 After each statestore save every guid is read back once (bulk) to count any that is not
 readable. Each backlog is drained before the next row.
@@ -20,60 +14,25 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["COUNTS", "BACKLOG", "SCALE_PLAN", "measure", "report_section"]
+from bench.backlog import SCENARIOS, backlog, drain
+
+__all__ = ["COUNTS", "SCALE_PLAN", "measure", "report_section"]
 
 COUNTS = [1, 100, 200, 1000]
 # Idle rows are cheap and this machine's timings vary from run to run: each is run this
 # many times (statestore and the reference alternating) and its median reported.
 IDLE_REPEATS = 3
 BROKER_COUNTS = [200, 1000]
-BACKLOG = 100_000
-BACKLOG_IDS = 1000
-SCENARIOS = {
-    "idle": "none",
-    "caller": f"{BACKLOG:,} updates queued in the caller",
-    "broker": f"{BACKLOG:,} updates just published, subscriber catching up",
-}
 
 
 def _configs(n: int) -> list[dict]:
     return [{"host": f"db{k}.internal", "username": f"svc-{k}", "password": uuid.uuid4().hex} for k in range(n)]
 
 
-async def _queue_backlog(size: int) -> list[str]:
-    """Queue ``size`` progress updates (fire-and-forget) on BACKLOG_IDS workflows."""
-    from statestore import StateStore, StateType
-
-    ids = [f"cred-backlog-{uuid.uuid4().hex[:6]}-{n}" for n in range(BACKLOG_IDS)]
-    for k in range(size):
-        await StateStore.save_state("progress", k, ids[k % BACKLOG_IDS], StateType.WORKFLOWS)
-    return ids
-
-
-async def _drain(ids: list[str]) -> None:
-    from statestore import StateStore, StateType
-
-    if ids:
-        await StateStore.sync_many(ids, StateType.WORKFLOWS, timeout=600)
-
-
-async def _backlog(scenario: str) -> list[str]:
-    """Set up the scenario's backlog; returns the ids to drain afterwards."""
-    from statestore import StateStore
-
-    if scenario == "idle":
-        return []
-    if scenario == "caller":
-        return await _queue_backlog(BACKLOG)
-    ids = await _queue_backlog(BACKLOG)
-    await StateStore.flush()  # published: the backlog is in Redis and the subscriber, not here
-    return ids
-
-
 async def _statestore_row(n: int, scenario: str, object_root: Path) -> dict:
     from statestore import SecretStore, StateStore, StateType
 
-    ids = await _backlog(scenario)
+    ids = await backlog(scenario, "cred")
     progress = StateStore._pipeline_of(StateType.WORKFLOWS)
     queued = progress.pending
     start = time.perf_counter()
@@ -82,7 +41,7 @@ async def _statestore_row(n: int, scenario: str, object_root: Path) -> dict:
     found = await StateStore._runtime().query.get_documents(guids, StateType.CREDENTIALS)
     still_queued = progress.pending
     snapshots_s = await _snapshots_written(guids, start + took, object_root)
-    await _drain(ids)
+    await drain(ids)
     return {"peer": "statestore", "credentials": n, "scenario": scenario, "seconds": round(took, 4),
             "unreadable": n - len(found), "backlog_queued_at_start": queued,
             "backlog_queued_at_return": still_queued, "snapshots_after_s": snapshots_s}  # fmt: skip
@@ -110,13 +69,13 @@ async def _reference_row(peer, n: int, scenario: str) -> dict:
     from statestore.publisher.crypto import seal
 
     keyring = await SecretStore.keyring()
-    ids = await _backlog(scenario)
+    ids = await backlog(scenario, "cred")
     start = time.perf_counter()
     for config in _configs(n):  # the reference: seal, then one synchronous RMW per credential
         guid = str(uuid.uuid4())
         await peer.save_field(f"cred-{guid}", "credential", seal(keyring, guid, config))
     took = time.perf_counter() - start
-    await _drain(ids)
+    await drain(ids)
     return {"peer": "reference (plain RMW)", "credentials": n, "scenario": scenario, "seconds": round(took, 4)}
 
 

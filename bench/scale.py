@@ -120,6 +120,9 @@ async def measure_replicas(stack: Stack, size: dict, with_plain: bool) -> dict:
         from bench import credentials
 
         out["credentials"] = await credentials.measure(stack, say, credentials.SCALE_PLAN)
+        from bench import confirmed
+
+        out["confirmed"] = await confirmed.measure(stack, say, confirmed.SCALE_PLAN)
     out["peak_rss_mb"] = {proc.name: TreeMeter(proc.pid).peak_rss_mb() for proc in stack.processes() if proc.pid}
     await statestore.close()
     return out
@@ -229,10 +232,16 @@ def main(mode: str) -> int:
     from bench.report import replace_section
 
     rows = next((r["credentials"] for r in results.values() if "credentials" in r), None)
+    doc = PROJECT_ROOT / "docs" / "scaling.md"
     if rows:  # docs/scaling.md, section "credentials"
-        doc = PROJECT_ROOT / "docs" / "scaling.md"
         body = "\n".join(credentials.report_section(rows, " on Kafka, PostgreSQL and S3"))
         doc.write_text(replace_section(doc.read_text(), "credentials", body.rstrip("\n")))
+    from bench import confirmed
+
+    replaces = next((r["confirmed"] for r in results.values() if "confirmed" in r), None)
+    if replaces:  # docs/scaling.md, section "confirmed"
+        body = "\n".join(confirmed.report_section(replaces, " on Kafka, PostgreSQL and S3"))
+        doc.write_text(replace_section(doc.read_text(), "confirmed", body.rstrip("\n")))
     plot(results, PROJECT_ROOT / "docs" / "scaling.png")
     say(f"done in {record['seconds']} s: {out}")
     return 0

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +37,42 @@ CREDENTIALS = int(os.environ.get("DEMO_CREDENTIALS", "100"))
 
 async def probe_visible_delays(probe_id: str, stop: asyncio.Event, delays_ms: list[float]) -> int:
     """Publish-to-visible delay while a load runs: write, then poll until the write is
-    readable, until ``stop`` is set. Appends each delay (ms); returns the last value written."""
+    readable by every process, until ``stop`` is set. Appends each delay (ms); returns the
+    last value written."""
     k = 0
+    query = _Store._runtime().query
     while not stop.is_set():
         k += 1
         start = time.perf_counter()
         await StateStore.save_state("seq", k, probe_id, StateType.WORKFLOWS)
-        while ((await StateStore.get_state(probe_id, StateType.WORKFLOWS)) or {}).get("seq") != k:
+        # The stored state, as another process reads it (this process's get_state returns
+        # its own write at once).
+        while ((document := await query.get_document(probe_id, StateType.WORKFLOWS)) is None
+               or document.to_state().get("seq") != k):  # fmt: skip
             await asyncio.sleep(0.002)
         delays_ms.append((time.perf_counter() - start) * 1000)
     return k
 
 
 async def applied_events(states: list[tuple[str, StateType]]) -> int:
-    """How many of this process's events the subscriber has applied to ``states``."""
-    producer = _Store.runtime().producer_id
+    """How many of this process's events the subscriber has applied to ``states`` (its
+    fire-and-forget writes and its confirmed replaces: two producer ids)."""
+    runtime = _Store.runtime()
+    producers = (runtime.producer_id, runtime.confirmed_producer_id)
     query = _Store._runtime().query
     documents = [await query.get_document(i, t) for i, t in states]
-    return sum(doc.processed_upto(producer) for doc in documents if doc)
+    return sum(doc.processed_upto(producer) for doc in documents if doc for producer in producers)
+
+
+async def settled_count(count: Callable[[], Awaitable[int]], target: int, timeout: float = 60.0) -> int:
+    """``count()`` once it reached ``target`` (e.g. events applied: the subscriber caught up),
+    else its value after ``timeout`` seconds."""
+    deadline = time.perf_counter() + timeout
+    delay = 0.01
+    while (value := await count()) < target and time.perf_counter() < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+    return value
 
 
 def p50_p99(samples: list[float]) -> tuple[float, float]:

@@ -150,8 +150,11 @@ class PublishPipeline:
         max_pending: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         batch_max_events: int | None = None,
+        handed_back: Callable[[list[AnyEvent]], None] | None = None,
     ) -> None:
         self._transport = transport
+        # Told of the events a PublishError hands back (they are not applied unless republished).
+        self._handed_back = handed_back
         self._settings = settings
         self._batch_max_events = batch_max_events or settings.batch_max_events
         self._max_pending = max_pending or settings.max_pending_events
@@ -210,6 +213,8 @@ class PublishPipeline:
             if not failed:
                 return
             self._failed = [q for q in self._failed if not belongs(q)]
+        if self._handed_back is not None:
+            self._handed_back([queued.event for queued in failed])
         raise PublishError(
             f"{len(failed)} state events could not be published ({self._failure_reason}). "
             "They were not applied; the error's .events holds them, "
@@ -217,8 +222,9 @@ class PublishPipeline:
             [queued.event for queued in failed],
         )
 
-    async def submit(self, queued: QueuedEvent) -> None:
+    async def submit(self, queued: QueuedEvent, hurry: bool = False) -> None:
         """Queue one event; wait only while ``max_pending`` events are already queued.
+        ``hurry``: publish it at once, without waiting out the batch window.
 
         Raises PublishError for earlier events that failed, after queuing this one (so
         the error never costs the caller the write it was making).
@@ -239,6 +245,8 @@ class PublishPipeline:
         self._pending.append(queued)
         self._idle.clear()
         self._ensure_task()
+        if hurry:
+            self._hurry.set()
         self._wakeup.set()
         self.raise_failures()
 

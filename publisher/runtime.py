@@ -15,7 +15,13 @@ Rules it keeps:
 - **Identity**: a producer id is used for at most ``producer_retention_s / 4``, then a
   new one is taken, so an id never writes again after a state may have evicted its
   record (statestore.core.document). ``waits(key)`` lists every (producer id, last seq) the
-  process still has to see applied for a state.
+  process still has to see applied for a state. Confirmed replaces (``save_state_object``)
+  are stamped by a second producer id of their own: they are stored when the call
+  returns, so ``sync`` never waits for them, and one that fails before its event is
+  published retires that id (``retire_confirmed``) instead of leaving a gap in a
+  sequence somebody waits on.
+- **Own writes**: every queued event is kept in ``own_writes`` (publisher.own_writes)
+  until a read shows it applied, so ``get_state`` returns the process's own writes.
 - **Fork**: the child drops the parent's runtime without touching it (its gRPC objects
   belong to the parent) and builds a new one on first use: new producer id, sequence
   numbers, clock (pushed past the parent's), channels and pipelines. grpc.aio hangs in
@@ -45,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from statestore.publisher.drain import publish_left
+from statestore.publisher.own_writes import OwnWrites
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.query import StateQueryClient
 from statestore.core.errors import PublishError
@@ -104,13 +111,20 @@ class LoopRuntime:
         self._closer = self._close_at_loop_shutdown()
         self._start_closer()
 
+    def query_for(self, app: str | None) -> StateQueryClient:
+        """The query client of ``app``'s states (None: this process's app)."""
+        if app is None:
+            return self.query
+        return StateQueryClient(self.sidecar, self._runtime.settings.statestore_name, app)
+
     def pipeline(self, pubsub: str, topic: str, batch_max_events: int | None = None) -> PublishPipeline:
         found = self.pipelines.get((pubsub, topic))
         if found is None:
             transport = SidecarTransport(self.sidecar, pubsub, topic)
             found = self.pipelines[(pubsub, topic)] = PublishPipeline(
-                transport, self._runtime.settings, batch_max_events=batch_max_events
-            )
+                transport, self._runtime.settings, batch_max_events=batch_max_events,
+                handed_back=self._runtime.own_writes.discard,
+            )  # fmt: skip
         return found
 
     async def flush(self, belongs: Callable[[QueuedEvent], bool] | None = None) -> None:
@@ -175,6 +189,8 @@ class Runtime:
         self._lock = threading.RLock()
         self._rotate_after = self.settings.producer_retention_s / 4
         self._identity = _Identity(_new_producer_id(), time.monotonic())
+        self._confirmed_identity = _Identity(_new_producer_id(), time.monotonic())
+        self.own_writes = OwnWrites(self.settings.own_writes_max_events, self.settings.producer_retention_s)
         # state key -> producer id -> (last seq issued, when that id was taken)
         self._issued: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
         # key -> producer id -> the last seq a sync saw applied (an expired state loses
@@ -190,19 +206,46 @@ class Runtime:
         with self._lock:
             return self._current_identity().id
 
+    @property
+    def confirmed_producer_id(self) -> str:
+        """The producer id confirmed replaces get now."""
+        with self._lock:
+            return self._current_confirmed_identity().id
+
     def _current_identity(self) -> _Identity:
         if time.monotonic() - self._identity.started >= self._rotate_after:
             self._identity = _Identity(_new_producer_id(), time.monotonic())
         return self._identity
 
-    def stamp(self, key: str) -> ProducerStamp:
-        """The next (producer, seq, time) for state ``key``; thread-safe, never repeats."""
+    def _current_confirmed_identity(self) -> _Identity:
+        if time.monotonic() - self._confirmed_identity.started >= self._rotate_after:
+            self._confirmed_identity = _Identity(_new_producer_id(), time.monotonic())
+        return self._confirmed_identity
+
+    def stamp(self, key: str, confirmed: bool = False) -> ProducerStamp:
+        """The next (producer, seq, time) for state ``key``; thread-safe, never repeats.
+
+        ``confirmed``: for a confirmed replace, from the producer id of those (``sync``
+        does not wait for them)."""
         with self._lock:
-            identity = self._current_identity()
+            identity = self._current_confirmed_identity() if confirmed else self._current_identity()
             identity.seq[key] += 1
             seq = identity.seq[key]
-            self._issued[key][identity.id] = (seq, identity.started)
+            if not confirmed:
+                self._issued[key][identity.id] = (seq, identity.started)
             return ProducerStamp(identity.id, seq, self.clock.now())
+
+    def wrote(self, key: str) -> bool:
+        """Whether this process wrote state ``key`` before (with either producer id)."""
+        with self._lock:
+            return key in self._issued or self._confirmed_identity.seq.get(key, 0) > 0
+
+    def retire_confirmed(self, producer: str) -> None:
+        """A confirmed replace of ``producer`` failed before its event was published: its
+        sequence number will never be processed, so the id writes no more (a new one is taken)."""
+        with self._lock:
+            if self._confirmed_identity.id == producer:
+                self._confirmed_identity = _Identity(_new_producer_id(), time.monotonic())
 
     def waits(self, key: str) -> dict[str, int]:
         """Every producer id of this process that wrote state ``key``, with its last seq.

@@ -134,7 +134,7 @@ class SecretStore:
             await cls._queue(events)
             await cls._await_applied(list(sealed), deadline, timeout, f"the direct write failed: {exc}")
             return
-        await cls._queue(events)
+        await StateStore._queue_stored(*events)
         # Stored and readable now; wait (within the timeout) until the events are in the
         # broker too, so the snapshot follows even if this process dies right after.
         try:
@@ -149,7 +149,7 @@ class SecretStore:
 
     @classmethod
     async def _queue(cls, events: list[Any]) -> None:
-        """Hand ``events`` to the credential pipeline; none is dropped."""
+        """Hand ``events`` (not stored yet) to the credential pipeline; none is dropped."""
         for event in events:
             try:
                 await StateStore._submit(event)

@@ -1,7 +1,10 @@
 """StateStore: the caller-facing API, with the reference system's names and meaning.
 
-Writes become events handed to the publish pipeline (fire-and-forget); reads go
-straight to the state store through the caller's own sidecar.
+Writes become events. ``save_state`` (and the deletes) hand theirs to the publish
+pipeline and return (fire-and-forget, "saved asynchronously" as in the reference);
+``save_state_object`` returns once the object is stored (statestore.publisher.confirmed). Reads go
+straight to the state store through the caller's own sidecar, with the process's own
+queued and in-flight writes merged over what they read (statestore.publisher.own_writes).
 """
 
 from __future__ import annotations
@@ -12,11 +15,19 @@ import json
 import logging
 from typing import Any, NamedTuple
 
+from statestore.publisher.confirmed import ConfirmedLane, write_confirmed
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.core.cutting import cut
-from statestore.core.document import StateDocument, encode_document, provisional_document
-from statestore.core.errors import InvalidValueError, ListingDisabledError, SyncTimeoutError
+from statestore.core.document import StateDocument, apply_events, encode_document, provisional_document
+from statestore.core.errors import (
+    InvalidValueError,
+    PublishError,
+    ListingDisabledError,
+    SidecarUnavailableError,
+    StateNotStoredError,
+    SyncTimeoutError,
+)
 from statestore.core.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.core.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
 from statestore.core.settings import get_settings
@@ -67,9 +78,11 @@ class StateStore:
     """Workflow and credential state, written as ordered events and read directly.
 
     All methods are class methods, as in the reference system: a thin facade over the
-    process's runtime (statestore.publisher.runtime). Writes return as soon as the event is queued
-    for publishing; ``flush`` waits until queued events are published and ``sync``
-    until this process's events for a state are applied.
+    process's runtime (statestore.publisher.runtime). ``save_state`` returns as soon as its event is
+    queued for publishing; ``save_state_object`` once the object is stored (readable by
+    every process). ``get_state`` returns this process's own writes at once; ``flush``
+    waits until queued events are published and ``sync`` until this process's events for
+    a state are applied (visible to every process).
     """
 
     # -- internals -------------------------------------------------------------------
@@ -85,10 +98,11 @@ class StateStore:
         return get_runtime().loop_runtime()
 
     @classmethod
-    def _stamp_fields(cls, id: str, state_type: StateType) -> dict[str, Any]:
-        stamp = get_runtime().stamp(state_key(id, state_type))
+    def _stamp_fields(cls, id: str, state_type: StateType, confirmed: bool = False, app: str | None = None) -> dict[str, Any]:
+        app = caller_app_name() if app is None else app
+        stamp = get_runtime().stamp(state_key(id, state_type, app), confirmed)
         return {
-            "app": caller_app_name(),
+            "app": app,
             "state_id": id,
             "state_type": state_type,
             "producer": stamp.producer,
@@ -128,33 +142,116 @@ class StateStore:
 
     @classmethod
     async def save_state_object(
-        cls, id: str, value: dict[str, Any], type: StateType, *, ttl_seconds: int | None = None
+        cls,
+        id: str,
+        value: dict[str, Any],
+        type: StateType,
+        *,
+        ttl_seconds: int | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """Replace state ``id`` with ``value`` (a dict): the state becomes exactly ``value``.
 
-        Returns the dict that will be stored. Fire-and-forget like ``save_state``, with
-        the same errors and the same ``ttl_seconds``.
+        Returns the saved object (as it reads back) once it is stored: from then on
+        ``get_state`` in any process returns it. It is written through the caller's own
+        sidecar, ahead of the subscriber (statestore.publisher.confirmed): it never waits
+        behind this process's queued progress updates nor the subscriber's backlog, and it
+        is ordered with every other write by its stamp (a field written after it stays).
+        Its event follows for the subscriber, which writes the snapshot.
+        Raises StateNotStoredError when it cannot be stored within ``timeout`` seconds
+        (default STATESTORE_OUTAGE_BUDGET_S: an outage of the sidecar or the state store is
+        ridden out until then); ``error.stored`` is False (the stored state is unchanged)
+        or None (the sidecar did not answer the last write in time).
+
+        ``wait=False``: fire-and-forget like ``save_state`` (returns once queued; this
+        process reads it at once, others once the subscriber applied it).
+
+        Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError (all
+        ValueError) before anything is written; ``ttl_seconds`` as for ``save_state``.
         """
-        event = cls._replace_event(id, value, type, ttl_seconds)
-        await cls._submit(event)
+        if not wait:
+            event = cls._replace_event(id, value, type, ttl_seconds)
+            await cls._submit(event)
+            return json.loads(json.dumps(event.value))
+        return await cls._replace_confirmed(id, value, type, ttl_seconds, timeout)
+
+    @classmethod
+    async def _replace_confirmed(
+        cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None, timeout: float | None,
+        app: str | None = None,
+    ) -> dict[str, Any]:
+        """``save_state_object``'s confirmed replace, for ``app`` (None: this process's)."""
+        timeout = _timeout(timeout)
+        known = get_runtime().wrote(state_key(id, coerce_state_type(type), app))
+        event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True, app=app)
+        await cls._write_confirmed(event, timeout, known)
         return json.loads(json.dumps(event.value))
 
     @classmethod
+    async def _delete_confirmed(cls, id: str, type: StateType, timeout: float | None = None, app: str | None = None) -> bool:
+        """Delete state ``id`` of ``app`` (None: this process's) and return once that is
+        stored (publisher.confirmed): True when the state existed."""
+        state_type = _check_target(id, type)
+        timeout = _timeout(timeout)
+        event = StateDeleted.model_construct(
+            kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type, True, app)
+        )  # fmt: skip
+        before = await cls._write_confirmed(event, timeout, known=True)
+        return before is not None and before.exists()
+
+    @classmethod
+    async def _write_confirmed(cls, event: AnyEvent, timeout: float, known: bool) -> StateDocument | None:
+        """Store ``event``'s effect ahead of the subscriber, then queue it (publisher.confirmed);
+        the document read before (None when there was none, or none was read)."""
+        runtime = get_runtime()
+        settings = runtime.settings
+        lane = ConfirmedLane(runtime.loop_runtime().sidecar, settings.statestore_name, settings.max_document_bytes,
+                             cls._queue_stored)  # fmt: skip
+        try:
+            return await write_confirmed(event, lane, timeout, known)
+        except StateNotStoredError:
+            runtime.retire_confirmed(event.producer)  # its event is never published: its seq never processed
+            raise
+
+    @classmethod
+    async def _queue_stored(cls, *events: AnyEvent) -> None:
+        """Queue the events of states written ahead (a confirmed replace, new credentials)
+        on the credentials pipeline, at once (no batch window): the subscriber's apply of
+        them writes the snapshots. None is dropped: earlier ones a PublishError hands back
+        are queued again (their states are stored; only their snapshots wait)."""
+        pipeline = cls._pipeline_of(StateType.CREDENTIALS)
+        for event in events:
+            try:
+                await pipeline.submit(QueuedEvent.of(event))
+            except PublishError as exc:
+                await cls.republish(exc.events)
+
+    @classmethod
     def _replace_event(
-        cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None, checked: bool = False
+        cls,
+        id: str,
+        value: dict[str, Any],
+        type: StateType,
+        ttl_seconds: int | None,
+        checked: bool = False,
+        confirmed: bool = False,
+        app: str | None = None,
     ) -> ObjectReplaced:
         """The stamped ``object_replaced`` event of ``save_state_object`` (checked, not queued).
 
         ``checked``: ``value`` is known to be JSON of an allowed size (a sealed credential):
-        not checked or copied again."""
+        not checked or copied again. ``confirmed``: stamped for a confirmed replace; ``app``:
+        for that app (None: this process's)."""
         state_type = _check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
         ttl = _ttl(ttl_seconds, state_type)
         normalised = value if checked else _json_roundtrip(value, "state object", id)
         return ObjectReplaced.model_construct(
-            value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
-        )
+            value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION,
+            **cls._stamp_fields(id, state_type, confirmed, app),
+        )  # fmt: skip
 
     @classmethod
     async def _write_ahead(cls, events: list[AnyEvent], timeout: float) -> None:
@@ -212,11 +309,12 @@ class StateStore:
 
     @classmethod
     def _pipeline_of(cls, state_type: StateType) -> PublishPipeline:
-        """The one place that routes events to topics, by state type.
+        """The one place that routes queued events to topics, by state type.
 
         Credentials have a topic and pub/sub component of their own: a credential save
         waits until it is stored, and must not queue behind this process's progress
-        backlog, nor behind other apps' progress in the broker and the subscriber."""
+        backlog, nor behind other apps' progress in the broker and the subscriber.
+        Confirmed replaces (publisher.confirmed) publish on that topic too, directly."""
         runtime = get_runtime()
         if state_type is StateType.CREDENTIALS:
             settings = runtime.settings
@@ -224,7 +322,11 @@ class StateStore:
         return runtime.pipeline()
 
     @classmethod
-    async def _submit(cls, event: AnyEvent) -> None:
+    async def _submit(cls, event: AnyEvent, stored: bool = False) -> None:
+        """Queue ``event``; unless it is ``stored`` already (written ahead), this process's
+        reads merge it over what they read until it is applied (statestore.publisher.own_writes)."""
+        if not stored:
+            get_runtime().own_writes.add(event)
         await cls._pipeline_for(event).submit(QueuedEvent.of(event))
 
     @classmethod
@@ -299,6 +401,8 @@ class StateStore:
             ) from None
         # Every (producer id, last seq) this process still has to see applied, per state.
         waiting = {id: runtime.waits(keys[id]) for id in ids}
+        for id in [id for id, w in waiting.items() if not w]:
+            runtime.own_writes.settle(keys[id], None, all_applied=True)  # nothing of ours to wait for
         waiting = {id: w for id, w in waiting.items() if w}
         floors = {id: runtime.confirmed(keys[id]) for id in waiting}
         wanted = {id: dict(w) for id, w in waiting.items()}
@@ -311,8 +415,18 @@ class StateStore:
             # writes to make. Once they are applied, one pass reads the rest.
             batch = list(waiting)[-SYNC_PROBE_STATES:] if probing else list(waiting)
             documents = {}
-            for chunk in _chunks(batch, keys):
-                documents.update(await query.get_documents(chunk, state_type))
+            try:
+                for chunk in _chunks(batch, keys):
+                    documents.update(await query.get_documents(chunk, state_type))
+            except SidecarUnavailableError as exc:
+                # An outage of the caller's sidecar: ridden out up to the timeout, as publishing is.
+                if loop.time() + delay > deadline:
+                    raise SyncTimeoutError(
+                        f"{len(waiting)} states not confirmed applied after {timeout:g} s: {exc}", list(waiting)
+                    ) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+                continue
             for id in batch:
                 document = documents.get(id)
                 behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
@@ -321,6 +435,7 @@ class StateStore:
                 else:
                     del waiting[id]
                     runtime.confirm(keys[id], wanted[id])
+                    runtime.own_writes.settle(keys[id], document, all_applied=True)
             if not waiting:
                 return
             if probing and not any(id in waiting for id in batch):
@@ -358,12 +473,18 @@ class StateStore:
         applied or it expires. A page may hold fewer than ``page_size`` ids when some
         expired since they were indexed.
         """
-        state_type = coerce_state_type(type)
+        return await cls._list(coerce_state_type(type), prefix, page_size, page_token)
+
+    @classmethod
+    async def _list(
+        cls, state_type: StateType, prefix: str, page_size: int, page_token: str | None, app: str | None = None
+    ) -> StatePage:
+        """``list_states`` for ``app`` (None: this process's)."""
         if not isinstance(prefix, str):
             raise InvalidValueError("prefix must be a string")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidValueError(f"page_size must be a whole number from 1 to {MAX_PAGE_SIZE}, not {page_size!r}")
-        query = get_runtime().loop_runtime().query
+        query = get_runtime().loop_runtime().query_for(app)
         if not await query.index_enabled():
             raise ListingDisabledError(
                 "listing needs the id index, which no subscriber keeps: start the subscriber with"
@@ -371,7 +492,7 @@ class StateStore:
             )
         after = "" if page_token is None else _decode_token(page_token)
         ids, more = await query.index_page(state_type, prefix, after, page_size)
-        keys = {id: state_key(id, state_type) for id in ids}
+        keys = {id: state_key(id, state_type, app) for id in ids}
         documents: dict[str, StateDocument] = {}
         for chunk in _chunks(ids, keys):
             documents.update(await query.get_documents(chunk, state_type))
@@ -382,14 +503,38 @@ class StateStore:
     async def get_state(cls, id: str, type: StateType) -> dict[str, Any] | None:
         """The state ``id`` as a dict, or None when no state exists.
 
-        Reads the state store directly through the caller's sidecar. Raises
-        StateDecodeError when the stored value cannot be decoded and
+        Reads the state store directly through the caller's sidecar, and merges over it
+        this process's own writes of the state that are not applied yet (queued, in the
+        broker, or at the subscriber): a process reads its own writes at once (fields,
+        replaces and deletes), by the same merge the subscriber applies. Other processes
+        see them once applied (``sync`` waits for that).
+
+        Raises StateDecodeError when the stored value cannot be decoded and
         SidecarUnavailableError when the sidecar cannot be reached: neither is ever
-        reported as empty state.
+        reported as empty state. SyncTimeoutError only when this process wrote more
+        than STATESTORE_OWN_WRITES_MAX_EVENTS writes that were not read back (the state
+        lost some to that bound) and they are still not applied after 10 s.
         """
-        state_type = _check_target(id, type)
+        return await cls._get(id, _check_target(id, type))
+
+    @classmethod
+    async def _get(cls, id: str, state_type: StateType, app: str | None = None) -> dict[str, Any] | None:
+        """``get_state`` for ``app`` (None: this process's)."""
         runtime = get_runtime()
-        document = await runtime.loop_runtime().query.get_document(id, state_type)
+        query = runtime.loop_runtime().query_for(app)
+        document = await query.get_document(id, state_type)
+        key = state_key(id, state_type, app)
+        own, lost_some = runtime.own_writes.pending(key)
+        if lost_some:
+            # Some of this process's writes of the state are no longer kept: wait until
+            # they are applied (at once when they are, the usual case), then read again.
+            # (Only the process's own app queues events: it is the one that can lose some.)
+            await cls.sync(id, state_type)
+            document = await query.get_document(id, state_type)
+        if own or lost_some:
+            own = runtime.own_writes.settle(key, document)
+            if own:
+                document = apply_events(document, own)
         if document is None:
             return None
         latest = document.latest_stamp()
@@ -424,6 +569,15 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
         chunks[-1].append(id)
         size += key_bytes
     return [c for c in chunks if c]
+
+
+def _timeout(timeout: object) -> float:
+    """A confirmed write's timeout: ``timeout``, else STATESTORE_OUTAGE_BUDGET_S."""
+    if timeout is None:
+        return get_settings().outage_budget_s
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidValueError(f"timeout must be a number of seconds > 0 (or None), not {timeout!r}")
+    return float(timeout)
 
 
 def _check_target(id: object, type: object) -> StateType:

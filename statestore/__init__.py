@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "StateStore": "statestore.publisher.store",
     "StatePage": "statestore.publisher.store",
+    "StateStoreClient": "statestore.publisher.client",
     "StateType": "statestore.core.paths",
     "build_state_store_path": "statestore.core.paths",
     "StateQueryClient": "statestore.publisher.query",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "SidecarUnavailableError": "statestore.core.errors",
     "StateDecodeError": "statestore.core.errors",
     "SyncTimeoutError": "statestore.core.errors",
+    "StateNotStoredError": "statestore.core.errors",
     "ListingDisabledError": "statestore.core.errors",
 }
 
@@ -71,10 +73,12 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         PublishError,
         SidecarUnavailableError,
         StateDecodeError,
+        StateNotStoredError,
         StateStoreError,
         SyncTimeoutError,
     )
     from statestore.core.paths import StateType, build_state_store_path
+    from statestore.publisher.client import StateStoreClient
     from statestore.publisher.crypto import (
         CredentialError,
         KeyringError,

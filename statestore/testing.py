@@ -78,7 +78,9 @@ class _MemorySidecar:
     def __init__(self, store: MemoryStateStore) -> None:
         self._store = store
 
-    async def bulk_publish(self, pubsub: str, topic: str, cloudevents: Sequence[tuple[Any, ...]]) -> dict[str, str]:
+    async def bulk_publish(
+        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[Any, ...]], timeout: float | None = None
+    ) -> dict[str, str]:
         events = []
         for entry in cloudevents:  # (entry id, body[, partition key])
             envelope = json.loads(entry[1])
@@ -103,6 +105,9 @@ class _MemorySidecar:
 
     async def transact(self, store: str, operations: Sequence[Upsert], timeout: float | None = None) -> None:
         await self._store.repository.commit(operations)  # a credential written ahead of its event
+
+    async def save_state(self, store: str, upsert: Upsert, timeout: float | None = None) -> None:
+        await self._store.repository.commit([upsert])  # a confirmed replace
 
     async def get_secret(self, store: str, name: str) -> dict[str, str]:
         if name != get_settings().keyring_secret:

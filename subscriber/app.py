@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 
 import grpc
-from dapr.proto.runtime.v1 import appcallback_pb2 as pb
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 
 from statestore.core.dapr_sdk import add_app_callback
@@ -19,9 +17,9 @@ from statestore.subscriber.applier import EventApplier
 from statestore.subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
 from statestore.subscriber.deadletter import DeadLetterBox
 from statestore.subscriber.expiry import ExpiryMarkers
+from statestore.subscriber.health import HealthServicer, SubscriberHealth
 from statestore.subscriber.metrics import SubscriberMetrics
-from statestore.subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
-from statestore.subscriber.ports import StateRepository
+from statestore.subscriber.outbox import OutboxWriter, SnapshotFlusher
 from statestore.subscriber.servicer import SubscriberServicer
 from statestore.subscriber.tracing import TracingConfigError, configure_tracing
 
@@ -53,35 +51,36 @@ class _RequireAppToken(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
-class _Health(pb_grpc.AppCallbackHealthCheckServicer):
-    async def HealthCheck(self, request, context):
-        return pb.HealthCheckResponse()
+class _BoundDeliveries(grpc.aio.ServerInterceptor):
+    """At most ``limit`` calls at once; beyond it a call is refused (RESOURCE_EXHAUSTED:
+    daprd retries the delivery), so memory stays bounded whatever the backlog.
 
+    Dapr's app health probe is never counted nor refused: a replica busy with deliveries
+    is healthy, and a refused probe would count as a failure and move its partitions.
+    """
 
-READY_EVERY_S = 2.0  # between readiness reads while ready; 0.25 s while not
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._running = 0
 
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None or details.method.endswith("/HealthCheck"):
+            return handler
+        call = handler.unary_unary
 
-async def check_readiness(repository: StateRepository, metrics: SubscriberMetrics, timeout_s: float = 2.0) -> bool:
-    """One cheap read through the sidecar (the outbox registry): records and returns readiness."""
-    try:
-        await asyncio.wait_for(repository.load([REGISTRY_KEY]), timeout_s)
-    except Exception as exc:
-        reason = f"cannot read the state store through the sidecar: {type(exc).__name__}: {exc}"
-        if metrics.is_ready:
-            log.warning("not ready: %s", reason)
-        metrics.set_ready(False, reason)
-        return False
-    if not metrics.is_ready:
-        log.info("ready: the sidecar and the state store answer")
-    metrics.set_ready(True, "ok")
-    return True
+        async def bounded(request, context):
+            if self._running >= self._limit:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more than {self._limit} calls at once")
+            self._running += 1
+            try:
+                return await call(request, context)
+            finally:
+                self._running -= 1
 
-
-async def _keep_readiness(repository: StateRepository, metrics: SubscriberMetrics, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        ready = await check_readiness(repository, metrics)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), READY_EVERY_S if ready else 0.25)
+        return grpc.unary_unary_rpc_method_handler(
+            bounded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
 
 async def serve(stop: asyncio.Event) -> None:
@@ -100,9 +99,7 @@ async def serve(stop: asyncio.Event) -> None:
         raise SystemExit(f"subscriber: {exc}") from None
     tracer = tracing.tracer if tracing else None
     metrics = SubscriberMetrics(stuck_after_s=settings.stuck_delivery_s)
-    # Served first: a port in use stops the start before anything else is opened.
-    metrics_server = metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port else None
-    sidecar = SidecarClient(sidecar_settings)
+    sidecar = SidecarClient(sidecar_settings)  # connects at its first call
     repository = DaprStateRepository(sidecar, settings.statestore_name)
     outbox = OutboxWriter(repository, settings.subscriber_replica_id, traced=tracer is not None)
     applier = EventApplier(
@@ -123,19 +120,25 @@ async def serve(stop: asyncio.Event) -> None:
         expiry=ExpiryMarkers(repository, objects, bucket_s=settings.expiry_bucket_s),
         sweep_interval_s=settings.expiry_sweep_s,
     )  # fmt: skip
+    health = SubscriberHealth(repository, metrics, flusher_progress=lambda: flusher.turned_at)
+    metrics.snapshot_lease_held.set_function(lambda: 1.0 if flusher.holding() else 0.0)
+    # Served before the gRPC server: a port in use stops the start before that opens.
+    metrics_server = (
+        metrics.serve(settings.metrics_port, settings.metrics_host, health) if settings.metrics_port else None
+    )
     token = os.environ.get("APP_API_TOKEN")
+    # Deliveries beyond the bound are refused (daprd retries them). Each topic also has
+    # its own budget (servicer).
+    interceptors = [_BoundDeliveries(8 * settings.subscriber_deliveries_per_topic)]
     server = grpc.aio.server(
-        interceptors=[_RequireAppToken(token)] if token else None,
+        interceptors=[_RequireAppToken(token), *interceptors] if token else interceptors,
         options=[
             ("grpc.max_receive_message_length", settings.subscriber_max_delivery_bytes),
             ("grpc.max_send_message_length", 64 << 20),
         ],
-        # Deliveries beyond this are refused (daprd retries them): memory stays bounded
-        # whatever the backlog. Each topic also has its own budget (servicer).
-        maximum_concurrent_rpcs=8 * settings.subscriber_deliveries_per_topic,
     )
     add_app_callback(servicer, server)
-    pb_grpc.add_AppCallbackHealthCheckServicer_to_server(_Health(), server)
+    pb_grpc.add_AppCallbackHealthCheckServicer_to_server(HealthServicer(health), server)
     address = f"127.0.0.1:{settings.subscriber_port}"
     try:
         server.add_insecure_port(address)
@@ -157,8 +160,9 @@ async def serve(stop: asyncio.Event) -> None:
                  settings.metrics_host, metrics_server.port)  # fmt: skip
     stop_flushing = asyncio.Event()
     flushing = asyncio.create_task(flusher.run(stop_flushing))
+    health.watch_flusher(flushing)
     indexing = asyncio.create_task(_until_done(applier.enable_index, stop))
-    probing = asyncio.create_task(_keep_readiness(repository, metrics, stop_flushing))
+    probing = asyncio.create_task(health.keep_checking(stop_flushing))
     await stop.wait()
     indexing.cancel()
     await server.stop(grace=10)  # finish in-flight batches, then their snapshots

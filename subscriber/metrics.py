@@ -5,10 +5,8 @@ applier and the snapshot flusher; each has its own registry, so tests and severa
 subscribers in one process never share counters. ``serve`` answers on one port:
 
 - ``/metrics``: Prometheus text;
-- ``/healthz/ready``: 200 while the last cheap read of the state store through the
-  sidecar succeeded (``readiness`` in statestore.subscriber.app keeps it current), else 503;
-- ``/healthz/live``: 200 unless a delivery has been in flight longer than the bound
-  (a stuck apply loop), else 503.
+- ``/healthz/ready`` and ``/healthz/live``: the answers of statestore.subscriber.health
+  (200, or 503 with the reason): ready is what Dapr's app health probe is told.
 
 docs/observability.md describes every metric.
 """
@@ -22,11 +20,12 @@ import threading
 import time
 from collections.abc import Iterator
 from itertools import count
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["SubscriberMetrics", "MetricsServer", "DEFAULT_PORT"]
+__all__ = ["SubscriberMetrics", "MetricsServer", "Health", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9464  # the OpenTelemetry Prometheus exporter's port
 
@@ -35,7 +34,7 @@ _STALENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 
 
 class SubscriberMetrics:
-    """Counters, gauges and histograms of one subscriber, and its health state."""
+    """Counters, gauges and histograms of one subscriber, and its delivery clock (stuck deliveries)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, stuck_after_s: float = 120.0) -> None:
         self.registry = registry or CollectorRegistry()
@@ -77,12 +76,16 @@ class SubscriberMetrics:
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.snapshots_written = Counter("statestore_snapshots_written", "Snapshot files written.", registry=r)
+        # Read from the flusher at each scrape (statestore.subscriber.app).
+        self.snapshot_lease_held = Gauge(
+            "statestore_snapshot_lease_held", "1 while this replica holds the snapshot lease (it writes every"
+            " replica's snapshots; an idle holder lets it lapse).", registry=r,
+        )  # fmt: skip
         self.expired_snapshots_removed = Counter(
             "statestore_expired_snapshots_removed", "Snapshots of expired states removed by the expiry sweep.", registry=r
         )
-        self.ready = Gauge("statestore_ready", "1 while the sidecar and state store answer.", registry=r)
-        self.ready_reason = "not checked yet"
-        self.is_ready = False
+        # Its value is read from statestore.subscriber.health at each scrape.
+        self.ready = Gauge("statestore_ready", "1 while the subscriber can apply (its health probe answers OK).", registry=r)
         self._started: dict[int, float] = {}
         self._ids = count()
         self._lock = threading.Lock()
@@ -111,10 +114,6 @@ class SubscriberMetrics:
         now_ms = time.time() * 1000 if now_ms is None else now_ms
         self.staleness.observe(max(0.0, (now_ms - stamped_ms) / 1000))
 
-    def set_ready(self, ready: bool, reason: str = "") -> None:
-        self.ready.set(1 if ready else 0)
-        self.is_ready, self.ready_reason = ready, reason
-
     # -- health ----------------------------------------------------------------------
 
     def oldest_in_flight_s(self) -> float:
@@ -124,24 +123,31 @@ class SubscriberMetrics:
         return 0.0 if oldest is None else time.monotonic() - oldest
 
     def live(self) -> tuple[bool, str]:
+        """No delivery in flight longer than the bound: (ok, reason)."""
         age = self.oldest_in_flight_s()
         if age > self.stuck_after_s:
             return False, f"a delivery has been in flight for {age:.0f} s (bound {self.stuck_after_s:g} s)"
         return True, "ok"
 
-    def readiness(self) -> tuple[bool, str]:
-        return self.is_ready, self.ready_reason or "ok"
+    def serve(self, port: int, host: str = "127.0.0.1", health: Health | None = None) -> MetricsServer:
+        """Serve /metrics and /healthz/* on ``host:port`` in a thread; SystemExit if the port is taken.
+        ``health`` answers /healthz/* (statestore.subscriber.health.SubscriberHealth)."""
+        return MetricsServer(self, host, port, health)
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
-        """Serve /metrics and /healthz/* on ``host:port`` in a thread; SystemExit if the port is taken."""
-        return MetricsServer(self, host, port)
+
+class Health(Protocol):
+    """What /healthz/* asks (statestore.subscriber.health.SubscriberHealth)."""
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def live(self) -> tuple[bool, str]: ...
 
 
 class MetricsServer:
     """A small threaded HTTP server; ``close()`` stops it."""
 
-    def __init__(self, metrics: SubscriberMetrics, host: str, port: int) -> None:
-        handler = _handler(metrics)
+    def __init__(self, metrics: SubscriberMetrics, host: str, port: int, health: Health | None = None) -> None:
+        handler = _handler(metrics, health)
         try:
             self._server = http.server.ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -160,14 +166,14 @@ class MetricsServer:
         self._server.server_close()
 
 
-def _handler(metrics: SubscriberMetrics) -> type[http.server.BaseHTTPRequestHandler]:
+def _handler(metrics: SubscriberMetrics, health: Health | None) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server name)
             path = self.path.split("?")[0]
             if path == "/metrics":
                 self._answer(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz/ready", "/healthz/live"):
-                ok, reason = metrics.readiness() if path.endswith("ready") else metrics.live()
+            elif path in ("/healthz/ready", "/healthz/live") and health is not None:
+                ok, reason = health.ready() if path.endswith("ready") else health.live()
                 self._answer(200 if ok else 503, f"{reason}\n".encode(), "text/plain; charset=utf-8")
             else:
                 self._answer(404, b"try /metrics, /healthz/ready or /healthz/live\n", "text/plain; charset=utf-8")

@@ -30,9 +30,15 @@ A successor starts writing at least half a lease period after that (it waited a 
 period; the holder's window ends half a period after its last renewal began), so an
 older holder's snapshot cannot overwrite a newer one, as long as the two monotonic
 clocks run at rates within a factor of two (the assumption of every lease). A write
-cut at its deadline fails the round and is written again by the next. As a second line,
-a holder deposed mid-round (its fenced commit fails) marks its states again in its own
-outbox and the successor rewrites them from the current documents. The window is a
+cut at its deadline fails the round and is written again by the next. The window is read
+right before each write begins, after its snapshot is encoded. As a second line, a holder
+deposed mid-round (its fenced commit fails, or its window closed), or whose round fails
+once its window has closed, marks the states whose writes began again in its own outbox,
+and the successor rewrites them from the current documents. That covers a process stopped
+(SIGSTOP, a VM pause) between reading its window and starting the gRPC call, whose
+relative timeout then counts from the resume: its older snapshot may land, and is
+replaced by the next round (issue 27; only a conditional write at the object store would
+rule it out). The window is a
 quarter to half a lease period (STATESTORE_SNAPSHOT_LEASE_S, 5 s): an object store
 slower than that per write needs a longer lease.
 """
@@ -284,6 +290,9 @@ class SnapshotFlusher:
         self._rounds = 0
         self._sweep_error = ""
         self.written = 0
+        # When run()'s loop last finished a round, a sweep or a back-off (the health check
+        # watches it: statestore.subscriber.health).
+        self.turned_at = clock()
 
     # -- the lease -------------------------------------------------------------------
 
@@ -364,6 +373,7 @@ class SnapshotFlusher:
         last_error = ""
         next_sweep = self._clock() + self._sweep_interval_s  # the sidecar may still be starting
         while not stop.is_set():
+            self.turned_at = self._clock()
             if self._clock() >= next_sweep:
                 more = await self._sweep_logged()
                 next_sweep = self._clock() + (0 if more else self._sweep_interval_s)
@@ -468,20 +478,25 @@ class SnapshotFlusher:
         self.metrics.snapshot_backlog.set(len(keys))
         with self._snapshot_span(consumed, keys, traces) as span:
             renewing = asyncio.create_task(self._keep_lease())
-            written = 0
+            issued: list[str] = []  # states whose put or delete began
             try:
                 for piece in cut(keys, len, 1 << 20, self._keys_per_read):
                     if not self.holding():
                         raise _LeaseLost
                     documents = await self._repository.load(piece)
-                    await finish_all(self._write(key, documents.get(key)) for key in piece)
-                    written += len(piece)
+                    await finish_all(self._write(key, documents.get(key), issued) for key in piece)
                 await self._advance(consumed)
             except _LeaseLost:
                 if span is not None:
                     span.set_attribute("statestore.lease_lost", True)
-                await self._lost(keys if written else [])
+                await self._lost(issued)
                 return 0
+            except Exception:
+                # A round that fails once its window has closed (the process was stopped,
+                # say) may have a write landing after the new holder's: as when deposed.
+                if not self.holding() and issued:
+                    await self._lost(issued)
+                raise
             finally:
                 renewing.cancel()
         self.written += len(keys)
@@ -553,7 +568,7 @@ class SnapshotFlusher:
                 break
         return consumed, list(keys), traces
 
-    async def _write(self, key: str, item: StoredItem | None) -> None:
+    async def _write(self, key: str, item: StoredItem | None, issued: list[str]) -> None:
         if item is None:
             return  # named but absent: nothing to snapshot
         try:
@@ -562,12 +577,18 @@ class SnapshotFlusher:
             log.error("no snapshot for %s: %s", key, exc)
             return
         async with self._writes:
+            name = object_key(*parse_state_key(key))
+            data = _snapshot(document) if document.exists() else None
+            # The window is read last, right before the write begins: a deadline read
+            # earlier would start counting again at the call if the process was stopped
+            # in between (a gRPC timeout is relative), and the write could land late.
             window = self._window()
+            issued.append(key)
             try:
-                if not document.exists():  # deleted: its snapshot goes too
-                    await self._objects.delete(object_key(*parse_state_key(key)), timeout=window)
+                if data is None:  # deleted: its snapshot goes too
+                    await self._objects.delete(name, timeout=window)
                 else:
-                    await self._objects.put(object_key(*parse_state_key(key)), _snapshot(document), timeout=window)
+                    await self._objects.put(name, data, timeout=window)
             except MessageTooLargeError as exc:  # would fail the same way forever
                 log.error("no snapshot for %s: %s", key, exc)
                 return

@@ -1,4 +1,4 @@
-"""The activities: where the workflow's state is written.
+"""The activities: where the workflow's arguments are read and its state is written.
 
 Activities may have side effects: Temporal runs each until one attempt succeeds and
 records that attempt's result. An attempt that fails after writing is run again, and its
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import fields
 from typing import Any
 
 from temporalio import activity
@@ -22,15 +23,19 @@ from examples.temporal.shared import (
     FinishResult,
     StepInput,
     StepResult,
+    WorkflowArgs,
+    WorkflowInput,
     credential_fingerprint,
     step_record,
 )
+from examples.workflow_args import ARGS_NOT_FOUND
+from examples.workflow_args import get_workflow_args as read_workflow_args
 from statestore import SecretStore, StateStore, StateType
 
-__all__ = ["run_step", "finish", "ACTIVITIES", "rmw_peer"]
+__all__ = ["get_workflow_args", "run_step", "finish", "ACTIVITIES", "rmw_peer"]
 
 W = StateType.WORKFLOWS
-SYNC_TIMEOUT_S = 25.0  # under the activity's start-to-close timeout (30 s)
+ARGS_FIELDS = {f.name for f in fields(WorkflowArgs)}
 
 
 def _ms_since(started: float) -> float:
@@ -62,6 +67,25 @@ async def _save_field(mode: str, workflow_id: str, key: str, value: Any) -> None
         await StateStore.save_state(key, value, workflow_id, W)  # returns once queued
 
 
+@activity.defn(name="get_workflow_args")
+async def get_workflow_args(start: WorkflowInput) -> WorkflowArgs:
+    """The reference's ``get_workflow_args``: the arguments the starter saved, read with
+    ``get_state`` through this worker's sidecar, with ``output_path`` and ``workflow_run_id``.
+
+    No sync() anywhere between the starter's save and this read: ``save_state_object``
+    returned once they were stored. A read that finds nothing fails the workflow (not
+    retried, so that the run counts it rather than a retry hiding it)."""
+    info = activity.info()
+    args = await read_workflow_args(start.workflow_id)
+    if args is None:
+        raise ApplicationError(
+            f"get_state found no arguments for workflow {start.workflow_id!r} (attempt {info.attempt})",
+            type=ARGS_NOT_FOUND, non_retryable=True,
+        )  # fmt: skip
+    known = {k: v for k, v in args.items() if k in ARGS_FIELDS}
+    return WorkflowArgs(**{**known, "workflow_run_id": info.workflow_run_id, "read_attempt": info.attempt})
+
+
 @activity.defn(name="run_step")
 async def run_step(args: StepInput) -> StepResult:
     """One step of work: read the credentials by guid, report progress."""
@@ -89,22 +113,24 @@ async def run_step(args: StepInput) -> StepResult:
 
 @activity.defn(name="finish")
 async def finish(args: FinishInput) -> FinishResult:
-    """Write the final state and return once it reads back."""
+    """Write the final state and return once every process reads it."""
     started = time.perf_counter()
     if args.mode == "rmw":
         written = time.perf_counter()
         await rmw_peer().save_field(args.workflow_id, "status", "completed")
         await rmw_peer().save_field(args.workflow_id, "progress", 100)
         return FinishResult(_ms_since(started), _ms_since(written), 2)
-    # Read-your-writes: this worker's progress events are applied, then the final object
-    # replaces the state with the progress plus the final status.
-    await StateStore.sync(args.workflow_id, W, timeout=SYNC_TIMEOUT_S)
+    # The arguments and this worker's progress (get_state returns a process's own writes
+    # at once, applied or not: no sync() before it), then the final object replaces the
+    # state with them plus the final status.
     state = await StateStore.get_state(args.workflow_id, W) or {}
     written = time.perf_counter()
+    # Returns once the object is stored: the workflow completes only once every process
+    # reads its final state. No sync() after it: that would only wait for this worker's
+    # progress events to be applied too, and they are stamped before the replace, so they
+    # can no longer change the state.
     await StateStore.save_state_object(args.workflow_id, {**state, "status": "completed", "progress": 100}, W)
-    # The workflow completes only once its final state is visible to every reader.
-    await StateStore.sync(args.workflow_id, W, timeout=SYNC_TIMEOUT_S)
     return FinishResult(_ms_since(started), _ms_since(written), 1)
 
 
-ACTIVITIES = [run_step, finish]
+ACTIVITIES = [get_workflow_args, run_step, finish]

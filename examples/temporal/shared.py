@@ -17,6 +17,7 @@ __all__ = [
     "TASK_QUEUE",
     "MODES",
     "WorkflowInput",
+    "WorkflowArgs",
     "StepInput",
     "StepResult",
     "FinishInput",
@@ -41,13 +42,29 @@ def task_queue() -> str:
 
 @dataclass
 class WorkflowInput:
-    """A workflow's arguments: the credentials are already replaced by their guid."""
+    """What a workflow is started with: its id only, as the reference's ``start_workflow``
+    passes it. Its arguments are in state (WorkflowArgs)."""
 
     workflow_id: str
+
+
+@dataclass
+class WorkflowArgs:
+    """A workflow's arguments as ``get_workflow_args`` returns them: what the starter saved
+    as state ``workflow_id`` (credentials replaced by their guid), plus what the activity
+    adds, as the reference's does."""
+
+    workflow_id: str
+    application_name: str
     credential_guid: str
+    output_prefix: str
     steps: int = 5
-    mode: str = "statestore"
+    mode: str = "statestore"  # how the activities write progress and the final state
     fail_once_at_step: int | None = None  # that step's first attempt fails after writing
+    # Added by get_workflow_args (not stored):
+    output_path: str = ""
+    workflow_run_id: str = ""
+    read_attempt: int = 1  # the attempt of get_workflow_args that found them
 
 
 @dataclass
@@ -79,13 +96,14 @@ class FinishInput:
 @dataclass
 class FinishResult:
     elapsed_ms: float
-    visible_ms: float  # from the final write to the moment it reads back (sync)
+    visible_ms: float  # from the final write until save_state_object returns (stored, readable by all)
     events: int
 
 
 @dataclass
 class WorkflowResult:
     workflow_id: str
+    args: WorkflowArgs | None = None
     steps: list[StepResult] = field(default_factory=list)
     finish: FinishResult | None = None
 
@@ -96,9 +114,12 @@ def step_record(workflow_id: str, step: int) -> dict[str, Any]:
     return {"status": "done", "output": f"output/{workflow_id}/part-{step}"}
 
 
-def expected_state(workflow_id: str, steps: int) -> dict[str, Any]:
-    """The state a completed workflow leaves, however often its activities were retried."""
-    state: dict[str, Any] = {f"step_{n}": step_record(workflow_id, n) for n in range(1, steps + 1)}
+def expected_state(workflow_id: str, steps: int, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The state a completed workflow leaves, however often its activities were retried:
+    the saved ``args`` (statestore mode: the progress joins them in one state), the step
+    records and the final status."""
+    state: dict[str, Any] = dict(args or {})
+    state.update({f"step_{n}": step_record(workflow_id, n) for n in range(1, steps + 1)})
     state.update(progress=100, current_step=f"step-{steps}", status="completed")
     return state
 

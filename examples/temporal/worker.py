@@ -3,7 +3,7 @@
 It runs the workflow and the activities; the activities use StateStore through this
 process's own Dapr sidecar (DAPR_GRPC_PORT, app id ``statestore-temporal-worker``).
 TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE say where the Temporal server is. The worker must
-share the starter's app name (STATESTORE_APP_NAME) to read the credentials it saved.
+share the starter's app name (STATESTORE_APP_NAME) to read the arguments and credentials it saved.
 On SIGTERM it stops taking tasks, finishes the running ones and publishes what is queued.
 """
 

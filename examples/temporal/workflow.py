@@ -1,4 +1,4 @@
-"""The workflow: ``steps`` step activities, then the finish activity.
+"""The workflow: ``get_workflow_args``, ``steps`` step activities, then the finish activity.
 
 Workflow code must be deterministic: Temporal replays it from its history (after a worker
 restart, or to rebuild an evicted workflow) and runs it in a sandbox. A StateStore call
@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
         FinishResult,
         StepInput,
         StepResult,
+        WorkflowArgs,
         WorkflowInput,
         WorkflowResult,
     )
@@ -35,8 +36,14 @@ RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interv
 @workflow.defn
 class StateStoreWorkflow:
     @workflow.run
-    async def run(self, args: WorkflowInput) -> WorkflowResult:
-        result = WorkflowResult(args.workflow_id)
+    async def run(self, start: WorkflowInput) -> WorkflowResult:
+        # Started with its id only; the arguments are in state, saved by the starter. A
+        # read that finds nothing fails the workflow (not retried: the run counts it).
+        args = await workflow.execute_activity(
+            "get_workflow_args", start, result_type=WorkflowArgs,
+            start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=RETRY,
+        )  # fmt: skip
+        result = WorkflowResult(args.workflow_id, args)
         for step in range(1, args.steps + 1):
             step_input = StepInput(
                 args.workflow_id, args.credential_guid, step, args.steps, args.mode,

@@ -1,5 +1,4 @@
-"""A Dapr Workflow app that reports progress and saves credentials through statestore.
+"""A Dapr Workflow app that reads its arguments and reports progress through statestore.
 
-`make run` runs it (``python -m examples.workflows``); see README.md, "StateStore from
-workflow code".
+`make run` runs it (``python -m examples.workflows``); see docs/examples.md.
 """

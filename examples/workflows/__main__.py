@@ -1,9 +1,10 @@
 """`python -m examples.workflows [run|worker]`: the workflow example app.
 
-``run`` (what `make run` starts): registers the workflow, starts WORKFLOWS_COUNT of them
-through the app's sidecar, prints a progress line every second and ends with a summary;
-exit status 0 when every workflow completed with the state it wrote and every credential
-reads back by guid. ``worker`` only serves workflows (tests schedule them).
+``run`` (what `make run` starts): registers the workflow, saves the arguments of
+WORKFLOWS_COUNT workflows and starts them through the app's sidecar (examples.workflow_args),
+prints a progress line every second and ends with a summary; exit status 0 when every
+workflow read its arguments at the first attempt and completed with the state it wrote,
+and every credential reads back by guid. ``worker`` only serves workflows (tests start them).
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ import signal
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import grpc
 from dapr.ext.workflow import DaprWorkflowClient, WorkflowRuntime, WorkflowStatus
 
-from examples.workflows.app import WORKFLOW_NAME, StateStoreWriter, WorkflowApp, final_state
+from examples.workflow_args import CredentialBatcher, save_workflow_args
+from examples.workflows.app import StateStoreWriter, WorkflowApp, WorkflowArgsNotFound, final_state
 from examples.workflows.settings import WorkflowSettings
+from examples.workflows.starter import schedule_all
 from statestore import SecretStore, StateStore, StateType
-from statestore.publisher.demo import applied_events, p50_p99, probe_visible_delays
+from statestore.publisher.demo import applied_events, p50_p99, probe_visible_delays, settled_count
 from statestore.core.paths import caller_app_name
 
 log = logging.getLogger("statestore.examples.workflows")
@@ -62,22 +63,27 @@ class Run:
         self.tag = settings.tag or uuid.uuid4().hex[:6]
         self.ids = [f"wf-{self.tag}-{n}" for n in range(settings.count)]
         self.credentials = {i: credential_for(i, self.app_name) for i in self.ids}
+        self.batcher = CredentialBatcher()
         self.client = DaprWorkflowClient(host="127.0.0.1", port=str(settings.dapr_grpc_port))
+        self.args: dict[str, dict[str, Any]] = {}  # workflow id -> the arguments saved for it
         self.states: dict[str, Any] = {}
         self.delays_ms: list[float] = []
 
-    async def schedule(self) -> float:
-        """Start every workflow (16 requests in flight); returns how long that took (s)."""
+    async def save_args(self) -> float:
+        """Save every workflow's arguments, credentials replaced by their guid; returns how
+        long that took (s)."""
         start = time.perf_counter()
-        with ThreadPoolExecutor(16) as pool:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(
-                loop.run_in_executor(pool, partial(self.client.schedule_new_workflow, WORKFLOW_NAME, instance_id=i,
-                                                   input={"workflow_id": i, "credentials": self.credentials[i],
-                                                          "steps": self.settings.steps}))
-                for i in self.ids
-            ))  # fmt: skip
+        jobs = {i: {"credentials": self.credentials[i], "steps": self.settings.steps} for i in self.ids}
+        saved = await asyncio.gather(*(save_workflow_args(i, jobs[i], self.batcher) for i in self.ids))
+        self.args = dict(zip(self.ids, saved))
         return time.perf_counter() - start
+
+    async def schedule(self) -> tuple[float, int]:
+        """Start every workflow with its id only, right after the arguments were saved: no
+        sync() in between; returns how long that took (s) and the starts made again."""
+        start = time.perf_counter()
+        retries = await schedule_all(self.client, self.ids)
+        return time.perf_counter() - start, retries
 
     async def watch(self, start: float) -> None:
         """Poll the unfinished workflows; print a progress line every second."""
@@ -107,9 +113,13 @@ class Run:
         start = time.perf_counter()
         probe_stop = asyncio.Event()
         prober = asyncio.create_task(probe_visible_delays(f"workflows-probe-{self.tag}", probe_stop, self.delays_ms))
+        saved_s = await self.save_args()
         watcher = asyncio.create_task(self.watch(start))
-        scheduled_s = await self.schedule()
-        print(f"  started {len(self.ids)} workflows in {scheduled_s:.2f} s", flush=True)
+        scheduled_s, retries = await self.schedule()
+        print(f"  saved the arguments of {len(self.ids)} workflows in {saved_s:.2f} s "
+              f"({self.batcher.saved} credentials in {self.batcher.batches} batches), started them in {scheduled_s:.2f} s"
+              + (f" ({retries} starts refused by the busy workflow store, made again)" if retries else ""),
+              flush=True)  # fmt: skip
         await watcher
         elapsed = time.perf_counter() - start
         probe_stop.set()
@@ -121,12 +131,14 @@ class Run:
         for workflow_id in self.ids:
             state = self.states.get(workflow_id)
             if state is None or state.runtime_status != WorkflowStatus.COMPLETED:
-                print(f"  NOT COMPLETED {workflow_id}: {state.runtime_status.name if state else 'timed out'}", flush=True)
+                failure = state.failure_details if state else None
+                why = f"{failure.error_type}: {failure.message}" if failure else ""
+                print(f"  NOT COMPLETED {workflow_id}: {state.runtime_status.name if state else 'timed out'} {why}", flush=True)
                 continue
             completed += 1
             output = json.loads(state.serialized_output)
-            guid = output["credential_guid"]
-            expected = final_state(workflow_id, guid, self.settings.steps)
+            guid = self.args[workflow_id]["credential_guid"]
+            expected = final_state(self.args[workflow_id])
             actual = await StateStore.get_state(workflow_id, W)
             if actual == expected == output:
                 right += 1
@@ -137,23 +149,37 @@ class Run:
             else:
                 print(f"  CREDENTIAL MISMATCH {workflow_id} ({guid})", flush=True)
             results[workflow_id] = {"state": expected, "credential_guid": guid, "credentials": self.credentials[workflow_id]}
-        published = getattr(self.app.writer, "events", 0)
-        applied = await applied_events([(i, W) for i in self.ids])
+        # This run's workflows only: the engine also resumes those an earlier run of the
+        # app left unfinished (Dapr Workflows are durable), in this process.
+        # The arguments' first reads: each workflow's first execution of get_workflow_args.
+        first_found = sum(1 for i in self.ids if self.app.args_reads.get(i, [False])[0])
+        misses = sum(self.app.args_reads.get(i, []).count(False) for i in self.ids)
+        failed_on_args = sum(1 for s in self.states.values() if s.failure_details
+                             and s.failure_details.error_type == WorkflowArgsNotFound.__name__)  # fmt: skip
+        # The arguments' replaces and the activities' events. The progress events are
+        # published, not necessarily applied yet (the final replace superseded them): wait
+        # until the subscriber applied them all, to count them.
+        by_workflow = getattr(self.app.writer, "events_by_workflow", {})
+        published = len(self.args) + sum(by_workflow.get(i, 0) for i in self.ids)
+        applied = await settled_count(lambda: applied_events([(i, W) for i in self.ids]), published)
         durations_ms = [t * 1000 for times in self.app.activity_s.values() for t in times]
         act50, act99 = p50_p99(durations_ms)
         vis50, vis99 = p50_p99(self.delays_ms)
         n = len(self.ids)
         print(f"summary of app {self.app_name}:")
         print(f"  workflows completed  {completed}/{n} in {elapsed:.2f} s")
-        print(f"  progress events      {published} published, {applied} applied")
+        print(f"  workflow args        read back {first_found}/{n} at the first attempt "
+              f"({misses} reads found nothing, {failed_on_args} workflows failed on it)")
+        print(f"  events               {published} published ({len(self.args)} workflow args, "
+              f"{published - len(self.args)} progress and final), {applied} applied")
         print(f"  activity time        p50 {act50:.1f} ms, p99 {act99:.1f} ms over {len(durations_ms)} activities")
         print(f"  publish-to-visible   p50 {vis50:.1f} ms, p99 {vis99:.1f} ms over {len(self.delays_ms)} probes")
-        print(f"  credentials          {self.app.credentials.saved} saved in {self.app.credentials.batches} batches, "
+        print(f"  credentials          {self.batcher.saved} saved in {self.batcher.batches} batches, "
               f"{creds_ok}/{n} read back by guid")
         print(f"  final states checked {right}/{n} as expected", flush=True)
         if self.settings.results_file:
             self.settings.results_file.write_text(json.dumps({"app": self.app_name, "workflows": results}))
-        return completed == right == creds_ok == n and applied == published
+        return completed == right == creds_ok == first_found == n and misses == 0 and applied == published
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """The workflow and its activities.
 
-Each workflow takes a credential from its input, saves it with SecretStore (batched with
-the other workflows' credentials), passes only the guid on, runs ``steps`` activities
-that report progress fire-and-forget, and ends with an activity that writes the final
-state with ``save_state_object`` and waits for it with ``sync``. Only activities touch
+The starter saved each workflow's arguments (examples.workflow_args: credentials replaced
+by their guid) and started it with its id only. The first activity, ``get_workflow_args``,
+reads them with ``get_state``; ``steps`` activities report progress fire-and-forget; the
+last one writes the final state with ``save_state_object``. Only activities touch
 statestore: the orchestrator is replayed from its history and must stay deterministic.
 """
 
@@ -21,14 +21,15 @@ from typing import Any, Protocol
 
 from dapr.ext.workflow import DaprWorkflowContext, RetryPolicy, WorkflowActivityContext, WorkflowRuntime
 
-from statestore import SecretStore, StateStore, StateType
+from examples.workflow_args import get_workflow_args, output_path
+from statestore import StateStore, StateType
 
-__all__ = ["WORKFLOW_NAME", "StateWriter", "StateStoreWriter", "CredentialBatcher", "WorkflowApp", "final_state"]
+__all__ = ["WORKFLOW_NAME", "StateWriter", "StateStoreWriter", "WorkflowArgsNotFound", "WorkflowApp", "final_state"]
 
 W = StateType.WORKFLOWS
 WORKFLOW_NAME = "report_workflow"
 # An activity that fails (or whose worker dies) runs again; statestore writes are safe to
-# repeat (see README.md, "StateStore from workflow code").
+# repeat (docs/examples.md#retries-and-replays).
 RETRY = RetryPolicy(first_retry_interval=timedelta(milliseconds=200), max_number_of_attempts=5,
                     backoff_coefficient=2.0, max_retry_interval=timedelta(seconds=5))  # fmt: skip
 
@@ -44,70 +45,51 @@ class StateStoreWriter:
     """statestore: progress fire-and-forget; the final state durable before returning."""
 
     def __init__(self) -> None:
-        self.events = 0  # workflow-state events queued by this process
+        # Workflow-state events queued by this process, per workflow (the engine may also
+        # resume workflows an earlier run of the app left unfinished).
+        self.events_by_workflow: dict[str, int] = {}
+
+    @property
+    def events(self) -> int:
+        return sum(self.events_by_workflow.values())
+
+    def _count(self, workflow_id: str) -> None:
+        self.events_by_workflow[workflow_id] = self.events_by_workflow.get(workflow_id, 0) + 1
 
     async def progress(self, workflow_id: str, fields: dict[str, Any]) -> None:
         for key, value in fields.items():
             await StateStore.save_state(key, value, workflow_id, W)
-            self.events += 1
+            self._count(workflow_id)
 
     async def final(self, workflow_id: str, value: dict[str, Any]) -> None:
+        # Returns once the object is stored: every process reads the final state before
+        # the activity (and so the workflow) reports completion. No sync() after it: that
+        # would only wait for this worker's progress events to be applied too, and they
+        # are stamped before the replace, so they can no longer change the state.
         await StateStore.save_state_object(workflow_id, value, W)
-        self.events += 1
-        # Durable before the activity (and so the workflow) reports completion.
-        await StateStore.sync(workflow_id, W, timeout=120)
+        self._count(workflow_id)
 
 
-class CredentialBatcher:
-    """Collects credentials from concurrent activities and saves them in one
-    ``SecretStore.save_secrets`` call per ``window_s`` (at most ``max_batch`` each)."""
-
-    def __init__(self, window_s: float = 0.025, max_batch: int = 50) -> None:
-        self.window_s, self.max_batch = window_s, max_batch
-        self.batches = self.saved = 0
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
-        self._flusher: asyncio.Task | None = None
-
-    async def save(self, config: dict[str, Any]) -> str:
-        """The guid the credential is stored under, once it is saved."""
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((config, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_soon())
-        return await future
-
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(self.window_s)  # let other workflows' credentials join
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
-            try:
-                guids = await SecretStore.save_secrets([config for config, _ in batch])
-            except Exception as exc:  # every waiting activity fails (and is retried)
-                for _, future in batch:
-                    future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.saved += len(batch)
-            for (_, future), guid in zip(batch, guids):
-                future.set_result(guid)
+class WorkflowArgsNotFound(LookupError):
+    """get_workflow_args found no arguments: the workflow fails (the error type the run counts)."""
 
 
-def final_state(workflow_id: str, guid: str, steps: int) -> dict[str, Any]:
-    """What a workflow's state is once it completed: a function of its input only."""
-    return {"workflow_id": workflow_id, "status": "completed", "progress": 100, "current_step": "done",
-            "steps": steps, "credential_guid": guid}  # fmt: skip
+def final_state(args: dict[str, Any]) -> dict[str, Any]:
+    """What a workflow's state is once it completed: a function of its saved arguments only."""
+    return {**args, "output_path": output_path(args), "status": "completed", "progress": 100, "current_step": "done"}
 
 
 @dataclass
 class WorkflowApp:
-    """The workflow and activities, with what the run reports (activity times, batches)."""
+    """The workflow and activities, with what the run reports (activity times, reads of
+    the arguments)."""
 
     writer: StateWriter = field(default_factory=StateStoreWriter)
-    credentials: CredentialBatcher = field(default_factory=CredentialBatcher)
     step_ms: float = 20.0
     crash_marker: Path | None = None
     activity_s: dict[str, list[float]] = field(default_factory=dict)  # activity name -> durations
     executions: dict[str, int] = field(default_factory=dict)  # activity name -> runs
+    args_reads: dict[str, list[bool]] = field(default_factory=dict)  # workflow id -> found, per read
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -139,28 +121,34 @@ class WorkflowApp:
             return run
 
         runtime.register_workflow(report_workflow, name=WORKFLOW_NAME)
-        for name in ("save_credential", "run_step", "finish"):
+        for name in ("get_workflow_args", "run_step", "finish"):
             runtime.register_activity(activity(getattr(self, name)), name=name)
 
     # -- the orchestrator: deterministic, no I/O ---------------------------------------
 
     @staticmethod
     def workflow(ctx: DaprWorkflowContext, job: dict[str, Any]):
-        workflow_id, steps = job["workflow_id"], job["steps"]
-        # The credential stays in this first activity's input; from here on only its guid travels.
-        guid = yield ctx.call_activity("save_credential", input=job["credentials"], retry_policy=RETRY)
+        # The input is the workflow id only (as the reference's start_workflow passes it);
+        # the arguments, with the credentials' guid, are in state.
+        args = yield ctx.call_activity("get_workflow_args", input=job["workflow_id"], retry_policy=RETRY)
+        if args is None:  # not retried: a miss is what the run counts (docs/examples.md)
+            raise WorkflowArgsNotFound(f"get_state found no arguments for workflow {job['workflow_id']!r}")
+        workflow_id, steps = args["workflow_id"], args["steps"]
         for step in range(1, steps + 1):
-            yield ctx.call_activity("run_step", input={"workflow_id": workflow_id, "credential_guid": guid,
+            yield ctx.call_activity("run_step", input={"workflow_id": workflow_id, "credential_guid": args["credential_guid"],
                                                        "step": step, "steps": steps}, retry_policy=RETRY)  # fmt: skip
-        result = yield ctx.call_activity("finish", input={"workflow_id": workflow_id, "credential_guid": guid,
-                                                          "steps": steps}, retry_policy=RETRY)  # fmt: skip
+        result = yield ctx.call_activity("finish", input=args, retry_policy=RETRY)
         return result
 
     # -- activities: all statestore I/O happens here -----------------------------------
 
-    async def save_credential(self, ctx: WorkflowActivityContext, credentials: dict[str, Any]) -> str:
-        with self._timed("save_credential"):
-            return await self.credentials.save(credentials)
+    async def get_workflow_args(self, ctx: WorkflowActivityContext, workflow_id: str) -> dict[str, Any] | None:
+        """The arguments the starter saved, read with get_state and no sync() since the save
+        (None when it found nothing: the orchestrator fails the workflow)."""
+        with self._timed("get_workflow_args"):
+            args = await get_workflow_args(workflow_id)
+            self.args_reads.setdefault(workflow_id, []).append(args is not None)
+            return args
 
     async def run_step(self, ctx: WorkflowActivityContext, task: dict[str, Any]) -> int:
         with self._timed("run_step"):
@@ -179,10 +167,10 @@ class WorkflowApp:
                     await asyncio.sleep(3600)  # the test kills the app here
             return step
 
-    async def finish(self, ctx: WorkflowActivityContext, task: dict[str, Any]) -> dict[str, Any]:
+    async def finish(self, ctx: WorkflowActivityContext, args: dict[str, Any]) -> dict[str, Any]:
         with self._timed("finish"):
-            value = final_state(task["workflow_id"], task["credential_guid"], task["steps"])
-            await self.writer.final(task["workflow_id"], value)
+            value = final_state(args)
+            await self.writer.final(args["workflow_id"], value)
             return value
 
     @contextmanager

@@ -4,12 +4,13 @@
     statestore inspect ID        # the stored document: stamps, producers, snapshot
     statestore watch ID          # each change as it is applied, until Ctrl-C
     statestore stats [--metrics URL ...]   # applied/s, backlog, dead letters, parked
+    statestore status [--metrics URL ...]  # can each subscriber replica apply? what to do if not
     statestore deadletter list | redrive [--all | ID ...]
     statestore keys init | rotate | reencrypt
 
 It talks to the caller's own sidecar (DAPR_GRPC_PORT, DAPR_API_TOKEN) like an app does.
 Bad input and an unreachable sidecar get a message and a non-zero exit, never a
-traceback: 1 means "not found", 2 an error.
+traceback: 1 means "not found", 2 an error, 3 (status) a subscriber that cannot apply.
 """
 
 from __future__ import annotations
@@ -233,6 +234,58 @@ def stats(
     for name, value in summary.items():
         shown = ", ".join(f"{k}={v:g}" for k, v in value.items()) or "-" if isinstance(value, dict) else f"{value:g}"
         out.print(f"{name.replace('_', ' '):<26} {shown}", highlight=False)
+
+
+DEFAULT_SIDECAR_METRICS = "http://127.0.0.1:9091/metrics"
+# daprd's count of its app health probes, by the gRPC status the app answered (served as
+# dapr_grpc_io_healthprobes_completed_count, a counter: the parser names it with _total).
+PROBES = "dapr_grpc_io_healthprobes_completed_count_total"
+
+
+@app.command()
+def status(
+    metrics: Annotated[list[str] | None, typer.Option(
+        "--metrics", help=f"A subscriber's metrics URL (its /healthz/* are beside it); repeat it for each replica."
+                          f" Default {DEFAULT_METRICS}.",
+    )] = None,
+    sidecar_metrics: Annotated[list[str] | None, typer.Option(
+        "--sidecar-metrics", help="The metrics URL of each one's sidecar, in the same order: tells a dead app"
+                                  f" from a dead pair. Default {DEFAULT_SIDECAR_METRICS} with the default --metrics.",
+    )] = None,
+) -> None:  # fmt: skip
+    """Whether each subscriber replica can apply (the answer its sidecar's health probe gets),
+    and what to do when one cannot. Exit 3 when one cannot."""
+    from statestore.cli.metrics import ScrapeError, health_answer, scrape
+
+    urls = metrics or [DEFAULT_METRICS]
+    sidecars = sidecar_metrics or ([DEFAULT_SIDECAR_METRICS] if not metrics else [])
+    failing = 0
+    for n, url in enumerate(urls):
+        ready, reason = health_answer(url.rsplit("/metrics", 1)[0] + "/healthz/ready")
+        if ready:
+            out.print(f"{url}: ready", highlight=False)
+            continue
+        failing += 1
+        if ready is False:
+            out.print(f"{url}: [red]unhealthy[/red]: {reason}. Its sidecar stops delivering to it (its partitions"
+                      " go to the other replicas) until it is healthy again.", highlight=False)  # fmt: skip
+            continue
+        sidecar = sidecars[n] if n < len(sidecars) else None
+        try:
+            probes = scrape(sidecar).by(PROBES, "grpc_client_status") if sidecar else None
+        except ScrapeError:
+            probes = None
+        if probes is None:
+            what = "the subscriber is not running (nor, if it was given, its sidecar)"
+        else:
+            failed = sum(v for code, v in probes.items() if code != "OK")
+            what = (f"the subscriber app is not running, but its sidecar is ({sidecar}"
+                    + (f"; {failed:g} failed health probes" if failed else "")
+                    + "): it holds the deliveries, events wait in the broker and nothing is lost")  # fmt: skip
+        out.print(f"{url}: [red]down[/red]: {what}. Restart it: `make up` (on Kubernetes the kubelet restarts"
+                  " the container).", highlight=False)  # fmt: skip
+    if failing:
+        raise typer.Exit(3)
 
 
 deadletter = typer.Typer(help="Dead letters (kept in the state store): list, and publish again after a fix.",

@@ -1,4 +1,5 @@
-"""Read a subscriber's /metrics (Prometheus text) into numbers, for `statestore stats` and tests."""
+"""Read a subscriber's /metrics (Prometheus text) into numbers and its /healthz/* answers,
+for `statestore stats`, `statestore status`, devstack's status and tests."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Scrape", "scrape", "parse", "ScrapeError"]
+__all__ = ["Scrape", "scrape", "parse", "ScrapeError", "health_answer"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -92,3 +93,15 @@ def summarize(first: Scrape, second: Scrape, seconds: float) -> dict[str, float 
         "etag_conflicts_total": second.total("statestore_etag_conflicts_total"),
         "ready_replicas": second.total("statestore_ready"),
     }
+
+
+def health_answer(url: str, timeout: float = 2.0) -> tuple[bool | None, str]:
+    """A /healthz/* URL's answer: (True, reason) on 200, (False, its reason) on an error
+    status, (None, why) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return True, response.read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return False, exc.read().decode().strip() or f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return None, f"{url} does not answer: {getattr(exc, 'reason', exc)}"

@@ -43,12 +43,14 @@ process changes its producer id every retention/4, so an id never writes again a
 record could have been evicted (it would restart at ``upto=0`` and never catch up).
 
 A document is ``provisional`` when a caller wrote it straight to the state store ahead of
-its event (``provisional_document``: a credential is readable on return without waiting
-for the subscriber). It holds exactly what applying that event to no state gives, so the
-merge treats it as the state it is; but the subscriber has not yet written its snapshot
-or indexed it. Applying any event to a provisional document therefore always yields a
-new, non-provisional one, even when the event was applied before: the applier then
-writes it, marks its snapshot and counts the state as created for the id index.
+the subscriber (``written_ahead``): a new credential, or a confirmed ``save_state_object``,
+is readable on return without waiting for the event pipeline. It holds exactly what
+applying the caller's event to the stored document gives, so the merge treats it as the
+state it is; but the subscriber has not yet written its snapshot or indexed it. Applying
+any event to a provisional document therefore always yields a new, non-provisional one,
+even when the event was applied before: the applier then writes it, marks its snapshot
+and counts the state as created for the id index (adding an id already listed changes
+nothing).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ __all__ = [
     "StateDocument",
     "apply_events",
     "provisional_document",
+    "written_ahead",
+    "is_applied",
     "replay_in_order",
     "encode_document",
     "decode_document",
@@ -243,7 +247,27 @@ def apply_events(
 def provisional_document(event: AnyEvent) -> StateDocument:
     """The document a caller writes ahead of ``event``, the first event of a new state:
     what applying it to no state gives, marked provisional (module docstring)."""
-    return apply_events(None, [event]).model_copy(update={"provisional": True})
+    return written_ahead(None, event)
+
+
+def written_ahead(document: StateDocument | None, event: AnyEvent) -> StateDocument:
+    """The document a caller writes ahead of the subscriber: ``event`` merged into the
+    stored ``document`` (None: no state yet) and marked provisional (module docstring).
+
+    ``document`` itself when it already shows ``event`` applied (the subscriber was first):
+    there is nothing to write then."""
+    if document is not None and is_applied(document, event):
+        return document
+    return apply_events(document, [event]).model_copy(update={"provisional": True})
+
+
+def is_applied(document: StateDocument | None, event: AnyEvent) -> bool:
+    """Whether ``document`` records ``event`` as processed (its producer's record shows its
+    sequence number; records last ``PRODUCER_RETENTION_MS`` after the producer's last event)."""
+    if document is None:
+        return False
+    progress = document.producers.get(event.producer)
+    return progress is not None and progress.processed(event.seq)
 
 
 def replay_in_order(events: Iterable[AnyEvent]) -> dict[str, Any] | None:

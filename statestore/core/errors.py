@@ -13,6 +13,7 @@ __all__ = [
     "StateDecodeError",
     "PublishError",
     "SyncTimeoutError",
+    "StateNotStoredError",
 ]
 
 
@@ -69,3 +70,17 @@ class SyncTimeoutError(StateStoreError, TimeoutError):
     def __init__(self, message: str, pending: list[str] | None = None) -> None:
         super().__init__(message)
         self.pending = list(pending or [])
+
+
+class StateNotStoredError(StateStoreError):
+    """``save_state_object`` could not store the object within its timeout.
+
+    ``stored`` is False when nothing was written (the stored state is unchanged), None
+    when the sidecar did not answer the last write in time (it may have landed: read the
+    state). Nothing of the replace is queued or published either way.
+    """
+
+    def __init__(self, message: str, state_id: str, stored: bool | None) -> None:
+        super().__init__(message)
+        self.state_id = state_id
+        self.stored = stored

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     publish_backoff_ms: float = Field(100.0, ge=0, description="First retry delay; doubles.")
     publish_backoff_max_ms: float = Field(1000.0, ge=0, description="Longest retry delay.")
     max_pending_events: int = Field(100_000, ge=1, description="Queue bound: save_state waits beyond it.")
+    # Read-your-writes (publisher.own_writes): the newest own event per field of each state
+    # is kept until a read shows it applied, at most this many in all; a read of a state
+    # that lost one to the bound waits until this process's writes of it are applied.
+    own_writes_max_events: int = Field(
+        20_000, ge=0, description="Own writes get_state overlays on what it reads, at most."
+    )
     # daprd takes 4 MiB per gRPC message by default: a bulk publish request stays well under.
     bulk_publish_max_bytes: int = Field(3 << 20, ge=1024, description="Bytes per bulk publish request.")
     shutdown_grace_s: float = Field(5.0, ge=0, description="SIGTERM/SIGINT/exit drain time limit.")
@@ -126,7 +132,7 @@ class Settings(BaseSettings):
         "", description="Append the subscriber's finished spans to this file as JSON lines (empty: no file)."
     )
     stuck_delivery_s: float = Field(
-        120.0, gt=0, description="A delivery in flight longer than this makes /healthz/live fail."
+        120.0, gt=0, description="A delivery in flight longer than this fails /healthz/live and /healthz/ready."
     )
 
     @property

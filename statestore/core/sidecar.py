@@ -28,6 +28,7 @@ __all__ = [
     "Delete",
     "EtagMismatchError",
     "MessageTooLargeError",
+    "SidecarTimeoutError",
     "JSON_METADATA",
     "MAX_KEYS_PER_READ",
 ]
@@ -41,6 +42,11 @@ MAX_KEYS_PER_READ = 1000
 
 class EtagMismatchError(Exception):
     """A state write lost a race: the key changed (or appeared) since it was read."""
+
+
+class SidecarTimeoutError(SidecarUnavailableError):
+    """A call's deadline passed before the sidecar answered: it may or may not have done
+    what was asked (a write may have landed, a message may have been published)."""
 
 
 class MessageTooLargeError(SidecarUnavailableError):
@@ -165,7 +171,8 @@ class SidecarClient:
                 " or raise daprd --max-body-size and STATESTORE_SIDECAR_MAX_BODY_BYTES together"
             )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            return SidecarUnavailableError(
+            error = SidecarTimeoutError if code == grpc.StatusCode.DEADLINE_EXCEEDED else SidecarUnavailableError
+            return error(
                 f"{what}: the Dapr sidecar at {self.target} did not answer ({code.name}). "
                 "Start it (`make up`), or point DAPR_GRPC_PORT at the sidecar's gRPC port."
             )
@@ -182,12 +189,17 @@ class SidecarClient:
             ) from None
 
     async def bulk_publish(
-        self, pubsub: str, topic: str, cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]]
+        self,
+        pubsub: str,
+        topic: str,
+        cloudevents: Sequence[tuple[str, bytes] | tuple[str, bytes, str]],
+        timeout: float | None = None,
     ) -> dict[str, str]:
         """Publish structured CloudEvents ``(entry_id, body[, partition_key])``; returns failed ids -> error.
 
         A partition key (Kafka: the record key, so the partition) travels as the entry's
-        ``partitionKey`` metadata; brokers without partitions ignore it.
+        ``partitionKey`` metadata; brokers without partitions ignore it. ``timeout``: the
+        call's deadline (default the sidecar call timeout).
         """
         request = pubsub_pb2.BulkPublishRequest(
             pubsub_name=pubsub,
@@ -202,7 +214,7 @@ class SidecarClient:
                 for entry in cloudevents
             ],
         )
-        response = await self._call(bulk_publish(self._stub), request, "bulk publish")
+        response = await self._call(bulk_publish(self._stub), request, "bulk publish", timeout)
         return {entry.entry_id: entry.error for entry in response.failedEntries}
 
     async def publish(self, pubsub: str, topic: str, data: bytes, content_type: str) -> None:
@@ -272,6 +284,12 @@ class SidecarClient:
             )
         await self._call(self._stub.ExecuteStateTransaction, request, "state transaction", timeout)
 
+    async def save_state(self, store: str, upsert: Upsert, timeout: float | None = None) -> None:
+        """Write one key (SaveState: cheaper than a one-operation transaction); with its ETag,
+        first-write when it has none (EtagMismatchError if the key moved on or appeared)."""
+        request = state_pb2.SaveStateRequest(store_name=store, states=[_state_item(upsert)])
+        await self._call(self._stub.SaveState, request, f"save state {upsert.key!r}", timeout)
+
     async def invoke_binding(
         self,
         name: str,
@@ -313,10 +331,14 @@ def _operation(op: Upsert | Delete) -> state_pb2.TransactionalStateOperation:
         if op.etag is not None:
             item.etag.value = op.etag
         return state_pb2.TransactionalStateOperation(operationType="delete", request=item)
+    return state_pb2.TransactionalStateOperation(operationType="upsert", request=_state_item(op))
+
+
+def _state_item(op: Upsert) -> common_pb2.StateItem:
     metadata = JSON_METADATA if op.ttl_s is None else {**JSON_METADATA, "ttlInSeconds": str(op.ttl_s)}
     item = common_pb2.StateItem(key=op.key, value=op.value, metadata=metadata)
     if op.etag is None and not op.overwrite:
         item.options.concurrency = common_pb2.StateOptions.CONCURRENCY_FIRST_WRITE
     elif op.etag is not None:
         item.etag.value = op.etag
-    return state_pb2.TransactionalStateOperation(operationType="upsert", request=item)
+    return item

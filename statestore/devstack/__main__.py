@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so `run` always stops what it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profile = args.profile
+    started = PROJECT_ROOT / "local" / "run" / "profile"
+    running_profile = started.read_text().strip() if started.exists() else None
     if args.command in ("down", "status"):  # the profile that `up` started
-        started = PROJECT_ROOT / "local" / "run" / "profile"
-        profile = started.read_text().strip() if started.exists() else profile
+        profile = running_profile or profile
+    elif args.command == "up" and running_profile not in (None, profile):
+        if Stack(PROJECT_ROOT, profile=running_profile).running():
+            print(f"error: a stack of profile {running_profile} is running: `make down` stops it, and"
+                  f" `make up PROFILE={running_profile}` starts what stopped in it.", file=sys.stderr)  # fmt: skip
+            return 1
     stack = Stack(
         PROJECT_ROOT,
         api_tokens=os.environ.get("STATESTORE_API_TOKENS") == "1",
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     temporal = TemporalStack(stack)
     try:
         if args.command == "up":
+            running = stack.running()
+            if running and len(running) < len(stack.processes()):  # start what stopped
+                print(f"started again: {', '.join(stack.resume())}. `make status` shows the stack.")
+                return 0
             stack.up()
             if args.temporal:
                 try:
@@ -89,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
             for proc in temporal.processes():  # only when started with --temporal
                 if proc.alive():
                     print(f"{proc.name:18} running")
-            return 0 if len(running) == len(stack.processes()) else 3
+            problems = stack.problems() if running else []
+            for problem in problems:
+                print(f"! {problem}")
+            return 0 if len(running) == len(stack.processes()) and not problems else 3
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ ports.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import secrets
 import shutil
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from statestore.cli.metrics import health_answer
 from statestore.devstack.processes import (
     ManagedProcess,
     StackError,
@@ -31,7 +34,7 @@ from statestore.devstack.servers import Profile, Server, get_profile
 from statestore.devstack.servers.base import HEALTH_TIMEOUT_S, PROJECT_ROOT
 from statestore.publisher.keys import ensure_keyring
 
-__all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "PROJECT_ROOT", "DAPRD", "RUNTIME"]
+__all__ = ["Ports", "SidecarSpec", "Stack", "StackError", "AppHealthProbe", "APP_HEALTH_PROBE", "PROJECT_ROOT", "DAPRD", "RUNTIME"]
 
 RUNTIME = PROJECT_ROOT / ".runtime"
 DAPRD = RUNTIME / ".dapr" / "bin" / "daprd"
@@ -42,6 +45,29 @@ MAX_BODY_SIZE = "16Mi"
 
 SUBSCRIBER_APP_ID = "statestore-subscriber"
 CALLER_APP_ID = "statestore-caller"
+
+
+@dataclass(frozen=True)
+class AppHealthProbe:
+    """Dapr's app health probe of every subscriber sidecar, on the profiles whose pub/sub
+    allows it (``Profile.app_health_check``: scale); the Kubernetes annotations say the
+    same (a unit test checks). docs/scaling.md, "When a replica dies or hangs", says why
+    these values."""
+
+    interval_s: int = 1  # daprd takes whole seconds: the shortest it allows
+    timeout_ms: int = 800
+    threshold: int = 3
+
+    def daprd_flags(self) -> list[str]:
+        return [
+            "--enable-app-health-check",
+            "--app-health-probe-interval", str(self.interval_s),
+            "--app-health-probe-timeout", str(self.timeout_ms),
+            "--app-health-threshold", str(self.threshold),
+        ]  # fmt: skip
+
+
+APP_HEALTH_PROBE = AppHealthProbe()
 
 
 @dataclass(frozen=True)
@@ -137,10 +163,12 @@ class Stack:
         self.redis: ManagedProcess | None = redis.processes()[0] if redis else None
         self.subscriber_app, self.subscriber_sidecar = self._subscriber_pair("subscriber", self.ports.subscriber)
         self.caller_sidecar = self._process("caller-daprd", self._daprd_argv(self.ports.caller))
-        # Replicas beyond the first, on free ports (their pid files let `make down` stop them).
+        # Replicas beyond the first, on free ports: `up` saves them (run/replicas.json) so
+        # that a later `make up`, `status` or `down` finds the same ones.
         self.replicas: list[tuple[ManagedProcess, ManagedProcess]] = []
         self.replica_specs: dict[str, SidecarSpec] = {}
-        for _ in range((self.replicas_wanted or self.profile.replicas) - 1):
+        self._saved_specs = self._read_replica_specs()
+        for _ in range(max((self.replicas_wanted or self.profile.replicas) - 1, len(self._saved_specs))):
             self._new_replica()
 
     def _server_ports(self, cls: type[Server]) -> dict[str, int]:
@@ -224,6 +252,8 @@ class Stack:
         if spec.app_port is not None:
             argv += ["--app-port", str(spec.app_port), "--app-protocol", "grpc",
                      "--app-channel-address", "127.0.0.1"]  # fmt: skip
+            if self.profile.app_health_check:
+                argv += APP_HEALTH_PROBE.daprd_flags()
         return argv
 
     def render_components(self) -> None:
@@ -244,7 +274,8 @@ class Stack:
         return [p for p in self.processes() if p.alive()]
 
     def up(self) -> None:
-        """Start everything and return once all are healthy; refuse to start twice."""
+        """Start everything and return once all are healthy; refuse to start twice
+        (``resume`` starts what stopped in a running stack)."""
         if not DAPRD.exists():
             raise StackError(f"{DAPRD} is missing: run `make setup` to build daprd.")
         running = self.running()
@@ -253,7 +284,14 @@ class Stack:
             raise StackError(f"the stack in {self.local} is already running ({names}); `make down` stops it.")
         for proc in self.processes():
             proc.pid_path.unlink(missing_ok=True)
+        if self._saved_specs:  # a stack that is gone: new free ports for its replicas
+            self._saved_specs = {}
+            count = len(self.replicas)
+            self.replicas, self.replica_specs = [], {}
+            for _ in range(count):
+                self._new_replica()
         self.prepare()
+        self._save_replica_specs()
         (self.run / "profile").write_text(self.profile.name)
         try:
             self.start_servers()
@@ -264,6 +302,72 @@ class Stack:
         except BaseException:
             self.down()
             raise
+
+    def resume(self) -> list[str]:
+        """Start what stopped in a running stack: a server, a subscriber app (and its
+        sidecar), the caller sidecar. Returns the names of the processes started.
+
+        A subscriber app that died left its sidecar up. That sidecar is restarted with the
+        app: it would reach the new app only at gRPC's next reconnect attempt, whose
+        backoff grows to 2 minutes while the app stays down.
+        """
+        if not DAPRD.exists():
+            raise StackError(f"{DAPRD} is missing: run `make setup` to build daprd.")
+        started: list[str] = []
+        for server in self.servers.values():
+            if not any(proc.alive() for proc in server.processes()):
+                server.start()
+                started += [proc.name for proc in server.processes()]
+        for app, sidecar in self.subscriber_pairs():
+            if not app.alive():
+                sidecar.stop()
+            dead = [proc.name for proc in (app, sidecar) if not proc.alive()]
+            if dead:
+                self._start_pair(app, sidecar, self.spec_of(app))
+                started += dead
+        if not self.caller_sidecar.alive():
+            self.start_caller()
+            started.append(self.caller_sidecar.name)
+        return started
+
+    def problems(self) -> list[str]:
+        """What is wrong with a running stack, one sentence each that says what to do."""
+        found = []
+        for app, sidecar in self.subscriber_pairs():
+            spec = self.spec_of(app)
+            if not app.alive():
+                if sidecar.alive():
+                    found.append(
+                        f"{app.name}: the subscriber app is not running; its sidecar is up and holds its"
+                        " deliveries, so events wait in the broker and nothing is lost. Restart it:"
+                        f" `make up` (its log: {app.log_path})."
+                    )
+                else:
+                    found.append(f"{app.name}: the subscriber app and its sidecar are not running. Start them: `make up`.")
+                continue
+            if not sidecar.alive():
+                found.append(f"{app.name}: its sidecar is not running, so it gets no events. Restart it: `make up`.")
+            if spec.app_metrics_port:
+                ok, reason = health_answer(f"http://127.0.0.1:{spec.app_metrics_port}/healthz/ready")
+                if ok is not True:
+                    stops = "; its sidecar stops delivering to it until it is healthy again" if self.profile.app_health_check else ""
+                    found.append(f"{app.name}: running but unhealthy ({reason}){stops} (its log: {app.log_path}).")
+        if not self.caller_sidecar.alive():
+            found.append("the caller sidecar is not running: writes and reads fail. Start it: `make up`.")
+        return found
+
+    def _read_replica_specs(self) -> dict[str, SidecarSpec]:
+        try:
+            saved = json.loads((self.run / "replicas.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return {name: SidecarSpec(SUBSCRIBER_APP_ID, **ports) for name, ports in saved.items()}
+
+    def _save_replica_specs(self) -> None:
+        self.run.mkdir(parents=True, exist_ok=True)
+        saved = {name: {k: v for k, v in dataclasses.asdict(spec).items() if k != "app_id"}
+                 for name, spec in self.replica_specs.items()}  # fmt: skip
+        (self.run / "replicas.json").write_text(json.dumps(saved, indent=1))
 
     def prepare(self) -> None:
         """Check every port is free, create the folders, render the components."""
@@ -289,26 +393,43 @@ class Stack:
         self._start_pair(self.subscriber_app, self.subscriber_sidecar, self.ports.subscriber)
 
     def _start_pair(self, app: ManagedProcess, sidecar: ManagedProcess, spec: SidecarSpec) -> None:
-        app.start()
-        app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
-        self.start_sidecar(sidecar, spec)
+        """Start whichever of the two is not running (a sidecar whose app died stays up)."""
+        if not app.alive():
+            app.start()
+            app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
+        if not sidecar.alive():
+            self.start_sidecar(sidecar, spec)
         if spec.app_metrics_port:  # ready: the app reads the state store through its sidecar
             url = f"http://127.0.0.1:{spec.app_metrics_port}/healthz/ready"
             app.wait_healthy(lambda: http_ok(url), HEALTH_TIMEOUT_S)
 
+    def spec_of(self, app: ManagedProcess) -> SidecarSpec:
+        """The ports of a subscriber replica, by its app."""
+        return self.ports.subscriber if app is self.subscriber_app else self.replica_specs[app.name]
+
     def add_subscriber_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
         """Start one more subscriber app with its sidecar (same app id and consumer group)."""
         pair = self._new_replica()
+        self._save_replica_specs()
         self.start_replica(pair)
         return pair
 
+    def remove_replica(self, pair: tuple[ManagedProcess, ManagedProcess]) -> None:
+        """Stop a replica beyond the first and forget it (`make up` will not start it again)."""
+        for proc in reversed(pair):
+            proc.stop()
+        self.replicas.remove(pair)
+        del self.replica_specs[pair[0].name]
+        self._save_replica_specs()
+
     def start_replica(self, pair: tuple[ManagedProcess, ManagedProcess]) -> None:
-        """Start a replica beyond the first (also again after a crash), app then sidecar."""
-        self._start_pair(*pair, self.replica_specs[pair[0].name])
+        """Start a replica (also again after a crash: only what is not running), app then sidecar."""
+        self._start_pair(*pair, self.spec_of(pair[0]))
 
     def _new_replica(self) -> tuple[ManagedProcess, ManagedProcess]:
-        spec = Ports.free().subscriber
-        pair = self._subscriber_pair(f"subscriber-{len(self.replicas) + 2}", spec)
+        name = f"subscriber-{len(self.replicas) + 2}"
+        spec = self._saved_specs.get(name) or Ports.free().subscriber
+        pair = self._subscriber_pair(name, spec)
         self.replicas.append(pair)
         self.replica_specs[pair[0].name] = spec
         return pair
@@ -330,4 +451,5 @@ class Stack:
                 stopped.append(proc.name)
             proc.stop()
         (self.run / "profile").unlink(missing_ok=True)  # no profile is up any more
+        (self.run / "replicas.json").unlink(missing_ok=True)
         return stopped

@@ -52,7 +52,7 @@ class TemporalStack:
     """The Temporal dev server and the example worker (with its sidecar) of ``stack``.
 
     ``worker_env`` goes to the worker process, e.g. ``STATESTORE_APP_NAME``: the worker must
-    share the starter's app name to read the credentials the starter saved.
+    share the starter's app name to read the arguments and credentials the starter saved.
     """
 
     stack: Stack
@@ -134,8 +134,8 @@ class TemporalStack:
         return stopped
 
 
-# The example's starter and worker share one app name: the worker reads the credentials
-# the starter saved, in the starter's namespace.
+# The example's starter and worker share one app name: the worker reads the arguments and
+# credentials the starter saved, in the starter's namespace.
 EXAMPLE_APP_NAME = "temporal-example"
 
 

@@ -136,6 +136,14 @@ def pytest_terminal_summary(terminalreporter):
             f"| {r['fault']} | {r['runs']} | {r['events']} | {r['lost']} | {r['double_applied']} "
             f"| {r['snapshot_mismatches']} | {r['recover_s']} |"
         )
+    moving = [result.row() for result in RESULTS if result.moved_s]
+    if moving:  # issue 27's replica faults: how long the replica's partitions waited
+        terminalreporter.write_line("")
+        terminalreporter.write_line("| replica fault | runs | partitions moved (s, max) | backlog applied (s, max) |")
+        terminalreporter.write_line("| --- | --- | --- | --- |")
+        for r in moving:
+            applied = "" if r["applied_s"] is None else r["applied_s"]
+            terminalreporter.write_line(f"| {r['fault']} | {r['runs']} | {r['moved_s']} | {applied} |")
     out = os.environ.get("RELIABILITY_JSON")
     if out:
         import json

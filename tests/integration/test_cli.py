@@ -40,9 +40,11 @@ async def test_inspect_shows_stamps_producers_and_the_snapshot(stack):
     assert result.returncode == 0, result.stderr
     view = json.loads(result.stdout)
     assert view["key"] == f"workflows/{wf}" and view["state"]["progress"] == 42
-    assert view["fields"]["progress"]["written"]["seq"] == 2 and view["replaced"]["seq"] == 1
-    (producer,) = view["producers"].values()
-    assert producer["processed_upto"] == 2
+    # The confirmed replace is stamped by the process's confirmed-write producer id, the
+    # field update by its other one: each is that producer's first event of the state.
+    field, replaced = view["fields"]["progress"]["written"], view["replaced"]
+    assert field["seq"] == replaced["seq"] == 1 and field["producer"] != replaced["producer"]
+    assert {p: v["processed_upto"] for p, v in view["producers"].items()} == {field["producer"]: 1, replaced["producer"]: 1}
     assert view["snapshot"].startswith(("up to date", "behind", "not written yet"))
 
 

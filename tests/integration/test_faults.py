@@ -156,9 +156,7 @@ async def test_a_subscriber_replica_added_while_running(stack):
         assert "subscriber listening" in replica_log
     finally:
         if "replica" in holder:
-            for proc in reversed(holder["replica"]):
-                proc.stop()
-            stack.replicas.remove(holder["replica"])
+            stack.remove_replica(holder["replica"])
 
 
 async def test_producer_killed_mid_batch_leaves_only_whole_events(stack, tmp_path):

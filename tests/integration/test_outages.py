@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -30,8 +31,14 @@ SIDECAR_HOLDS = [10.0, 45.0] if LONG else [10.0]
 REDIS_HOLD = 30.0 if LONG else 8.0
 
 
+@dataclass
 class NoRepublishLoad(Load):
-    """The fault load, but a caller that must never see an error: any PublishError fails."""
+    """The fault load, but a caller that must never see an error: any PublishError fails.
+
+    Its replaces are fire-and-forget: it keeps writing through the outage (a confirmed
+    replace would wait it out; test_confirmed_writes.py covers that)."""
+
+    confirmed: bool = False
 
     async def _call(self, call) -> None:
         try:

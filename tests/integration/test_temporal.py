@@ -1,6 +1,8 @@
 """Issue 19: StateStore inside Temporal, on the real stack: a Temporal dev server, the
 example worker (its own process, with its own Dapr sidecar), the subscriber, Redis and
-sqlite. This test process is the starter: it saves the credentials and starts workflows."""
+sqlite. This test process is the starter: it saves each workflow's arguments (credentials
+replaced by a guid) with save_state_object and starts the workflow with its id; the
+worker's first activity reads them with get_state, with no sync() in between (issue 26)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from statestore.devstack import Ports, Stack
 from statestore.devstack.processes import port_open
 from statestore.devstack.temporal import TemporalPorts, TemporalStack
 from examples.temporal.run import run_workflows
-from examples.temporal.shared import expected_state
 from examples.temporal.workflow import StateStoreWorkflow
 from statestore import StateQueryClient, StateType, build_state_store_path
 from statestore.core.paths import caller_app_name
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.profile("local")
 
 @pytest.fixture(scope="module")
 def temporal(stack, caller_environment):
-    # The worker shares this process's app name (to read the credentials saved here) and
+    # The worker shares this process's app name (to read the arguments and credentials saved here) and
     # takes tasks from a queue of its own.
     queue = f"statestore-test-{uuid.uuid4().hex[:8]}"
     temporal = TemporalStack(
@@ -57,8 +58,16 @@ async def client(temporal):
 
 async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_credentials(client):
     report = await run_workflows(client, 20, steps=3)
-    assert report.failures == {}
+    assert report.failures == {} and report.args_not_found == []
     assert sorted(report.results) == sorted(report.ids)
+    # Every workflow read the arguments saved for it, in the worker (a miss is not
+    # retried: it fails the workflow).
+    assert report.args_read_back() == 20
+    for workflow_id, result in report.results.items():
+        saved = report.args[workflow_id]
+        assert (result.args.workflow_id, result.args.credential_guid, result.args.steps) == (
+            workflow_id, saved["credential_guid"], 3)  # fmt: skip
+        assert result.args.application_name == caller_app_name() and result.args.workflow_run_id
     # Every final state equals what the workflow wrote (read through get_state) ...
     assert report.states_as_written() == [], {i: report.final_states[i] for i in report.states_as_written()}
     # ... every step read back, by guid inside the activity, the credentials saved for it ...
@@ -69,13 +78,14 @@ async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_cre
         path = Path(build_state_store_path(workflow_id, W))
 
         async def snapshot_written(path=path, workflow_id=workflow_id):
-            return path.exists() and json.loads(path.read_text()) == expected_state(workflow_id, 3)
+            return path.exists() and json.loads(path.read_text()) == report.expected_state(workflow_id)
 
         await eventually(snapshot_written)
     summary = report.summary()
     assert summary["step_records_applied"] == summary["step_records_expected"] == 60
     # 3 per step and 1 final per workflow, and 3 more for any attempt Temporal ran again
-    # (none unless the machine is so loaded that an activity's completion got lost).
+    # (none unless the machine is so loaded that an activity's completion got lost); the
+    # starter's replaces of the arguments are not counted.
     expected_events = 20 * (3 * 3 + 1) + 3 * summary["retried_step_attempts"]
     assert summary["progress_events_published"] == summary["progress_events_applied"] == expected_events
     # The workflow code is deterministic: its recorded histories replay without a worker,
@@ -91,6 +101,7 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
     clean = await run_workflows(client, 3, steps=3)
     for report in (retried, clean):
         assert report.failures == {} and report.states_as_written() == []
+        assert report.args_read_back() == 3
     # Temporal ran step 2 again in every retried workflow.
     assert all(r.steps[1].attempt >= 2 for r in retried.results.values())
     # The failed attempt's events were applied too (3 more per state than a clean run):
@@ -104,11 +115,15 @@ async def test_an_activity_that_fails_once_leaves_the_state_of_one_successful_ru
 
     for report in (clean, retried):
         for state_id, result in report.results.items():
-            # Every attempt sent its 3 events: one more attempt per retry.
-            assert await events_applied(state_id) == 3 * 3 + 1 + 3 * sum(s.attempt - 1 for s in result.steps)
+            # The arguments (1), and every attempt sent its 3 events: one more attempt per retry.
+            assert await events_applied(state_id) == 1 + 3 * 3 + 1 + 3 * sum(s.attempt - 1 for s in result.steps)
     assert sum(s.attempt - 1 for r in retried.results.values() for s in r.steps) >= 3
-    retried_states = [retried.final_states[i] for i in retried.ids]
-    clean_states = [clean.final_states[i] for i in clean.ids]
+
+    def progress(report, workflow_id):  # the final state without the arguments (a guid of its own each)
+        return {k: v for k, v in report.final_states[workflow_id].items() if k not in report.args[workflow_id]}
+
+    retried_states = [progress(retried, i) for i in retried.ids]
+    clean_states = [progress(clean, i) for i in clean.ids]
     # Equal up to the id each record names.
     assert [json.loads(json.dumps(s).replace(i, "ID")) for s, i in zip(retried_states, retried.ids)] == [
         json.loads(json.dumps(s).replace(i, "ID")) for s, i in zip(clean_states, clean.ids)

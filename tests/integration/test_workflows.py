@@ -1,4 +1,6 @@
-"""Issue 14: Dapr Workflows (placement, scheduler, a workflow sidecar) driving statestore."""
+"""Issue 14: Dapr Workflows (placement, scheduler, a workflow sidecar) driving statestore.
+Issue 26: each workflow's arguments saved by the starter with save_state_object and read by
+its first activity with get_state, with no sync() in between."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dapr.ext.workflow import DaprWorkflowClient, WorkflowStatus
 from statestore.devstack.processes import free_port, pid_alive, wait_until
 from statestore.devstack.stack import SidecarSpec
 from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, WorkflowEngine, workflow_app, workflow_sidecar
+from examples.workflow_args import CredentialBatcher, save_workflow_args
 from examples.workflows.app import WORKFLOW_NAME, WorkflowApp, final_state
 from statestore import SecretStore, StateStore, StateType
 from statestore.publisher.store import StateStore as _Store
@@ -51,6 +54,7 @@ async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_cre
     assert app.popen.returncode == 0, log[-4000:]
     assert "workflows completed  20/20" in log and "final states checked 20/20 as expected" in log
     assert "20/20 read back by guid" in log
+    assert "read back 20/20 at the first attempt (0 reads found nothing" in log
     # Checked again from another process (the test's own StateStore and SecretStore).
     workflows = json.loads(results.read_text())["workflows"]
     assert len(workflows) == 20
@@ -58,7 +62,10 @@ async def test_twenty_workflows_complete_with_the_state_they_wrote_and_their_cre
     for workflow_id, result in workflows.items():
         guid = result["credential_guid"]
         guids.add(guid)
-        assert await StateStore.get_state(workflow_id, W) == final_state(workflow_id, guid, 3) == result["state"]
+        state = await StateStore.get_state(workflow_id, W)
+        assert state == result["state"] and state["status"] == "completed"
+        assert (state["workflow_id"], state["credential_guid"], state["steps"]) == (workflow_id, guid, 3)
+        assert "credentials" not in state
         assert await SecretStore.get_credentials(guid) == result["credentials"]
     assert len(guids) == 20
 
@@ -82,8 +89,8 @@ async def test_an_activity_retried_after_the_app_crashed_leaves_the_state_of_one
     first.start()
     workflow_id = f"wf-crash-{uuid.uuid4().hex[:6]}"
     credentials = {"host": "db.internal", "username": "svc-crash", "password": uuid.uuid4().hex}
-    job = {"workflow_id": workflow_id, "credentials": credentials, "steps": 3}
-    workflow_client.schedule_new_workflow(WORKFLOW_NAME, input=job, instance_id=workflow_id)
+    args = await save_workflow_args(workflow_id, {"credentials": credentials, "steps": 3}, CredentialBatcher())
+    workflow_client.schedule_new_workflow(WORKFLOW_NAME, input={"workflow_id": workflow_id}, instance_id=workflow_id)
     try:
         assert wait_until(marker.exists, 60, 0.05), first.log_tail(40)
 
@@ -104,14 +111,40 @@ async def test_an_activity_retried_after_the_app_crashed_leaves_the_state_of_one
     pids = marker.read_text().split()
     assert len(pids) == 2 and pids[0] != pids[1], "step 2 ran once in each app process"
     output = json.loads(state.serialized_output)
-    guid = output["credential_guid"]
-    assert output == final_state(workflow_id, guid, 3)
+    assert output == final_state(args)
     assert await StateStore.get_state(workflow_id, W) == output
-    assert await SecretStore.get_credentials(guid) == credentials
+    assert await SecretStore.get_credentials(args["credential_guid"]) == credentials
+
+
+async def test_workflows_started_by_another_process_read_their_arguments_at_once(stack, wf_spec, workflow_client):
+    """The reference's pattern across processes and sidecars: this test process saves each
+    workflow's arguments (through the caller sidecar) and starts it at once; the worker app
+    reads them through the workflow app's sidecar. No sync() anywhere: a read that found
+    nothing would fail the workflow (WorkflowArgsNotFound)."""
+    worker = workflow_app(stack, wf_spec, "worker", {"WORKFLOWS_STEP_MS": "5"})
+    worker.start()
+    tag = uuid.uuid4().hex[:6]
+    batcher = CredentialBatcher()
+    try:
+        for n in range(20):  # one at a time: each read follows its save as closely as it can
+            workflow_id = f"wf-args-{tag}-{n}"
+            await save_workflow_args(workflow_id, {"credentials": {"password": f"p{n}"}, "steps": 1}, batcher)
+            workflow_client.schedule_new_workflow(WORKFLOW_NAME, input={"workflow_id": workflow_id}, instance_id=workflow_id)
+        states = {i: workflow_client.wait_for_workflow_completion(i, timeout_in_seconds=180)
+                  for i in (f"wf-args-{tag}-{n}" for n in range(20))}  # fmt: skip
+    finally:
+        worker.stop()
+    failed = {i: (s.runtime_status.name, s.failure_details and s.failure_details.message) if s else "timed out"
+              for i, s in states.items() if s is None or s.runtime_status != WorkflowStatus.COMPLETED}  # fmt: skip
+    assert failed == {}, worker.log_tail(40)
+    for workflow_id, state in states.items():
+        output = json.loads(state.serialized_output)
+        assert output["workflow_id"] == workflow_id and output["status"] == "completed"
+        assert await StateStore.get_state(workflow_id, W) == output
 
 
 async def test_a_repeated_activity_resends_its_progress_with_newer_stamps_and_the_same_values(stack):
-    """What the README promises for retries: each run of an activity sends its events
+    """What docs/examples.md promises for retries: each run of an activity sends its events
     again with new stamps; the fields end with the values one run writes."""
     app = WorkflowApp(step_ms=0)
     workflow_id = f"wf-retry-{uuid.uuid4().hex[:6]}"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from statestore.devstack.stack import CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
+from statestore.devstack.stack import APP_HEALTH_PROBE, CALLER_APP_ID, MAX_BODY_SIZE, SUBSCRIBER_APP_ID, Ports, Stack
 from statestore.devstack.temporal import WORKER_APP_ID, TemporalPorts
 from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts
 from statestore.core.settings import Settings, SidecarSettings
@@ -179,3 +179,47 @@ def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
     meta = metadata(scale_components()["objectstore"])
     assert meta["bucket"] == BUCKET
     assert (meta["forcePathStyle"], meta["disableSSL"]) == ("true", "true")
+
+
+def test_subscriber_sidecars_probe_their_apps_health_where_the_pubsub_allows_it():
+    """Issue 27: on the scale profile (Kafka) every subscriber sidecar probes its app with
+    APP_HEALTH_PROBE's values (test_kubernetes: the same annotations); on Redis Streams
+    (the local profile, dapr.yaml) none does: docs/scaling.md says why."""
+    from statestore.devstack.servers import PROFILES
+
+    probe = APP_HEALTH_PROBE
+    flags = {"--app-health-probe-interval": probe.interval_s, "--app-health-probe-timeout": probe.timeout_ms,
+             "--app-health-threshold": probe.threshold}  # fmt: skip
+    scale = Stack(Path("/tmp/statestore-config-test"), Ports(), profile="scale")
+    for app, _ in scale.subscriber_pairs():
+        argv = scale._daprd_argv(scale.spec_of(app))
+        assert "--enable-app-health-check" in argv
+        assert {flag: int(argv[argv.index(flag) + 1]) for flag in flags} == flags
+    assert "--enable-app-health-check" not in scale._daprd_argv(Ports().caller)  # no app to probe
+    local = Stack(Path("/tmp/statestore-config-test"), Ports())
+    assert "--enable-app-health-check" not in local._daprd_argv(Ports().subscriber)
+    assert (PROFILES["local"].app_health_check, PROFILES["scale"].app_health_check) == (False, True)
+    run = {app["appID"]: app for app in yaml.safe_load((ROOT / "dapr.yaml").read_text())["apps"]}[SUBSCRIBER_APP_ID]
+    assert "enableAppHealthCheck" not in run  # dapr.yaml runs the Redis components
+    assert probe.timeout_ms <= probe.interval_s * 1000  # daprd refuses a timeout longer than the interval
+
+
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s") and not duration.endswith("ms"), duration
+    return float(duration[:-1])
+
+
+def test_a_dead_or_hung_replicas_partitions_can_move_within_15_s():
+    """Issue 27's bound, on paper: the probe's worst case to call the app unhealthy (the
+    next probe, threshold - 1 more, the last one's timeout), then the Kafka session timeout
+    (the sidecar stops heartbeating; sarama does not leave the group), leave at least 4 s
+    of the 15 s for the rebalance and the first delivery (measured: 1-2 s). The scale fault
+    tests measure it (tests/integration/test_faults_scale.py)."""
+    probe = APP_HEALTH_PROBE
+    unhealthy_s = probe.interval_s * probe.threshold + probe.timeout_ms / 1000
+    for name in ("pubsub", "pubsub-credentials"):
+        meta = metadata(scale_components()[name])
+        session_s, heartbeat_s = _seconds(meta["sessionTimeout"]), _seconds(meta["heartbeatInterval"])
+        assert session_s >= 6  # the broker's default group.min.session.timeout.ms
+        assert heartbeat_s * 3 <= session_s  # Kafka's rule of thumb
+        assert unhealthy_s + session_s <= 15 - 4, name

@@ -243,3 +243,18 @@ def test_final_documents_are_stored_without_the_provisional_flag():
     document = apply_events(None, [field_updated("a", 1)])
     assert b"provisional" not in encode_document(document)
     assert b'"provisional":true' in encode_document(provisional_document(object_replaced({"a": 1})))
+
+
+def test_a_caller_writes_its_event_ahead_over_the_stored_document():
+    """A confirmed replace (statestore.publisher.confirmed): merged like the subscriber
+    merges it, marked provisional; nothing to write once the subscriber applied it."""
+    from statestore.core.document import is_applied, written_ahead
+
+    later = field_updated("late", 1, producer="other", seq=1, hlc=(9, 0))
+    stored = apply_events(None, [field_updated("old", 1, producer="other", seq=2, hlc=(1, 0)), later])
+    replace = object_replaced({"new": 2}, producer="me", seq=1, hlc=(5, 0))
+    ahead = written_ahead(stored, replace)
+    assert ahead.provisional and ahead.to_state() == {"new": 2, "late": 1} and is_applied(ahead, replace)
+    final = apply_events(ahead, [replace])  # the subscriber applies the event: content unchanged
+    assert not final.provisional and final.to_state() == ahead.to_state()
+    assert written_ahead(final, replace) is final

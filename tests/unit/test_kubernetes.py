@@ -127,3 +127,14 @@ def test_the_subscriber_probes_use_its_health_endpoints_on_its_metrics_port(docs
     assert env(deployment)["STATESTORE_METRICS_HOST"] == "0.0.0.0"
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz/ready", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz/live", "port": "metrics"}
+
+
+def test_every_subscriber_sidecar_probes_its_app_as_devstack_does(docs):
+    """Issue 27: the app health probe on, with devstack's (and dapr.yaml's) values."""
+    from statestore.devstack.stack import APP_HEALTH_PROBE
+
+    notes = by_kind(docs, "Deployment")["statestore-subscriber"]["spec"]["template"]["metadata"]["annotations"]
+    assert notes["dapr.io/enable-app-health-check"] == "true"
+    assert notes["dapr.io/app-health-probe-interval"] == str(APP_HEALTH_PROBE.interval_s)
+    assert notes["dapr.io/app-health-probe-timeout"] == str(APP_HEALTH_PROBE.timeout_ms)
+    assert notes["dapr.io/app-health-threshold"] == str(APP_HEALTH_PROBE.threshold)

@@ -108,3 +108,17 @@ async def test_credentials_are_written_ahead_then_applied_snapshotted_and_listed
             assert store.snapshot(object_key(guid, StateType.CREDENTIALS))["key_id"] == "k1"
         assert sorted((await StateStore.list_states(StateType.CREDENTIALS)).ids) == sorted(guids)
         assert [await SecretStore.get_credentials(g) for g in guids] == [{"password": "a"}, {"password": "b"}]
+
+
+async def test_a_confirmed_replace_and_own_writes_in_memory(memory_state_store):
+    """save_state_object is stored on return; a process reads its own fire-and-forget writes."""
+    from statestore.core.paths import object_key
+
+    assert await StateStore.save_state_object("wf-args", {"workflow_id": "wf-args"}, W) == {"workflow_id": "wf-args"}
+    assert await StateStore.get_state("wf-args", W) == {"workflow_id": "wf-args"}
+    await StateStore.flush()  # its event follows the write: the subscriber's apply writes the snapshot
+    assert memory_state_store.snapshot(object_key("wf-args", W)) == {"workflow_id": "wf-args"}
+    await StateStore.save_state("status", "running", "wf-args", W)
+    assert await StateStore.get_state("wf-args", W) == {"workflow_id": "wf-args", "status": "running"}
+    await StateStore.delete_state("wf-args", W)
+    assert await StateStore.get_state("wf-args", W) is None

@@ -21,16 +21,32 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+class FakeHealth:
+    """The answers of statestore.subscriber.health, set by the test (tests/unit/test_health.py
+    tests the real one)."""
+
+    def __init__(self, metrics: SubscriberMetrics) -> None:
+        self.answer = (False, "not checked yet")
+        self._metrics = metrics
+
+    def ready(self):
+        return self.answer
+
+    def live(self):
+        return self._metrics.live()
+
+
 @pytest.fixture
 def served():
     metrics = SubscriberMetrics(stuck_after_s=0.0)
-    server = metrics.serve(0)
-    yield metrics, f"http://127.0.0.1:{server.port}"
+    health = FakeHealth(metrics)
+    server = metrics.serve(0, health=health)
+    yield metrics, health, f"http://127.0.0.1:{server.port}"
     server.close()
 
 
 def test_metrics_are_served_as_prometheus_text(served):
-    metrics, base = served
+    metrics, _, base = served
     metrics.applied("field_updated", stamped_ms=1000, now_ms=3500)
     status, text = get(f"{base}/metrics")
     assert status == 200
@@ -40,18 +56,18 @@ def test_metrics_are_served_as_prometheus_text(served):
     assert scrape.total("statestore_event_staleness_seconds_sum") == pytest.approx(2.5)
 
 
-def test_ready_only_after_a_successful_read(served):
-    metrics, base = served
+def test_ready_answers_what_the_health_says_with_its_reason(served):
+    _, health, base = served
     status, body = get(f"{base}/healthz/ready")
     assert status == 503 and "not checked yet" in body
-    metrics.set_ready(True, "ok")
+    health.answer = (True, "ok")
     assert get(f"{base}/healthz/ready")[0] == 200
-    metrics.set_ready(False, "cannot read the state store")
+    health.answer = (False, "cannot read the state store")
     assert get(f"{base}/healthz/ready") == (503, "cannot read the state store\n")
 
 
 def test_live_fails_while_a_delivery_is_in_flight_beyond_the_bound(served):
-    metrics, base = served
+    metrics, _, base = served
     assert get(f"{base}/healthz/live")[0] == 200
     with metrics.delivery():
         status, body = get(f"{base}/healthz/live")

@@ -2,6 +2,7 @@
 in-memory ports with a controllable clock and a slow object store."""
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -339,3 +340,84 @@ async def test_updates_during_the_pause_share_one_snapshot_write():
         await running
     writes = [key for key, _ in objects.log if key == object_key("hot", "workflows")]
     assert 2 <= len(writes) <= 3, writes  # the first, then the rest together (a stalled machine: one more)
+
+
+class StoppedMidRound(InMemoryObjectStore):
+    """The object store as a flusher sees it when its process is stopped (SIGSTOP) in the
+    middle of a round and resumed after a successor took the lease (issue 27). ``late``:
+    the put that was about to start when it stopped; it starts on resume, counts its
+    deadline from then (a gRPC timeout is relative) and lands, after ``meanwhile`` ran.
+    ``failing``: a put that was in flight; its deadline passed during the stop."""
+
+    def __init__(self, late: str, failing: str, meanwhile):
+        super().__init__()
+        self.late, self.failing, self.meanwhile = late, failing, meanwhile
+        self.log: list[tuple[str, bytes]] = []
+
+    async def put(self, key, data, timeout=None):
+        from statestore.core.errors import SidecarUnavailableError
+
+        if key == self.failing:
+            raise SidecarUnavailableError("binding objectstore.create: the Dapr sidecar did not answer (DEADLINE_EXCEEDED)")
+        if key == self.late:
+            self.late = None  # once: the successor's own put of it goes through
+            await self.meanwhile()
+        self.log.append((key, data))
+        await super().put(key, data)
+
+
+@pytest.mark.parametrize("late, failing", [("s1", "s2"), ("s2", "s1")])
+async def test_a_holder_stopped_mid_round_cannot_leave_an_older_snapshot_after_it_resumes(late, failing):
+    """Issue 27: the holder stops just before a put; a successor takes the lease and writes
+    v2; the holder resumes, its put of v1 lands after v2, and its round ends deposed (its
+    other write finds the window closed) or failed (its other put was cut at its deadline).
+    Either way it names the states it wrote again, so the successor's next round puts v2
+    back: the snapshot ends at the newest state."""
+    repo, clock = InMemoryStateRepository(), Clock()
+    applier = EventApplier(repo)
+    new = SnapshotFlusher(repo, InMemoryObjectStore(), lease_s=5.0, clock=clock)
+    failing_key = object_key(failing, "workflows")
+
+    async def stopped():
+        assert await new.flush_once() == 0  # the successor sees the holder's lease record
+        clock.now += 60.0  # the stop (SIGSTOP 60 s): the record stayed unchanged all along
+        await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0), state_id=late)])
+        objects.failing = None  # the successor's puts go through
+        assert await new.flush_once() >= 1  # takes over, writes v2
+        objects.failing = failing_key  # the holder's put in flight, cut at its deadline
+
+    objects = StoppedMidRound(object_key(late, "workflows"), failing_key, stopped)
+    new._objects = objects  # one object store for both
+    old = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    await applier.apply([field_updated("f", "v1", state_id="s1"), field_updated("f", "v1", state_id="s2")])
+    with contextlib.suppress(Exception):  # deposed (0 written) or failed: both happen
+        assert await old.flush_once() == 0
+    assert objects.log[-1] == (object_key(late, "workflows"), json.dumps({"f": "v1"}, indent=2).encode())  # late
+    objects.failing = None
+    for _ in range(5):
+        if not await pending_keys(repo):
+            break
+        clock.now += 1.0
+        await new.flush_once()
+    assert await snapshot(objects, late) == {"f": "v2"}  # the newest again
+    assert await pending_keys(repo) == set()
+
+
+async def test_a_holder_stopped_while_encoding_a_snapshot_does_not_start_its_put(monkeypatch):
+    """Issue 27: the write window is read after the snapshot is encoded, right before the
+    put: a stop while encoding (the window closes meanwhile) ends the round without a put."""
+    import statestore.subscriber.outbox as outbox
+
+    repo, clock, objects = InMemoryStateRepository(), Clock(), SlowObjects()
+    flusher = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
+    await EventApplier(repo).apply([field_updated("f", "v1")])
+    encode = outbox._snapshot
+
+    def stopped_while_encoding(document):
+        clock.now += 60.0
+        return encode(document)
+
+    monkeypatch.setattr(outbox, "_snapshot", stopped_while_encoding)
+    assert await flusher.flush_once() == 0  # lease lost: nothing written
+    assert objects.log == []
+    assert await pending_keys(repo)  # still named: the next holder writes it

@@ -357,3 +357,4 @@ async def test_a_sidecar_that_answers_but_refuses_gets_backoff_not_a_busy_loop()
     assert 2 <= transport.calls <= 6  # 100, 200, 400, 800 ms (with jitter), not 20 a second
     pipeline.take_unpublished()
     pipeline._task.cancel()
+

@@ -5,7 +5,8 @@ replaces the earlier one of the same name) and how many subscriber replicas run:
 
 - ``local``: Redis Streams, sqlite, local files (components/), one subscriber;
 - ``scale``: Kafka, PostgreSQL (state.postgresql v2), S3 (components/ overridden by
-  components/scale/), three subscriber replicas, each with its own sidecar.
+  components/scale/), three subscriber replicas, each with its own sidecar, which probes
+  its app's health (``Profile.app_health_check``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ from statestore.devstack.servers.postgres import PostgresServer
 from statestore.devstack.servers.redis import RedisServer
 from statestore.devstack.servers.s3 import S3Server
 
-__all__ = ["Profile", "PROFILES", "Server", "RedisServer", "KafkaServer", "PostgresServer", "S3Server", "get_profile"]
+__all__ = ["Profile", "PROFILES", "BULK_NATIVE_PUBSUB", "Server", "RedisServer", "KafkaServer", "PostgresServer", "S3Server", "get_profile"]
 
 COMPONENTS = PROJECT_ROOT / "components"
+# Pub/sub types whose component bulk-subscribes by itself. Any other goes through Dapr
+# 1.18's default bulk subscriber, and with pubsub.redis its delivery workers block for
+# good once the subscriptions stop and start again (what the app health check does when
+# the app turns unhealthy, then healthy): docs/scaling.md, "When a replica dies or hangs".
+BULK_NATIVE_PUBSUB = frozenset({"pubsub.kafka"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,14 @@ class Profile:
                     doc["scopes"] = docs[path.name]["scopes"]
                 docs[path.name] = doc
         return docs
+
+    @property
+    def app_health_check(self) -> bool:
+        """Whether the subscriber sidecars probe their app's health (and stop delivering to
+        an unhealthy one): only where every pub/sub component bulk-subscribes by itself."""
+        types = {doc["spec"]["type"] for doc in self.component_documents().values()
+                 if doc.get("kind") == "Component" and doc["spec"]["type"].startswith("pubsub.")}  # fmt: skip
+        return bool(types) and types <= BULK_NATIVE_PUBSUB
 
 
 PROFILES = {
