@@ -112,13 +112,18 @@ async def measure(stack: Stack, size: dict) -> dict:
 
     # Many states, few updates each (issue 9): statestore and plain Dapr RMW side by side.
     pids = {"subscriber": stack.subscriber_app.pid, "subscriber-daprd": stack.subscriber_sidecar.pid,
-            "caller-daprd": stack.caller_sidecar.pid}  # fmt: skip
+            "caller-daprd": stack.caller_sidecar.pid, "broker": stack.redis.pid}  # fmt: skip
     done = m.snapshot_checker(os.environ["STATESTORE_TMP_ROOT"])
+    metrics_url = f"http://127.0.0.1:{stack.ports.subscriber.app_metrics_port}/metrics"
+
+    def writes() -> float | None:
+        return m.scrape(metrics_url, "statestore_snapshot_write_cpu_seconds")
+
     results["fleet"] = []
     for ids, fields in size["fleet"]:
         row = {}
         say(f"statestore: fleet, {ids} ids x {fields} fields from one caller")
-        row["statestore"] = await m.fleet(statestore, ids, fields, pids, snapshots_done=done)
+        row["statestore"] = await m.fleet(statestore, ids, fields, pids, snapshots_done=done, snapshot_write_cpu_s=writes)
         if ids <= size["fleet_plain_max_ids"]:
             say(f"plain-dapr: fleet, {ids} ids x {fields} fields (read-modify-write, 16 at once)")
             row["plain-dapr"] = await m.fleet(peers[1], ids, fields, pids, concurrency=16)
@@ -160,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the stack below is always stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="statestore-bench-"))
-    stack = Stack(base, Ports.free())
+    from bench.peers import with_reference_binding
+
+    stack = Stack(base, Ports.free(), profile=with_reference_binding("local"))
     say(f"starting the stack in {base} ({mode} mode)")
     stack.up()
     os.environ.update(stack.caller_env())

@@ -11,14 +11,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 from statestore.core.sidecar import is_write_conflict
+from statestore.devstack.servers import Profile, get_profile
 
-__all__ = ["Peer", "StateStorePeer", "PlainDaprPeer", "ReferencePeer"]
+__all__ = ["Peer", "StateStorePeer", "PlainDaprPeer", "ReferencePeer", "with_reference_binding"]
+
+BENCH_COMPONENTS = Path(__file__).resolve().parent / "components"
+
+
+def with_reference_binding(profile: str) -> Profile:
+    """``profile`` with the object-store binding the reference design uses (bench/components):
+    statestore writes its snapshots without one."""
+    base = get_profile(profile)
+    extra = (BENCH_COMPONENTS,) if base.name == "local" else (BENCH_COMPONENTS, BENCH_COMPONENTS / "scale")
+    return dataclasses.replace(base, component_folders=(*base.component_folders, *extra))
 
 
 class Peer(Protocol):
@@ -106,7 +118,8 @@ class PlainDaprPeer:
 
 
 class ReferencePeer:
-    """Read the object, change it in memory, write a local file, upload it; no ETag."""
+    """Read the object, change it in memory, write a local file, upload it; no ETag.
+    Through the binding ``with_reference_binding`` adds to the stack."""
 
     name = "reference"
     synchronous = True

@@ -48,15 +48,30 @@ def _fleet(rows: list[dict]) -> list[str]:
                 rss.get("subscriber") if name == "statestore" else "", rss.get("subscriber-daprd"), rss.get("caller-daprd"),
                 f["snapshots_after_s"] if name == "statestore" else "", f["complete"],
             ])  # fmt: skip
-    processes = ["caller", "caller-daprd", "subscriber", "subscriber-daprd"]
-    cpu = [[f"{f['ids']:,} x {f['fields']}", name, *(f["cpu_us_per_update"].get(p, "") for p in processes)]
-           for row in rows for name, f in row.items() if f and "cpu_us_per_update" in f]  # fmt: skip
+    processes = ["caller", "caller-daprd", "subscriber", "subscriber-daprd", "broker"]
+    cpu = [[f"{f['ids']:,} x {f['fields']}", name, window, *_cpu_columns(f[key], processes)]
+           for row in rows for name, f in row.items() if f
+           for window, key in (("visible", "cpu_us_per_update"), ("+ snapshots", "cpu_us_per_update_with_snapshots"))
+           if key in f]  # fmt: skip
     return [_table(["workload", "peer", "applied/s", "vs plain-dapr", "visible p50 ms", "visible p99 ms",
                     "subscriber MiB", "subscriber sidecar MiB", "caller sidecar MiB", "snapshots after s",
                     "complete"], table),
-            "", "CPU µs per update of each process, from the first update until all are visible (snapshots"
-            " still being written count too; the bench process is the caller):", "",
-            _table(["workload", "peer", *processes], cpu) if cpu else "(not measured in this run)"]  # fmt: skip
+            "", "CPU µs per update of each process, from the first update until all are visible (\"visible\";"
+            " snapshots being written meanwhile count too), and until every snapshot is written too (\"+ snapshots\")."
+            " The bench process is the caller; \"of which snapshot writes\" is the subscriber's CPU in object-store"
+            " writes (statestore_snapshot_write_cpu_seconds, local folders only):", "",
+            _table(["workload", "peer", "until", *processes, "all", "caller + subscriber",
+                    "of which snapshot writes", "caller + subscriber, writes aside"], cpu) if cpu else "(not measured in this run)"]  # fmt: skip
+
+
+def _cpu_columns(cpu: dict[str, int], processes: list[str]) -> list:
+    """Each process's figure, then every process together, caller + subscriber, the
+    subscriber's snapshot writes, and caller + subscriber without them ("" when not measured)."""
+    ours = cpu.get("caller", 0) + cpu.get("subscriber", 0)
+    writes = cpu.get("subscriber-snapshot-writes")
+    all_processes = sum(value for name, value in cpu.items() if name != "subscriber-snapshot-writes")
+    return [*(cpu.get(p, "") for p in processes), all_processes, ours,
+            "" if writes is None else writes, "" if writes is None else ours - writes]
 
 
 def _credential_seconds(rows: list[dict], peer_prefix: str, count: int, scenario_prefix: str) -> float | None:
@@ -65,7 +80,7 @@ def _credential_seconds(rows: list[dict], peer_prefix: str, count: int, scenario
 
 
 def _targets(record: dict) -> list[str]:
-    """The issues' targets (9 and 17) against this run, the misses first."""
+    """The issues' targets (29, and 17 for credentials) against this run, the misses first."""
     r = record["results"]
     rows: list[tuple[str, str, str, bool]] = []
     fleet = [row for row in r.get("fleet", []) if row.get("plain-dapr")]
@@ -73,26 +88,34 @@ def _targets(record: dict) -> list[str]:
         big = max(fleet, key=lambda row: row["statestore"]["ids"])
         ss, plain = big["statestore"], big["plain-dapr"]
         name = f"fleet {ss['ids']:,} x {ss['fields']}"
-        rows.append((f"{name}: applied updates/s", f"{ss['applied_per_s']:,}", ">= 12,000", ss["applied_per_s"] >= 12_000))
         ratio = ss["applied_per_s"] / plain["applied_per_s"]
-        rows.append((f"{name}: vs plain Dapr RMW", f"{ratio:.1f}x", ">= 12x", ratio >= 12))
+        rows.append((f"{name}: vs plain Dapr RMW", f"{ratio:.1f}x ({ss['applied_per_s']:,}/s)", ">= 8x", ratio >= 8))
+        for window, key in (("until visible", "cpu_us_per_update"), ("until every snapshot is written", "cpu_us_per_update_with_snapshots")):
+            if key in ss:
+                columns = _cpu_columns(ss[key], [])
+                total, aside = columns[0], columns[3]
+                rows.append((f"{name}: CPU µs per update, every process, {window}", f"{total}", "<= 330", total <= 330))
+                if aside != "":
+                    rows.append((f"{name}: CPU µs per update, caller + subscriber, snapshot writes aside, {window}",
+                                 f"{aside}", "<= 110", aside <= 110))  # fmt: skip
     all_fleet = r.get("fleet", [])
     if all_fleet:
         after = [(row["statestore"], row["statestore"]["snapshots_after_s"]) for row in all_fleet]
         shown = "; ".join(f"{a} s at {f['ids']:,} x {f['fields']}" if a is not None else f"not all at {f['ids']:,}" for f, a in after)
-        rows.append(("every snapshot written, after the last update (each fleet row)", shown, "<= 30 s",
-                     all(a is not None and a <= 30 for _, a in after)))  # fmt: skip
+        rows.append(("every snapshot written, after the last update (each fleet row)", shown, "<= 10 s",
+                     all(a is not None and a <= 10 for _, a in after)))  # fmt: skip
         rss = [(row["statestore"]["ids"], row["statestore"]["peak_rss_mb"].get("subscriber", 0)) for row in all_fleet]
         peak = max(mb for _, mb in rss)
         shown = ", ".join(f"{mb} MiB at {ids:,}" for ids, mb in rss)
         rows.append(("subscriber peak RSS during the fleet rows", shown, "<= 200 MiB, flat", peak <= 200))
     tp = r["statestore"]["throughput"]["applied_per_s"]
-    rows.append(("hot keys (1,000 ids x 10 fields, 16 producers): applied/s", f"{tp:,}", ">= 25,000", tp >= 25_000))
+    rows.append(("hot keys (1,000 ids x 10 fields, 16 producers): applied/s", f"{tp:,}", ">= 12,000", tp >= 12_000))
     latency = r[BASELINE]["latency"]["p50_ms"] / r["statestore"]["latency"]["p50_ms"]
     rows.append(("caller `save_state` p50 vs plain Dapr RMW", f"{latency:.0f}x", ">= 50x", latency >= 50))
-    at_2000 = next((s for s in r["statestore"]["staleness"] if s["offered_per_s"] == 2000), None)
-    if at_2000:
-        rows.append(("staleness p99 at 2,000 updates/s offered", f"{at_2000['p99_ms']:.0f} ms", "< 100 ms", at_2000["p99_ms"] < 100))
+    for rate, bound in ((2000, 100), (4000, 250)):
+        at = next((s for s in r["statestore"]["staleness"] if s["offered_per_s"] == rate), None)
+        if at:
+            rows.append((f"staleness p99 at {rate:,} updates/s offered", f"{at['p99_ms']:.0f} ms", f"< {bound} ms", at["p99_ms"] < bound))
     credentials = r.get("credentials") or []
     ours, theirs = _credential_seconds(credentials, "statestore", 1000, "idle"), _credential_seconds(credentials, "reference", 1000, "idle")
     if ours and theirs:
@@ -104,7 +127,7 @@ def _targets(record: dict) -> list[str]:
     rows += confirmed.targets(r.get("confirmed"))
     rows.sort(key=lambda row: row[3])  # misses first
     return [
-        "## Against the targets (issues 9, 17 and 26), misses first",
+        "## Against the targets (issues 17, 26 and 29), misses first",
         "",
         _table(["figure", "this run", "target", "met"], [[f, got, want, "yes" if ok else "**no**"] for f, got, want, ok in rows]),
     ]
@@ -256,6 +279,73 @@ def write_report(record: dict, docs: Path) -> None:
         "",
         "## Where the time goes",
         "",
+        '### Issue 29: snapshots without the binding, and the CPU per update',
+        '',
+        '**The unfavourable figures first.** Measured with quick fleet runs (20,000 ids x 2, the',
+        '`fleet` measure, a fresh local stack each) on the shared two-core machine, not in a',
+        "`make bench-full` run: wall-clock rates swung 2x with the other engineers' load, so only",
+        'the CPU figures are worth comparing. In the best of them every process together spent',
+        '342 µs of CPU per update until all were visible (target 330) and 393 µs until every',
+        'snapshot was written too; caller + subscriber with the snapshot writes aside, 128 µs',
+        '(target 110). Both targets are missed by 4-20%, and so are the 8x, 12,000/s and staleness',
+        'targets in the quick runs below.',
+        '',
+        '| fleet 20,000 x 2, CPU µs per update until visible | caller | caller sidecar | subscriber (of which snapshot writes) | subscriber sidecar | Redis | all |',
+        '| --- | --- | --- | --- | --- | --- | --- |',
+        "| before (issue 28's code, 1 ms probe), load 27 | 173 | 134 | 156 | 226 | 6 | 695 |",
+        '| after, the same minute, load 37 | 90 | 51 | 123 | 152 | 5 | 421 |',
+        '| after, a quieter minute, load 10 | 69 | 40 | 103 (44) | 127 | 3 | 342 |',
+        '',
+        "Issue 29's other targets, from quick runs of the same measures on a fresh local stack, on",
+        'the loaded machine (load average 8-12, another suite running beside some of them):',
+        '',
+        '| target | quick run after the change | the code before, the same minute | target met |',
+        '| --- | --- | --- | --- |',
+        '| fleet vs plain Dapr RMW (50,000 x 2 against plain at 5,000 x 2) | 5.1x (1,459/s against 284/s) | | **no** (8x) |',
+        '| every snapshot written after the last update (50,000 x 2) | 11.7-15.3 s | | **no** (10 s at 100,000) |',
+        '| hot keys, 1,000 ids x 10 fields, 16 producers | 2,241-3,930/s | 4,711/s | **no** (12,000/s) |',
+        '| staleness p99 at 2,000/s offered | 338-761 ms | 968 ms | **no** (100 ms) |',
+        '| staleness p99 at 4,000/s offered | 3,294 ms (2,791/s achieved) | | **no** (250 ms) |',
+        '| subscriber peak RSS, fleet 50,000 x 2 | 89 MiB | | yes (200 MiB) |',
+        '| S3 snapshot, CPU of the writing side (floors, scale) | 400 µs (S3Proxy 1,100 apart) | 1,567 µs (binding) | yes (1 ms) |',
+        '',
+        'These rates are CPU-bound on a shared two-core machine and swung 2x between runs; the',
+        "lead's quiet `make bench-full` decides. Per update, the fleet at 50,000 x 2 cost more",
+        'CPU than at 20,000 x 2 (439 µs until visible, 494 with the snapshots; 91 µs of them',
+        'snapshot writes: a folder per state, 50,000 in one directory), so the full fleet will',
+        'likely miss the 330 µs budget too.',
+        '',
+        'What changed, by what the profiles (py-spy on the subscriber and the caller during the',
+        'fleet) showed:',
+        '',
+        '- The snapshot binding was the largest single cost: 260 µs of sidecar CPU per',
+        '  `config.json` against 60 µs written directly ("The floor" above); the subscriber\'s',
+        '  gRPC call per snapshot went with it. Local files are written with plain system calls',
+        "  in a worker thread beside the event loop, a flush round's puts in one `put_many` per",
+        "  piece of 250 (the next piece's documents are read meanwhile); a snapshot whose bytes",
+        '  this writer already put there is not written again.',
+        '- The visibility probe read its state every millisecond through backlogs of seconds:',
+        '  1,000 reads a second that loaded the caller and its sidecar and counted in their CPU',
+        '  (caller 430 against 145 µs per update with the probe off, in one loaded run). It now',
+        '  polls every twentieth of its wait (1-20 ms), within 5% of the delay it measures.',
+        '- Decoding a packed message called Python twice per event (the id validators) and built',
+        '  a dict per event for the version-1 upcast: the id rules are now pydantic-core',
+        '  constraints and version 1 is read only when the version-2 models refuse an event',
+        '  (2.6 instead of 5.7-6.7 µs of CPU per event). The event JSON is written by orjson,',
+        "  events and merged documents are built without pydantic's general `model_construct`,",
+        '  `key` and `stamp` are plain attribute reads after the first, and the applied-events',
+        '  metric is counted once per delivery and kind.',
+        '',
+        'What holds the rest (the quieter run): the sidecars and Redis, 170 µs per update, sit at',
+        "their floor (113 µs before a snapshot, plus the flusher's read of each document and the",
+        "outbox entries); a flusher that keeps up writes a state's snapshot after each of its two",
+        'updates, 44-62 µs per update of file-system work, since the two updates of a state are',
+        'the whole fleet apart and cannot share a write without holding snapshots back that long;',
+        "the caller's 69 µs are `save_state` (about 30 µs of CPU each with a sidecar that costs",
+        'nothing), the reads `sync_many` polls to see the updates applied, and gRPC; the',
+        "subscriber's remaining 59 µs are the merge, the gRPC calls to its sidecar (a third of",
+        "its event-loop samples) and the flusher's reads.",
+        '',
         "Profiled with cProfile on the subscriber's batch path and with CPU counters of every",
         "process (`/proc/<pid>/stat`) around the throughput run:",
         "",

@@ -8,7 +8,11 @@
    document is read, the event merged into it with the subscriber's own merge
    (statestore.core.document.written_ahead), and the result written with the document's
    ETag, marked provisional. A conflict (the subscriber or another writer wrote in between)
-   reads and merges again; a read that finds the event applied already writes nothing. A
+   reads and merges again; a read that finds the event applied already writes nothing.
+   When the document read holds a stamp at or after the event's (a writer whose clock is
+   ahead, or one this process's clock has not seen yet), the event is stamped again after
+   it (``restamp``): a replace supersedes everything stored when it is written, as a
+   caller who replaces a state expects, instead of losing to a stamp from "the future". A
    state this process has not written or read before is first tried as new: one
    first-write insert, no read (a workflow's arguments, saved under a new id); if it
    exists after all, the insert fails and the read-merge-write follows.
@@ -28,7 +32,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
-from statestore.core.document import StateDocument, decode_document, encode_document, written_ahead
+from statestore.core.document import StateDocument, decode_document, encode_document, is_applied, written_ahead
 from statestore.core.errors import InvalidValueError, SidecarUnavailableError, StateDecodeError, StateNotStoredError
 from statestore.core.events import AnyEvent
 from statestore.core.sidecar import EtagMismatchError, SidecarClient, SidecarTimeoutError, StoredItem, Upsert
@@ -50,11 +54,13 @@ class ConfirmedLane:
         store: str,
         max_document_bytes: int,
         hand_over: Callable[[AnyEvent], Awaitable[None]],
+        restamp: Callable[[AnyEvent, tuple[int, int]], AnyEvent],
     ) -> None:
         self.sidecar = sidecar
         self.store = store
         self.max_document_bytes = max_document_bytes
         self.hand_over = hand_over
+        self.restamp = restamp  # the event stamped again after a time read from the store
 
 
 async def write_confirmed(event: AnyEvent, lane: ConfirmedLane, timeout: float, known: bool) -> StateDocument | None:
@@ -64,7 +70,7 @@ async def write_confirmed(event: AnyEvent, lane: ConfirmedLane, timeout: float, 
     the write (None when there was none, or none was read)."""
     deadline = asyncio.get_running_loop().time() + timeout
     try:
-        before = await _store(event, lane, deadline, known)
+        before, event = await _store(event, lane, deadline, known)
     except SidecarTimeoutError as exc:  # the last try was cut off: it may have landed
         raise StateNotStoredError(
             f"state {event.state_id!r}: the replace was not confirmed within {timeout:g} s ({exc}); the sidecar"
@@ -82,9 +88,11 @@ async def write_confirmed(event: AnyEvent, lane: ConfirmedLane, timeout: float, 
     return before
 
 
-async def _store(event: AnyEvent, lane: ConfirmedLane, deadline: float, known: bool) -> StateDocument | None:
+async def _store(
+    event: AnyEvent, lane: ConfirmedLane, deadline: float, known: bool
+) -> tuple[StateDocument | None, AnyEvent]:
     """Merge ``event`` into the stored document and write it with its ETag, until it sticks;
-    the document it was merged into."""
+    the document it was merged into, and the event as written (stamped again, perhaps)."""
     loop = asyncio.get_running_loop()
     delay, conflicts = BACKOFF_S[0], 0
     item: StoredItem | None = None
@@ -94,11 +102,14 @@ async def _store(event: AnyEvent, lane: ConfirmedLane, deadline: float, known: b
             if read:
                 item = await lane.sidecar.get_state(lane.store, event.key)
             current = decode_document(event.key, item.value) if item else None
+            latest = current.latest_stamp() if current else None
+            if latest is not None and (latest[0], latest[1]) >= tuple(event.hlc) and not is_applied(current, event):
+                event = lane.restamp(event, (latest[0], latest[1]))
             document = written_ahead(current, event)
             if document is current:
-                return current  # the subscriber applied it first
+                return current, event  # the subscriber applied it first
             await lane.sidecar.save_state(lane.store, _upsert(event, document, item, lane), max(deadline - loop.time(), 0.001))
-            return current
+            return current, event
         except EtagMismatchError:
             conflicts += 1  # another writer was first (or the state was not new): merge over what is stored
             if conflicts > MAX_CONFLICTS or loop.time() >= deadline:

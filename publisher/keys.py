@@ -4,10 +4,11 @@
     python -m statestore.publisher.keys rotate      # add a new key and make it the active one
     python -m statestore.publisher.keys reencrypt   # re-seal every credential with the active key
 
-`reencrypt` uses two sidecars: the caller's (DAPR_GRPC_PORT: the keyring, reads and
-writes) and one that has the object-store binding, to list the stored credentials
-(the subscriber's: --objectstore-grpc-port, default STATESTORE_OBJECTSTORE_GRPC_PORT or
-50002, as `make up` starts it).
+`reencrypt` uses the caller's sidecar (DAPR_GRPC_PORT: the keyring, reads and writes)
+and lists the stored credentials in the subscriber's object store, opened from the same
+settings the subscriber runs with: STATESTORE_OBJECTSTORE_URL (and _ENDPOINT, _REGION,
+the AWS credentials) for S3, else the folder STATESTORE_TMP_ROOT (./local/tmp, as
+`make up` writes it).
 
 The file is what the `secretstore` component (secretstores.local.file) serves; the
 local.file store reads it when the sidecar starts, so restart the callers' sidecars
@@ -69,9 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m statestore.publisher.keys", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("command", choices=["init", "rotate", "reencrypt"])
-    parser.add_argument("--objectstore-grpc-port", type=int,
-                        default=int(os.environ.get("STATESTORE_OBJECTSTORE_GRPC_PORT", "50002")),
-                        help="gRPC port of a sidecar with the object-store binding (reencrypt)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "init":
         print(f"created {KEYS_FILE}" if ensure_keyring() else f"{KEYS_FILE} exists; left as it is")
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"active key is now {rotate_keyring()}; restart the callers' sidecars, then run reencrypt")
     else:
-        moved, failed = asyncio.run(_reencrypt(args.objectstore_grpc_port))
+        moved, failed = asyncio.run(_reencrypt())
         print(f"re-encrypted {moved} credentials with the active key")
         for guid, reason in failed.items():
             print(f"not re-encrypted: {reason}", file=sys.stderr)
@@ -89,18 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _reencrypt(objectstore_port: int) -> tuple[int, dict[str, str]]:
+async def _reencrypt() -> tuple[int, dict[str, str]]:
+    from statestore.core.settings import get_settings
     from statestore.publisher.secrets import SecretStore
-    from statestore.core.settings import SidecarSettings, get_sidecar_settings
-    from statestore.core.sidecar import SidecarClient
+    from statestore.subscriber.objectstore import open_object_store
 
-    caller = get_sidecar_settings()
-    objectstore = SidecarClient(SidecarSettings(dapr_grpc_port=objectstore_port, dapr_api_token=caller.dapr_api_token,
-                                                DAPR_RUNTIME_HOST=caller.sidecar_host))  # fmt: skip
-    try:
-        return await SecretStore.reencrypt_all(objectstore)
-    finally:
-        await objectstore.close()
+    return await SecretStore.reencrypt_all(open_object_store(get_settings()))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def pack(
 
     With ``max_events`` 1 each event is its own CloudEvent (type per kind); otherwise
     events travel in io.statestore.event_batch.v1 CloudEvents of at most ``max_events``
-    events and about ``max_bytes`` (an event larger than that travels alone), each
+    events and about ``max_bytes`` (an event larger than that, or alone in its group,
+    travels as its own CloudEvent), each
     holding events of one topic partition only (``partitions``), so its partition key
     (the first event's state key) sends every event of a state to its own partition.
     Order within a partition is kept.
@@ -112,10 +113,12 @@ def pack(
     size = 0
 
     def close() -> None:
-        if group:
+        if len(group) == 1:  # alone: its own CloudEvent, without a batch envelope to build
+            messages[group[0].id] = (encode_cloudevent(group[0].event, group[0].data), list(group))
+        elif group:
             batch_id = f"{group[0].event.producer}:batch:{next(ids)}"
             messages[batch_id] = (encode_batch_cloudevent(batch_id, [q.data for q in group]), list(group))
-            group.clear()
+        group.clear()
 
     for queued in batch:
         if len(group) >= max_events or (group and size + len(queued.data) > max_bytes):

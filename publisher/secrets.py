@@ -37,7 +37,7 @@ from statestore.publisher.store import StateStore, _check_size
 from statestore.core.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
 from statestore.core.paths import StateType, validate_id
 from statestore.core.settings import get_settings
-from statestore.core.sidecar import SidecarClient
+from statestore.subscriber.ports import ObjectStore
 
 __all__ = ["SecretStore", "CredentialNotStoredError", "replace_credentials_with_guid", "LEGACY_INDEX_ID"]
 
@@ -198,19 +198,19 @@ class SecretStore:
         return open_sealed(keyring, guid, sealed)
 
     @classmethod
-    async def reencrypt_all(cls, objectstore: SidecarClient, chunk: int = 200) -> tuple[int, dict[str, str]]:
+    async def reencrypt_all(cls, objects: ObjectStore, chunk: int = 200) -> tuple[int, dict[str, str]]:
         """Re-seal every credential not sealed with the active key.
 
-        The credentials are enumerated from their snapshots in the object store, listed
-        through ``objectstore``: a client of a sidecar that has the object-store binding
-        (the subscriber's). A credential saved in the last moments (its snapshot not yet
+        The credentials are enumerated from their snapshots in the object store
+        ``objects`` (the subscriber's: statestore.subscriber.objectstore.open_object_store
+        with its settings). A credential saved in the last moments (its snapshot not yet
         written) is not listed; running this again is harmless.
 
         Returns how many were re-sealed, and the guids that could not be opened (wrong
         key, tampered) with the reason; those are left as they are.
         """
         keyring = await cls.keyring(refresh=True)
-        guids = [g for g in await list_state_ids(objectstore, get_settings().objectstore_name, C) if g != LEGACY_INDEX_ID]
+        guids = [g for g in await list_state_ids(objects, C) if g != LEGACY_INDEX_ID]
         moved, failed = 0, {}
         for start in range(0, len(guids), chunk):
             # get_state (not a bulk read) so the clock observes each stamp: the re-sealed

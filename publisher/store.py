@@ -207,7 +207,7 @@ class StateStore:
         runtime = get_runtime()
         settings = runtime.settings
         lane = ConfirmedLane(runtime.loop_runtime().sidecar, settings.statestore_name, settings.max_document_bytes,
-                             cls._queue_stored)  # fmt: skip
+                             cls._queue_stored, _restamp)  # fmt: skip
         try:
             return await write_confirmed(event, lane, timeout, known)
         except StateNotStoredError:
@@ -569,6 +569,15 @@ def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:
         chunks[-1].append(id)
         size += key_bytes
     return [c for c in chunks if c]
+
+
+def _restamp(event: AnyEvent, after: tuple[int, int]) -> AnyEvent:
+    """``event`` stamped again, later than ``after`` (a time read from the store); same
+    producer and sequence number (publisher.confirmed)."""
+    clock = get_runtime().clock
+    clock.observe(after)
+    fields = {name: getattr(event, name) for name in type(event).model_fields}
+    return type(event).model_construct(**{**fields, "hlc": clock.now()})
 
 
 def _timeout(timeout: object) -> float:

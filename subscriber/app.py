@@ -14,12 +14,14 @@ from statestore.core.dapr_sdk import add_app_callback
 from statestore.core.settings import get_settings, get_sidecar_settings
 from statestore.core.sidecar import SidecarClient
 from statestore.subscriber.applier import EventApplier
-from statestore.subscriber.dapr_ports import DaprObjectStore, DaprParking, DaprStateRepository
+from statestore.subscriber.dapr_ports import DaprParking, DaprStateRepository
 from statestore.subscriber.deadletter import DeadLetterBox
 from statestore.subscriber.expiry import ExpiryMarkers
 from statestore.subscriber.health import HealthServicer, SubscriberHealth
 from statestore.subscriber.metrics import SubscriberMetrics
-from statestore.subscriber.outbox import OutboxWriter, SnapshotFlusher
+from statestore.subscriber.objectstore import LocalFileObjectStore, open_object_store
+from statestore.subscriber.outbox import REGISTRY_KEY, OutboxWriter, SnapshotFlusher
+from statestore.subscriber.ports import ObjectStoreError, StateRepository
 from statestore.subscriber.servicer import SubscriberServicer
 from statestore.subscriber.tracing import TracingConfigError, configure_tracing
 
@@ -113,7 +115,10 @@ async def serve(stop: asyncio.Event) -> None:
     parking = DaprParking(sidecar, settings.pubsub_name, settings.parked_topic, settings.pack_events, settings.pack_max_bytes)
     servicer = SubscriberServicer(applier, settings, parking, metrics, DeadLetterBox(repository, settings.request_max_bytes),
                                   tracer=tracer)  # fmt: skip
-    objects = DaprObjectStore(sidecar, settings.objectstore_name)
+    try:
+        objects = open_object_store(settings)
+    except ObjectStoreError as exc:
+        raise SystemExit(f"subscriber: {exc}") from None
     flusher = SnapshotFlusher(
         repository, objects, lease_s=settings.snapshot_lease_s, coalesce_s=settings.snapshot_coalesce_s,
         outbox=outbox, metrics=metrics, tracer=tracer,
@@ -152,6 +157,9 @@ async def serve(stop: asyncio.Event) -> None:
         "subscriber listening on %s for topic %r (dead letters to %r, kept in the state store), sidecar %s",
         address, settings.topic, settings.deadletter_topic, sidecar.target,
     )  # fmt: skip
+    log.info("snapshots to %r", objects)
+    if isinstance(objects, LocalFileObjectStore):
+        metrics.snapshot_write_cpu.set_function(lambda: objects.write_cpu_s)
     if tracing:
         log.info("traces: apply and snapshot spans exported to %s", ", ".join(
             f"{name} {settings.trace_file}" if name == "file" else name for name in tracing.exporters))  # fmt: skip

@@ -1,19 +1,17 @@
-"""The subscriber's ports over its Dapr sidecar: the sqlite state store and the
-object-store binding."""
+"""The subscriber's ports over its Dapr sidecar: the state store and the pub/sub topic
+where events wait (the object store is written directly: statestore.subscriber.objectstore)."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterable, Sequence
 
 from statestore.core.cutting import cut
 from statestore.core.errors import SidecarUnavailableError
 from statestore.core.events import AnyEvent, encode_batch_cloudevent, encode_event
-from statestore.core.objectlist import list_object_keys
 from statestore.core.sidecar import Delete, SidecarClient, StoredItem, Upsert
 
-__all__ = ["DaprStateRepository", "DaprObjectStore", "DaprParking"]
+__all__ = ["DaprStateRepository", "DaprParking"]
 
 
 class DaprStateRepository:
@@ -28,57 +26,6 @@ class DaprStateRepository:
 
     async def commit(self, upserts: Sequence[Upsert | Delete]) -> None:
         await self._sidecar.transact(self._store, upserts)
-
-
-class DaprObjectStore:
-    """ObjectStore on a Dapr output binding with create/get/delete/list
-    (bindings.localstorage, bindings.aws.s3)."""
-
-    def __init__(self, sidecar: SidecarClient, binding: str) -> None:
-        self._sidecar = sidecar
-        self._binding = binding
-        self._has_folders: bool | None = None
-
-    async def put(self, key: str, data: bytes, timeout: float | None = None) -> None:
-        await self._sidecar.invoke_binding(self._binding, "create", data, {"fileName": key, "key": key}, timeout)
-
-    async def get(self, key: str) -> bytes | None:
-        try:
-            return await self._sidecar.invoke_binding(self._binding, "get", b"", {"fileName": key, "key": key})
-        except SidecarUnavailableError as exc:
-            if "no such file" in str(exc).lower() or "not found" in str(exc).lower():
-                return None
-            raise
-
-    async def delete(self, key: str, timeout: float | None = None) -> None:
-        try:
-            await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": key, "key": key}, timeout)
-        except SidecarUnavailableError as exc:
-            if not _absent(exc):  # already gone (a redelivered delete): done
-                raise
-
-    async def list(self, prefix: str) -> list[str]:
-        return await list_object_keys(self._sidecar, self._binding, prefix)
-
-    async def remove_folders(self, folders: Iterable[str]) -> None:
-        # bindings.localstorage's delete is os.Remove: it removes an empty folder and
-        # refuses a full one. S3 has no folders (nothing to send).
-        if self._has_folders is None:
-            kind = await self._sidecar.component_type(self._binding)
-            if kind is None:
-                return  # not known yet: ask again next time
-            self._has_folders = kind == "bindings.localstorage"
-        if not self._has_folders:
-            return
-        for folder in sorted(set(folders), key=lambda f: f.count("/"), reverse=True):
-            with contextlib.suppress(SidecarUnavailableError):  # not empty (or gone): it stays
-                await self._sidecar.invoke_binding(self._binding, "delete", b"", {"fileName": folder})
-
-
-def _absent(exc: Exception) -> bool:
-    """Whether a binding error says the object does not exist (localstorage, S3)."""
-    text = str(exc).lower()
-    return "no such file" in text or "not found" in text or "nosuchkey" in text
 
 
 class DaprParking:

@@ -18,7 +18,7 @@ import errno
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import count
 from typing import Protocol
 
@@ -81,6 +81,11 @@ class SubscriberMetrics:
             "statestore_snapshot_lease_held", "1 while this replica holds the snapshot lease (it writes every"
             " replica's snapshots; an idle holder lets it lapse).", registry=r,
         )  # fmt: skip
+        self.snapshot_write_cpu = Gauge(
+            "statestore_snapshot_write_cpu_seconds",
+            "CPU time this process spent writing objects to a local object-store folder (rises only; an S3"
+            " client's own threads are not counted).", registry=r,
+        )  # fmt: skip
         self.expired_snapshots_removed = Counter(
             "statestore_expired_snapshots_removed", "Snapshots of expired states removed by the expiry sweep.", registry=r
         )
@@ -110,9 +115,18 @@ class SubscriberMetrics:
 
     def applied(self, kind: str, stamped_ms: int, now_ms: float | None = None) -> None:
         """One event applied; ``stamped_ms`` is the wall time of its hybrid-clock stamp."""
-        self.events_applied.labels(kind=kind).inc()
+        self.applied_many([(kind, stamped_ms)], now_ms)
+
+    def applied_many(self, events: Iterable[tuple[str, int]], now_ms: float | None = None) -> None:
+        """Events applied, each as (kind, the wall time of its stamp): one count per kind."""
         now_ms = time.time() * 1000 if now_ms is None else now_ms
-        self.staleness.observe(max(0.0, (now_ms - stamped_ms) / 1000))
+        counts: dict[str, int] = {}
+        observe = self.staleness.observe
+        for kind, stamped_ms in events:
+            counts[kind] = counts.get(kind, 0) + 1
+            observe(max(0.0, (now_ms - stamped_ms) / 1000))
+        for kind, count in counts.items():
+            self.events_applied.labels(kind=kind).inc(count)
 
     # -- health ----------------------------------------------------------------------
 

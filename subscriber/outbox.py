@@ -23,22 +23,29 @@ The lease does not depend on clocks agreeing. Its record carries a nonce that th
 rewrites at least every quarter lease period while it works. Another flusher takes over
 only after it has seen the same record, unchanged, for a whole lease period on its own
 monotonic clock; the holder stops writing half a lease period after its last renewal
-began. Snapshots never go backwards: every put and delete carries the holder's remaining
-write window as its gRPC deadline, and daprd hands that deadline to the binding (the S3
-upload's context), so a write is cancelled rather than landing after the window closed.
-A successor starts writing at least half a lease period after that (it waited a whole
-period; the holder's window ends half a period after its last renewal began), so an
-older holder's snapshot cannot overwrite a newer one, as long as the two monotonic
-clocks run at rates within a factor of two (the assumption of every lease). A write
-cut at its deadline fails the round and is written again by the next. The window is read
-right before each write begins, after its snapshot is encoded. As a second line, a holder
-deposed mid-round (its fenced commit fails, or its window closed), or whose round fails
-once its window has closed, marks the states whose writes began again in its own outbox,
-and the successor rewrites them from the current documents. That covers a process stopped
-(SIGSTOP, a VM pause) between reading its window and starting the gRPC call, whose
-relative timeout then counts from the resume: its older snapshot may land, and is
-replaced by the next round (issue 27; only a conditional write at the object store would
-rule it out). The window is a
+began.
+
+Snapshots never go backwards, by two fences:
+
+- every snapshot put is conditional (statestore.subscriber.objectstore): it lands only if
+  the object is still the version this flusher last wrote or saw there, else
+  ObjectChangedError and nothing is written. The flusher reads a state's document after
+  its previous put of that snapshot (or after the store told it the current version), so
+  a put of an older document can never replace a snapshot another flusher wrote from a
+  newer one: a deposed or paused holder's late put is refused, whatever the clocks did.
+  On ObjectChangedError the flusher reads the document again and puts it again;
+- every put and delete carries the holder's remaining write window as its deadline (a
+  file write checks it just before its rename, an S3 call is cancelled at it), so no
+  write starts landing after the window closed. A successor starts writing at least half
+  a lease period after that (it waited a whole period; the holder's window ends half a
+  period after its last renewal began), as long as the two monotonic clocks run at rates
+  within a factor of two (the assumption of every lease). Deletes (a deleted state's
+  snapshot, the expiry sweep) have only this fence: S3 has no conditional delete.
+
+A write cut at its deadline fails the round and is written again by the next. As a third
+line, a holder deposed mid-round (its fenced commit fails, or its round fails once its
+window has closed: a process stopped mid-round, issue 27) marks its states again in its
+own outbox and the successor rewrites them from the current documents. The window is a
 quarter to half a lease period (STATESTORE_SNAPSHOT_LEASE_S, 5 s): an object store
 slower than that per write needs a longer lease.
 """
@@ -55,17 +62,25 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from statestore.core.cutting import cut
-from statestore.core.document import StateDocument, decode_document
+from statestore.core.document import snapshot_of
 from statestore.core.errors import StateDecodeError
 from statestore.core.paths import object_key, parse_state_key
-from statestore.core.sidecar import MessageTooLargeError
 from statestore.core.tracing import MAX_KEYS_SHOWN, current_traceparent, linked_span
 from statestore.subscriber.expiry import CURSOR_KEY, ExpiryMarkers, Sweep
 from statestore.subscriber.metrics import SubscriberMetrics
-from statestore.subscriber.ports import Delete, EtagMismatchError, ObjectStore, StateRepository, StoredItem, Upsert, finish_all
+from statestore.subscriber.ports import (
+    Delete,
+    EtagMismatchError,
+    ObjectChangedError,
+    ObjectStore,
+    StateRepository,
+    StoredItem,
+    Upsert,
+)
 
 __all__ = [
     "OUTBOX",
@@ -129,11 +144,14 @@ def _parse(model: type[BaseModel], item: StoredItem | None):
 
 def snapshot_bytes(key: str, item: StoredItem) -> bytes:
     """The object-store file: the state as plain JSON, as the reference system stores it."""
-    return _snapshot(decode_document(key, item.value))
+    return _snapshot(snapshot_of(key, item.value)[0] or {})
 
 
-def _snapshot(document: StateDocument) -> bytes:
-    return json.dumps(document.to_state(), indent=2).encode()
+def _snapshot(state: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(state, option=orjson.OPT_INDENT_2)
+    except TypeError:  # an integer beyond 64 bits: only the standard library writes it
+        return json.dumps(state, indent=2, ensure_ascii=False).encode()
 
 
 class OutboxWriter:
@@ -256,7 +274,6 @@ class SnapshotFlusher:
         interval_s: float = 0.02,
         coalesce_s: float = 0.0,
         max_keys_per_round: int = 2000,
-        parallel_writes: int = 32,
         lease_s: float = 5.0,
         outbox: OutboxWriter | None = None,
         keys_per_read: int = 250,
@@ -276,7 +293,6 @@ class SnapshotFlusher:
         self._interval_s = interval_s
         self._coalesce_s = coalesce_s
         self._max_keys = max_keys_per_round
-        self._writes = asyncio.Semaphore(parallel_writes)
         self._lease_s = lease_s
         self._outbox = outbox or OutboxWriter(repository)
         self._keys_per_read = keys_per_read
@@ -478,24 +494,21 @@ class SnapshotFlusher:
         self.metrics.snapshot_backlog.set(len(keys))
         with self._snapshot_span(consumed, keys, traces) as span:
             renewing = asyncio.create_task(self._keep_lease())
-            issued: list[str] = []  # states whose put or delete began
+            begun: list[str] = []  # keys whose snapshots may have been written
             try:
-                for piece in cut(keys, len, 1 << 20, self._keys_per_read):
-                    if not self.holding():
-                        raise _LeaseLost
-                    documents = await self._repository.load(piece)
-                    await finish_all(self._write(key, documents.get(key), issued) for key in piece)
+                await self._write_pieces(keys, begun)
                 await self._advance(consumed)
             except _LeaseLost:
                 if span is not None:
                     span.set_attribute("statestore.lease_lost", True)
-                await self._lost(issued)
+                await self._lost(keys if begun else [])
                 return 0
             except Exception:
                 # A round that fails once its window has closed (the process was stopped,
-                # say) may have a write landing after the new holder's: as when deposed.
-                if not self.holding() and issued:
-                    await self._lost(issued)
+                # say) may have a delete landing after the new holder's write (deletes are
+                # not conditional): as when deposed, its states are named again.
+                if not self.holding() and begun:
+                    await self._lost(keys)
                 raise
             finally:
                 renewing.cancel()
@@ -568,34 +581,67 @@ class SnapshotFlusher:
                 break
         return consumed, list(keys), traces
 
-    async def _write(self, key: str, item: StoredItem | None, issued: list[str]) -> None:
-        if item is None:
-            return  # named but absent: nothing to snapshot
+    async def _write_pieces(self, keys: list[str], begun: list[str]) -> None:
+        """Write the snapshots of ``keys``, a piece (``keys_per_read``) at a time: one bulk
+        read, then the piece's puts at once (``put_many``, conditional). The next piece's
+        documents are read while the previous piece is written; a piece's puts start after
+        the previous piece's finished, and a failed round ends only once every write it
+        started has finished (none lands after the retry's newer one)."""
+        writing: asyncio.Task | None = None
         try:
-            document = decode_document(key, item.value)
-        except StateDecodeError as exc:  # not ours to fix here; never block the others
-            log.error("no snapshot for %s: %s", key, exc)
-            return
-        async with self._writes:
-            name = object_key(*parse_state_key(key))
-            data = _snapshot(document) if document.exists() else None
-            # The window is read last, right before the write begins: a deadline read
-            # earlier would start counting again at the call if the process was stopped
-            # in between (a gRPC timeout is relative), and the write could land late.
-            window = self._window()
-            issued.append(key)
+            for piece in cut(keys, len, 1 << 20, self._keys_per_read):
+                prepared = await self._prepare_piece(piece)
+                if writing is not None:
+                    await writing
+                begun.extend(piece)
+                writing = asyncio.create_task(self._put_piece(prepared))
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None:
+                if not writing.done():
+                    await asyncio.wait([writing])
+                if not writing.cancelled():
+                    writing.exception()  # retrieved: the round fails with the first failure
+
+    async def _prepare_piece(self, keys: list[str]) -> dict[str, tuple[str, bytes, int | None]]:
+        """Read the documents of ``keys`` now; delete the snapshots of deleted states; the
+        puts to make: state key -> (object key, snapshot, ttl_s)."""
+        if not self.holding():
+            raise _LeaseLost
+        documents = await self._repository.load(keys)
+        puts: dict[str, tuple[str, bytes, int | None]] = {}
+        for key in keys:
+            item = documents.get(key)
+            if item is None:
+                continue  # named but absent: nothing to snapshot
             try:
-                if data is None:  # deleted: its snapshot goes too
-                    await self._objects.delete(name, timeout=window)
-                else:
-                    await self._objects.put(name, data, timeout=window)
-            except MessageTooLargeError as exc:  # would fail the same way forever
+                state, ttl_s = snapshot_of(key, item.value)
+            except StateDecodeError as exc:  # not ours to fix here; never block the others
                 log.error("no snapshot for %s: %s", key, exc)
-                return
-            # A write cut at its deadline never lands: the round fails like any store error,
-            # its entries stay, and the next round writes those states again.
-            if document.exists() and document.ttl_s is not None:  # the sweep removes it once expired
-                await self.expiry.mark(key, document.ttl_s, timeout=self._window())
+                continue
+            name = object_key(*parse_state_key(key))
+            if state is None:  # deleted: its snapshot goes too
+                await self._objects.delete(name, timeout=self._window())
+            else:
+                puts[key] = (name, _snapshot(state), ttl_s)
+        return puts
+
+    async def _put_piece(self, puts: dict[str, tuple[str, bytes, int | None]], rereads: int = 3) -> None:
+        """The conditional puts of one piece. A snapshot another writer changed since this
+        flusher last wrote it (refused) is written again from its document read again, up
+        to ``rereads`` times. A write cut at its deadline never lands: the round fails like
+        any store error, its entries stay, and the next round writes those states again."""
+        while puts:
+            items = [(name, data) for name, data, _ in puts.values()]
+            refused = set(await self._objects.put_many(items, self._window()))
+            for key, (name, _, ttl_s) in puts.items():
+                if ttl_s is not None and name not in refused:  # the sweep removes it once expired
+                    await self.expiry.mark(key, ttl_s, timeout=self._window())
+            changed = [key for key, (name, _, _) in puts.items() if name in refused]
+            if changed and rereads == 0:
+                raise ObjectChangedError(f"{len(changed)} snapshots kept changing under this flusher (first: {changed[0]})")
+            puts, rereads = (await self._prepare_piece(changed) if changed else {}), rereads - 1
 
     async def _advance(self, consumed: dict[str, tuple[int, int]]) -> None:
         """Move the heads past the flushed entries and delete them, fenced by the lease."""

@@ -257,10 +257,8 @@ class SubscriberServicer(pb_grpc.AppCallbackServicer, pb_grpc.AppCallbackAlphaSe
                 if result.failed:
                     mark_error(span, f"{len(result.failed)} states not applied now (their messages are redelivered)")
         self.applied_events += result.events - sum(1 for e in ready if e.key in result.failed or e.key in result.refused)
-        applied_ms = time.time() * 1000
-        for event in ready:
-            if event.key not in result.failed and event.key not in result.refused:
-                self.metrics.applied(event.kind, event.hlc[0], applied_ms)
+        not_applied = result.failed.keys() | result.refused.keys()
+        self.metrics.applied_many((e.kind, e.hlc[0]) for e in ready if e.key not in not_applied)
         for key, reason in result.refused.items():
             log.warning("refused state %s (its messages go to the dead-letter topic): %s", key, reason)
         if result.failed:

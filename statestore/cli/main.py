@@ -333,15 +333,10 @@ def keys_rotate() -> None:
 
 
 @keys.command("reencrypt")
-def keys_reencrypt(
-    objectstore_grpc_port: Annotated[
-        int | None,
-        typer.Option(help="gRPC port of a sidecar with the object-store binding (the subscriber's), to list "
-                     "the credentials; default STATESTORE_OBJECTSTORE_GRPC_PORT or 50002"),
-    ] = None,
-) -> None:
-    """Re-seal every credential that is not sealed with the active key."""
-    _keys("reencrypt", *([f"--objectstore-grpc-port={objectstore_grpc_port}"] if objectstore_grpc_port else []))
+def keys_reencrypt() -> None:
+    """Re-seal every credential that is not sealed with the active key (lists them in the
+    subscriber's object store: run with its STATESTORE_OBJECTSTORE_* settings)."""
+    _keys("reencrypt")
 
 
 def run() -> None:

@@ -15,6 +15,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Callable, Literal, TypeVar, Union
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,10 +23,9 @@ from pydantic import (
     JsonValue,
     TypeAdapter,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
+from statestore.core.construct import FastConstructModel
 from statestore.core.envelope import write_envelope, write_envelope_fast
 from statestore.core.paths import (
     DEFAULT_APP,
@@ -100,42 +100,52 @@ def upcast_v1(data: Any) -> Any:
 TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 
 # What the id rules (statestore.core.paths.validate_id) mean in a JSON Schema, for producers
-# in other languages; the validators below enforce them with a clearer message.
+# in other languages (docs/schemas). The decoder enforces the same rules natively, in
+# pydantic-core (no Python call per event): one regular expression without look-around,
+# where every '.' is followed by another character than '.' (or ends the id), and a length;
+# a violation is described with validate_id's own message (describe_errors).
 _SAFE_NAME = {"pattern": f"^{SAFE_ID_PATTERN.pattern}$", "maxLength": MAX_ID_LENGTH, "not": {"pattern": "[.][.]"}}
+_SAFE_NAME_RULE = r"^[A-Za-z0-9_\-](?:[A-Za-z0-9_\-]|\.[A-Za-z0-9_\-])*\.?$"
+SafeName = Annotated[str, Field(pattern=_SAFE_NAME_RULE, max_length=MAX_ID_LENGTH, json_schema_extra=_SAFE_NAME)]
 
 
 _T = TypeVar("_T")
 
 
-def computed_once(method: Callable[[Any], _T]) -> property:
-    """A read-only property computed on first read and kept in the instance's ``__dict__``.
+class computed_once:
+    """A read-only attribute computed on first read and kept in the instance's ``__dict__``.
 
-    Not ``functools.cached_property``: on Python 3.11 that holds one lock per attribute
-    for every instance of the class, so a thread reading ``event.key`` waits for any other
-    thread computing it, and a signal handler that interrupts the main thread there (the
-    SIGTERM drain) deadlocks with it. Two threads computing the same value here at once
-    is harmless: it is a pure function of the frozen event.
+    A non-data descriptor: once computed, the value in ``__dict__`` shadows it, and every
+    later read is a plain attribute read (``key`` and ``stamp`` are read several times per
+    event on the hot path). Not ``functools.cached_property``: on Python 3.11 that holds one
+    lock per attribute for every instance of the class, so a thread reading ``event.key``
+    waits for any other thread computing it, and a signal handler that interrupts the main
+    thread there (the SIGTERM drain) deadlocks with it. Two threads computing the same
+    value here at once is harmless: it is a pure function of the frozen event. Assigning
+    it is refused like any assignment to a frozen model.
     """
-    name = method.__name__
 
-    def read(self: Any) -> _T:
-        try:
-            return self.__dict__[name]
-        except KeyError:
-            value = self.__dict__[name] = method(self)
-            return value
+    def __init__(self, method: Callable[[Any], Any]) -> None:
+        self._method = method
+        self._name = method.__name__
+        self.__doc__ = method.__doc__
 
-    return property(read, doc=method.__doc__)
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._method(instance)
+        return value
 
 
-class _EventBase(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _EventBase(FastConstructModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", ignored_types=(computed_once,))
 
     schema_version: Literal[2] = Field(SCHEMA_VERSION, description="The event schema version (1 is still read).")
-    app: str = Field(
-        DEFAULT_APP, description="The caller's application name: its namespace of states.", json_schema_extra=_SAFE_NAME
-    )
-    state_id: str = Field(description="The state's id.", json_schema_extra=_SAFE_NAME)
+    app: SafeName = Field(DEFAULT_APP, description="The caller's application name: its namespace of states.")
+    state_id: SafeName = Field(description="The state's id.")
     state_type: StateType = Field(description="The kind of state.")
     producer: Annotated[str, Field(min_length=1, max_length=64)] = Field(
         description="The producing process's identity, unique per process (and per fork)."
@@ -149,18 +159,6 @@ class _EventBase(BaseModel):
     traceparent: Annotated[str, Field(pattern=TRACEPARENT_PATTERN)] | None = Field(
         None, description="W3C trace context of the write (optional): the apply span links to it."
     )
-
-    _upcast = model_validator(mode="before")(upcast_v1)
-
-    @field_validator("state_id")
-    @classmethod
-    def _safe_id(cls, value: str) -> str:
-        return validate_id(value)
-
-    @field_validator("app")
-    @classmethod
-    def _safe_app(cls, value: str) -> str:
-        return validate_app_name(value)
 
     @computed_once
     def stamp(self) -> Stamp:
@@ -280,11 +278,25 @@ def cloudevent_id(event: AnyEvent) -> str:
 _OPTIONAL = ("traceparent", "ttl_seconds")
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # each event class's fields, in order
+
+
 def encode_event(event: AnyEvent) -> bytes:
     """The event's JSON (a CloudEvent's data, or one element of a batch's ``events``);
-    ``traceparent`` and ``ttl_seconds`` only when set."""
-    absent = {name for name in _OPTIONAL if getattr(event, name, None) is None}
-    return event.model_dump_json(exclude=absent or None).encode()
+    ``traceparent`` and ``ttl_seconds`` only when set.
+
+    Written by orjson from the event's fields, in the model's order: the JSON pydantic
+    writes (tests/unit/test_events.py compares them), at a tenth of the CPU. A value orjson
+    does not write (an integer beyond 64 bits) takes pydantic's path."""
+    cls = type(event)
+    names = _FIELDS.get(cls) or _FIELDS.setdefault(cls, tuple(cls.model_fields))
+    values = event.__dict__
+    data = {name: values[name] for name in names if values[name] is not None or name not in _OPTIONAL}
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        absent = {name for name in _OPTIONAL if getattr(event, name, None) is None}
+        return event.model_dump_json(exclude=absent or None).encode()
 
 
 def encode_cloudevent(event: AnyEvent, data: bytes | None = None) -> bytes:
@@ -314,10 +326,28 @@ def decode_event(ce_type: str, data: bytes | str | dict[str, Any]) -> AnyEvent:
         else:
             event = _EVENT_ADAPTER.validate_json(data)
     except ValidationError as exc:
-        raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
+        event = _upcast_or_raise(ce_type, data, exc)
     if ce_type not in (cloudevent_type(event.kind, version) for version in SCHEMA_VERSIONS if version >= KINDS_SINCE[event.kind]):
         raise InvalidEventError(f"CloudEvent type {ce_type!r} does not match kind {event.kind!r}")
     return event
+
+
+def _upcast_or_raise(ce_type: str, data: bytes | str | dict[str, Any], exc: ValidationError) -> AnyEvent:
+    """A version-1 event (which the models, version 2, refuse) upcast and validated; any
+    other refused event raises InvalidEventError with ``exc``'s reasons. Version 1 is read
+    here, off the hot path, so that decoding calls no Python code per event."""
+    try:
+        older = data if isinstance(data, dict) else json.loads(data)
+    except ValueError:
+        older = None
+    if not isinstance(older, dict) or older.get("schema_version") != 1:
+        raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(exc)}") from None
+    try:
+        return _EVENT_ADAPTER.validate_python(upcast_v1(older))
+    except ValidationError as invalid:
+        raise InvalidEventError(f"malformed {ce_type} event: {describe_errors(invalid)}") from None
+    except ValueError as invalid:
+        raise InvalidEventError(f"malformed {ce_type} event: event: {invalid}") from None
 
 
 def decode_events(
@@ -351,10 +381,26 @@ def decode_events(
 
 
 def describe_errors(exc: ValidationError, limit: int = 5) -> str:
-    """Where and why validation failed, without the input values (they may be secrets)."""
+    """Where and why validation failed, without the input values (they may be secrets;
+    an id breaking the id rules is named, as validate_id names it)."""
     parts = [
-        f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {err['msg']}"
-        for err in exc.errors(include_input=False, include_url=False)[:limit]
+        f"{'.'.join(str(p) for p in err['loc']) or 'event'}: {_id_rule_broken(err) or err['msg']}"
+        for err in exc.errors(include_url=False)[:limit]
     ]
     more = exc.error_count() - limit
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+_ID_RULES = {"state_id": validate_id, "app": validate_app_name}
+
+
+def _id_rule_broken(error: Any) -> str | None:
+    """validate_id's message for a state id or app name the schema's rule refused."""
+    check = _ID_RULES.get(error["loc"][-1] if error["loc"] else None)
+    if check is None or not error["type"].startswith("string_"):
+        return None
+    try:
+        check(error["input"])
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -69,7 +69,7 @@ def render(schema: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m statestore.schemas", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m statestore.core.schemas", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 on any difference")
     args = parser.parse_args(argv)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     differ = sorted(name for name in wanted.keys() | present.keys() if wanted.get(name) != present.get(name))
     if args.check:
         for name in differ:
-            print(f"{SCHEMA_DIR / name}: differs from the models; run `python -m statestore.schemas`", file=sys.stderr)
+            print(f"{SCHEMA_DIR / name}: differs from the models; run `python -m statestore.core.schemas`", file=sys.stderr)
         return 1 if differ else 0
     SCHEMA_DIR.mkdir(parents=True, exist_ok=True)
     for name in differ:

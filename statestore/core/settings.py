@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     tmp_root: str = Field("./local/tmp", description="Root of the object-store folder.")
 
     statestore_name: str = "statestore"
-    objectstore_name: str = "objectstore"
     secretstore_name: str = "secretstore"
     keyring_secret: str = Field("statestore-keyring", description="Secret holding the credential keys.")
     keyring_cache_s: float = Field(60.0, ge=0, description="How long a read keyring is reused.")
@@ -114,6 +113,13 @@ class Settings(BaseSettings):
     request_max_bytes: int = Field(2 << 20, ge=64 << 10, description="Target size of one read or transaction.")
     max_document_bytes: int = Field(12 << 20, ge=1 << 20, description="Largest stored document; beyond: dead letter.")
     snapshot_lease_s: float = Field(5.0, gt=0, description="Snapshot flusher lease period.")
+    # The subscriber writes the snapshots itself (statestore.subscriber.objectstore).
+    objectstore_url: str = Field(
+        "", description="Where the subscriber writes snapshots: empty (the folder STATESTORE_TMP_ROOT), a folder,"
+        " or s3://bucket[/prefix] (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the platform's role).",
+    )
+    objectstore_endpoint: str = Field("", description="URL of an S3-compatible server (http:// allowed); empty: AWS S3.")
+    objectstore_region: str = Field("", description="The bucket's region; empty: AWS_REGION, else us-east-1.")
     # After a round that caught up, the flusher waits this long: further updates of the
     # same states meanwhile share one snapshot write (hot states are written once per
     # pause, not once per update). An idle flusher still looks every 20 ms.

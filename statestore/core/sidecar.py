@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from statestore.core.dapr_sdk import binding_pb2, bulk_publish, common_pb2, dapr_pb2_grpc, metadata_pb2
-from statestore.core.dapr_sdk import pubsub_pb2, secret_pb2, state_pb2
+from statestore.core.dapr_sdk import binding_pb2, bulk_publish, common_pb2, dapr_pb2_grpc, pubsub_pb2
+from statestore.core.dapr_sdk import secret_pb2, state_pb2
 from statestore.core.envelope import CONTENT_TYPE
 from statestore.core.errors import SidecarUnavailableError
 from statestore.core.settings import SidecarSettings, get_sidecar_settings
@@ -298,25 +298,13 @@ class SidecarClient:
         metadata: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> bytes:
-        """Invoke an output binding; returns the binding's response data.
-
-        ``timeout`` is the call's gRPC deadline; daprd hands the request's context to the
-        binding (S3: the upload's context), so the operation is cancelled, not just
-        abandoned, when it passes."""
+        """Invoke an output binding; returns the binding's response data (statestore uses
+        none: the benchmarks' reference design does). ``timeout``: the call's gRPC deadline."""
         request = binding_pb2.InvokeBindingRequest(
             name=name, operation=operation, data=data, metadata=metadata or {}
         )
         response = await self._call(self._stub.InvokeBinding, request, f"binding {name}.{operation}", timeout)
         return response.data
-
-    async def component_type(self, name: str) -> str | None:
-        """The type of the sidecar's component ``name`` (e.g. ``bindings.localstorage``),
-        or None when the sidecar has no such component or cannot say now."""
-        try:
-            response = await self._call(self._stub.GetMetadata, metadata_pb2.GetMetadataRequest(), "metadata")
-        except SidecarUnavailableError:
-            return None
-        return next((c.type for c in response.registered_components if c.name == name), None)
 
     async def get_secret(self, store: str, name: str) -> dict[str, str]:
         """A secret (all its values) from a Dapr secret store."""

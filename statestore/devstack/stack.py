@@ -220,6 +220,15 @@ class Stack:
         s3 = self.servers.get("s3")
         return s3.bucket_folder if s3 is not None else self.local / "tmp"
 
+    def objectstore_env(self) -> dict[str, str]:
+        """The subscriber's object-store settings (statestore.subscriber.objectstore): the
+        profile's S3 server, else the folder ``local/tmp``. Also what a tool that lists
+        the snapshots needs (``statestore keys reencrypt``)."""
+        env = {"STATESTORE_OBJECTSTORE_URL": str(self.local / "tmp")}
+        for server in self.servers.values():
+            env.update(server.subscriber_env())
+        return env
+
     def caller_env(self) -> dict[str, str]:
         """Environment for a process that uses the caller sidecar."""
         env = {
@@ -395,6 +404,7 @@ class Stack:
     def _start_pair(self, app: ManagedProcess, sidecar: ManagedProcess, spec: SidecarSpec) -> None:
         """Start whichever of the two is not running (a sidecar whose app died stays up)."""
         if not app.alive():
+            app.env = {**(app.env or {}), **self.objectstore_env()}  # the servers' credentials exist by now
             app.start()
             app.wait_healthy(lambda: port_open(spec.app_port), HEALTH_TIMEOUT_S)
         if not sidecar.alive():

@@ -83,6 +83,22 @@ async def caller_sidecar(stack):
     await client.close()
 
 
+def open_subscriber_objects(stack: Stack):
+    """The subscriber's object store, opened from the settings the stack gives the subscriber
+    (statestore.subscriber.objectstore: the folder, or S3 with the server's key pair)."""
+    from statestore.subscriber.objectstore import open_object_store
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in stack.objectstore_env().items():
+            patch.setenv(name, value)
+        return open_object_store(Settings())
+
+
+@pytest.fixture
+def subscriber_objects(stack):
+    return open_subscriber_objects(stack)
+
+
 def sidecar_settings(stack: Stack, grpc_port: int) -> SidecarSettings:
     return SidecarSettings(dapr_grpc_port=grpc_port, dapr_api_token=stack.tokens.get("DAPR_API_TOKEN"))
 

@@ -4,8 +4,9 @@ deletes of a few shared states, in a random mix, recording every event it wrote.
 Usage: python -m tests.integration.mixed_writer IDS INDEX ROUNDS SEED OUT
 (IDS comma-separated). Each event is appended to OUT as its JSON (the event contract) once
 its call returned; then every fire-and-forget event is synced and "ok" printed. The events
-are taken where StateStore hands them on (its submit, and the confirmed replace), so the
-test can compute the sequential oracle from exactly what was written.
+are taken where StateStore hands them on (its submit, and the queue a confirmed replace's
+event joins once it is stored), so the test can compute the sequential oracle from exactly
+what was written.
 """
 
 import asyncio
@@ -22,19 +23,18 @@ written: list = []
 
 def record_events() -> None:
     submit = store_module.StateStore._submit.__func__
-    replace = store_module.write_confirmed
+    queue_stored = store_module.StateStore._queue_stored.__func__
 
     async def recording_submit(cls, event, stored=False):
         await submit(cls, event, stored)
         written.append(event)
 
-    async def recording_replace(event, *args):
-        before = await replace(event, *args)
-        written.append(event)
-        return before
+    async def recording_queue_stored(cls, *events):  # a confirmed replace's event, as written
+        await queue_stored(cls, *events)
+        written.extend(events)
 
     store_module.StateStore._submit = classmethod(recording_submit)
-    store_module.write_confirmed = recording_replace
+    store_module.StateStore._queue_stored = classmethod(recording_queue_stored)
 
 
 async def main(ids: list[str], index: int, rounds: int, seed: int, out: str) -> None:

@@ -110,7 +110,7 @@ async def test_workflow_arguments_keep_a_guid_instead_of_credentials():
     assert await SecretStore.get_credentials(stored["credential_guid"]) == {"password": "z"}
 
 
-async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves_all(stack, subscriber_sidecar):
+async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves_all(stack, subscriber_objects):
     old = await SecretStore.save_secret({"password": "before rotation"})
     await StateStore.sync(old, C)
     old_key = (await StateStore.get_state(old, C))["key_id"]
@@ -126,12 +126,12 @@ async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves
     assert await SecretStore.get_credentials(old) == {"password": "before rotation"}
 
     # The operator's tool, as the README runs it: the caller's sidecar for keys and state,
-    # the subscriber's for listing the object store (no shared index document).
+    # the subscriber's object-store settings for listing the snapshots (no shared index document).
     from tests.integration.test_statestore import assert_snapshot_matches
 
     await assert_snapshot_matches(old, C)  # reencrypt lists what has a snapshot
     await assert_snapshot_matches(new, C)
-    env = {**python_env(stack), "STATESTORE_OBJECTSTORE_GRPC_PORT": str(stack.ports.subscriber.grpc_port)}
+    env = {**python_env(stack), **stack.objectstore_env()}
     done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "statestore.publisher.keys", "reencrypt"],
                                    cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert "re-encrypted" in done.stdout, done.stdout + done.stderr
@@ -148,7 +148,7 @@ async def test_rotation_new_key_for_new_writes_old_still_decrypt_reencrypt_moves
     await assert_snapshot_matches(old, C)
     await assert_snapshot_matches(new, C)
     # Every credential that can be opened is now sealed with the new key.
-    guids = await list_state_ids(subscriber_sidecar, "objectstore", C)
+    guids = await list_state_ids(subscriber_objects, C)
     assert old in guids and new in guids
     bad = {line.split("credential ")[1].split()[0].strip("'") for line in failed}
     states = await asyncio.gather(*(StateStore.get_state(g, C) for g in guids))

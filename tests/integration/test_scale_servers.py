@@ -52,11 +52,11 @@ def test_replicas_share_one_consumer_group_that_owns_every_partition(stack):
     assert len(consumers) == len(stack.subscriber_pairs())  # one member per replica
 
 
-async def test_s3_refuses_requests_without_credentials(stack, subscriber_sidecar):
+async def test_s3_refuses_requests_without_credentials(stack, subscriber_objects):
     s3 = stack.servers["s3"]
     bucket = s3.component_metadata()["bucket"]
     key = f"persistent-artifacts/apps/anon/workflows/{uuid.uuid4().hex[:8]}/config.json"
-    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"secret": 1}', {"key": key})
+    await subscriber_objects.put(key, b'{"secret": 1}')
     for method, path, body in [("GET", f"{bucket}?list-type=2", None), ("GET", f"{bucket}/{key}", None),
                                ("PUT", f"{bucket}/anon.json", b"{}")]:  # fmt: skip
         request = urllib.request.Request(f"{s3.endpoint}/{path}", data=body, method=method)
@@ -65,11 +65,13 @@ async def test_s3_refuses_requests_without_credentials(stack, subscriber_sidecar
         assert refused.value.code == 403, (method, path)
 
 
-async def test_s3_keeps_objects_across_a_restart(stack, subscriber_sidecar):
+
+async def test_s3_keeps_objects_across_a_restart(stack, subscriber_objects):
     key = f"persistent-artifacts/apps/restart/workflows/{uuid.uuid4().hex[:8]}/config.json"
-    where = {"key": key}
-    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"kept": true}', where)
+    await subscriber_objects.put(key, b'{"kept": true}', conditional=True)
     s3 = stack.servers["s3"]
     await asyncio.to_thread(s3.stop)
     await asyncio.to_thread(s3.start)
-    assert await subscriber_sidecar.invoke_binding("objectstore", "get", b"", where) == b'{"kept": true}'
+    assert await subscriber_objects.get(key) == b'{"kept": true}'
+    await subscriber_objects.put(key, b'{"kept": 2}', conditional=True)  # its version survived too
+    assert await subscriber_objects.get(key) == b'{"kept": 2}'

@@ -55,12 +55,13 @@ async def test_event_published_by_one_app_id_reaches_the_grpc_subscriber_of_anot
     assert json.loads(stored.value)["fields"]["via"][0] == "redis"  # [value, stamp]
 
 
-async def test_object_store_binding_creates_and_reads_an_object_at_its_key(stack, subscriber_sidecar):
+async def test_the_subscribers_object_store_writes_an_object_at_its_key(stack, subscriber_objects):
+    """Where the profile keeps objects: the folder, or S3Proxy's bucket folder (its
+    filesystem backend stores each object at <bucket>/<key>)."""
     key = f"persistent-artifacts/apps/smoke/workflows/{uuid.uuid4().hex[:8]}/config.json"
-    where = {"fileName": key, "key": key}  # bindings.localstorage / bindings.aws.s3
-    await subscriber_sidecar.invoke_binding("objectstore", "create", b'{"a": 1}', where)
+    await subscriber_objects.put(key, b'{"a": 1}', conditional=True)
     assert (stack.object_root / key).read_bytes() == b'{"a": 1}'
-    assert await subscriber_sidecar.invoke_binding("objectstore", "get", b"", where) == b'{"a": 1}'
+    assert await subscriber_objects.get(key) == b'{"a": 1}'
 
 
 def test_a_second_up_is_refused_and_names_the_running_stack(stack):

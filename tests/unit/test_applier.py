@@ -75,11 +75,11 @@ class FlakyObjects(InMemoryObjectStore):
         super().__init__()
         self.failures = failures
 
-    async def put(self, key, data, timeout=None):
+    async def put(self, key, data, timeout=None, conditional=False):
         if self.failures:
             self.failures -= 1
             raise OSError("disk full")
-        await super().put(key, data)
+        await super().put(key, data, conditional=conditional)
 
 
 async def test_states_are_marked_in_the_same_commit_and_unmarked_after_their_snapshot():
@@ -108,8 +108,8 @@ async def test_a_state_changed_during_a_flush_stays_marked():
     await applier.apply([field_updated("a", 1)])
 
     class RacingObjects(InMemoryObjectStore):
-        async def put(self, key, data, timeout=None):
-            await super().put(key, data)
+        async def put(self, key, data, timeout=None, conditional=False):
+            await super().put(key, data, conditional=conditional)
             if not hasattr(self, "raced"):
                 self.raced = True
                 await applier.apply([field_updated("a", 2, seq=2, hlc=(2, 0))])

@@ -27,14 +27,23 @@ def test_component_names_match_the_settings():
     assert found[s.statestore_name]["spec"]["type"] == "state.sqlite"
     assert found[s.pubsub_name]["spec"]["type"] == "pubsub.redis"
     assert found[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.redis"
-    assert found[s.objectstore_name]["spec"]["type"] == "bindings.localstorage"
+    # The subscriber writes the snapshots itself (statestore.subscriber.objectstore): no binding.
+    assert not [name for name, doc in found.items() if doc["kind"] == "Component" and doc["spec"]["type"].startswith("bindings.")]
 
 
 def test_stores_match_the_reference_paths_and_share_keys():
     found = components()
     assert metadata(found["statestore"])["connectionString"] == "./local/dapr/statestore.db"
     assert metadata(found["statestore"])["keyPrefix"] == "name"
-    assert metadata(found["objectstore"])["rootPath"].rstrip("/") == Settings().tmp_root
+    # The snapshots land where build_state_store_path says, by default and in the benchmark's
+    # binding for the reference design.
+    from bench.peers import BENCH_COMPONENTS
+    from statestore.subscriber.objectstore import open_object_store
+
+    assert open_object_store(Settings()).root == Path(Settings().tmp_root)
+    binding = yaml.safe_load((BENCH_COMPONENTS / "objectstore.yaml").read_text())
+    assert metadata(binding)["rootPath"].rstrip("/") == Settings().tmp_root
+    assert binding["scopes"] == [SUBSCRIBER_APP_ID]
 
 
 def test_scopes_admit_exactly_the_apps_that_need_each_component():
@@ -44,7 +53,6 @@ def test_scopes_admit_exactly_the_apps_that_need_each_component():
     for name in ("statestore", "pubsub", "pubsub-credentials"):
         assert set(found[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID, *demo_apps}
     assert set(found["secretstore"]["scopes"]) == {CALLER_APP_ID, *demo_apps}
-    assert found["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
 
 
 def test_temporal_ports_do_not_collide_with_the_stack_or_the_run_file():
@@ -155,7 +163,6 @@ def test_scale_profile_components_keep_names_and_scopes_and_swap_the_backends():
     assert scale[s.pubsub_name]["spec"]["type"] == "pubsub.kafka"
     assert scale[s.credentials_pubsub_name]["spec"]["type"] == "pubsub.kafka"
     assert metadata(scale[s.credentials_pubsub_name])["consumerGroup"] != metadata(scale[s.pubsub_name])["consumerGroup"]
-    assert scale[s.objectstore_name]["spec"]["type"] == "bindings.aws.s3"
     for name in scale:
         assert scale[name].get("scopes") == local[name].get("scopes"), name  # inherited
     for path in (ROOT / "components" / "scale").glob("*.yaml"):
@@ -173,12 +180,33 @@ def test_scale_pubsub_one_group_oldest_first_pinned_version_big_enough_messages(
     assert int(meta["maxMessageBytes"]) == MAX_MESSAGE_BYTES > Settings().pack_max_bytes
 
 
-def test_scale_object_store_is_path_style_and_its_bucket_is_the_servers():
+def test_scale_subscriber_writes_to_the_servers_bucket_and_no_file_holds_its_keys(tmp_path):
+    """The scale profile's subscriber gets the bucket and the S3 key pair in its environment
+    (statestore.subscriber.objectstore); the rendered components hold no credential."""
+    from statestore.devstack.servers.s3 import BUCKET, REGION
+
+    stack = Stack(tmp_path, Ports(), profile="scale")
+    env = stack.objectstore_env()
+    s3 = stack.servers["s3"]
+    assert (env["STATESTORE_OBJECTSTORE_URL"], env["STATESTORE_OBJECTSTORE_ENDPOINT"]) == (f"s3://{BUCKET}", s3.endpoint)
+    assert env["STATESTORE_OBJECTSTORE_REGION"] == REGION
+    pair = s3.credentials()
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (pair["accessKey"], pair["secretKey"])
+    stack.render_components()
+    assert not [p for p in stack.resources.glob("*.yaml") if pair["secretKey"] in p.read_text()]
+    local = Stack(tmp_path / "local-profile", Ports()).objectstore_env()
+    assert local == {"STATESTORE_OBJECTSTORE_URL": str(tmp_path / "local-profile" / "local" / "tmp")}
+
+
+def test_the_benchmarks_reference_binding_is_path_style_on_the_servers_bucket():
+    from bench.peers import with_reference_binding
     from statestore.devstack.servers.s3 import BUCKET
 
-    meta = metadata(scale_components()["objectstore"])
-    assert meta["bucket"] == BUCKET
+    docs = {doc["metadata"]["name"]: doc for doc in with_reference_binding("scale").component_documents().values()}
+    meta = metadata(docs["objectstore"])
+    assert docs["objectstore"]["spec"]["type"] == "bindings.aws.s3" and meta["bucket"] == BUCKET
     assert (meta["forcePathStyle"], meta["disableSSL"]) == ("true", "true")
+    assert docs["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
 
 
 def test_subscriber_sidecars_probe_their_apps_health_where_the_pubsub_allows_it():

@@ -1,4 +1,4 @@
-"""The pure parts of credential storage: listing the object store's answer, the keys file."""
+"""The pure parts of credential storage: listing credentials in the object store, the keys file."""
 
 import json
 import os
@@ -7,7 +7,9 @@ import stat
 import pytest
 
 from statestore.publisher import keys
-from statestore.publisher.objectlist import parse_list_response
+from statestore.publisher.objectlist import list_state_ids
+from statestore.subscriber.objectstore import LocalFileObjectStore
+from statestore.subscriber.ports import InMemoryObjectStore
 from statestore.core.paths import StateType, object_key, object_prefix, state_id_of_object_key
 
 C = StateType.CREDENTIALS
@@ -22,25 +24,14 @@ def test_object_key_and_its_inverse():
     assert state_id_of_object_key(object_prefix(C) + "x/other.json", C) is None
 
 
-def test_localstorage_list_answer_is_absolute_paths_of_every_file():
-    prefix = object_prefix(C)
-    raw = json.dumps([f"/srv/local/tmp/{prefix}g1/config.json", f"/srv/local/tmp/{prefix}g2/config.json",
-                      "/srv/local/tmp/elsewhere/file"]).encode()  # fmt: skip
-    assert parse_list_response(raw, prefix) == ([f"{prefix}g1/config.json", f"{prefix}g2/config.json"], None)
-    assert parse_list_response(b"null", prefix) == ([], None)
-
-
-def test_s3_list_answer_pages_with_a_marker():
-    prefix = object_prefix(C)
-    page = {"Contents": [{"Key": f"{prefix}g1/config.json", "Size": 10}, {"Key": f"{prefix}g2/config.json"}],
-            "IsTruncated": True, "Marker": "", "Name": "bucket"}  # fmt: skip
-    assert parse_list_response(json.dumps(page).encode(), prefix) == (
-        [f"{prefix}g1/config.json", f"{prefix}g2/config.json"], f"{prefix}g2/config.json")  # fmt: skip
-    last = {"Contents": [{"Key": f"{prefix}g3/config.json"}], "IsTruncated": False}
-    assert parse_list_response(json.dumps(last).encode(), prefix) == ([f"{prefix}g3/config.json"], None)
-    assert parse_list_response(json.dumps({"IsTruncated": False}).encode(), prefix) == ([], None)
-    with pytest.raises(ValueError, match="neither"):
-        parse_list_response(b"42", prefix)
+@pytest.mark.parametrize("make", [lambda tmp: InMemoryObjectStore(), lambda tmp: LocalFileObjectStore(tmp)])
+async def test_credential_ids_are_listed_from_their_snapshots_only(make, tmp_path):
+    objects = make(tmp_path)
+    for guid in ("g2", "g1"):
+        await objects.put(object_key(guid, C), b"{}")
+    await objects.put(object_key("w1", StateType.WORKFLOWS), b"{}")  # another type
+    await objects.put(object_prefix(C) + "g3/notes.txt", b"")  # not a snapshot
+    assert await list_state_ids(objects, C) == ["g1", "g2"]
 
 
 def test_keys_file_is_0600_from_its_creation(tmp_path, monkeypatch):

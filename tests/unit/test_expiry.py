@@ -32,9 +32,9 @@ class CountingObjects(InMemoryObjectStore):
         super().__init__()
         self.puts: list[str] = []
 
-    async def put(self, key, data, timeout=None):
+    async def put(self, key, data, timeout=None, conditional=False):
         self.puts.append(key)
-        await super().put(key, data, timeout)
+        await super().put(key, data, timeout, conditional)
 
 
 class Setup:

@@ -31,8 +31,13 @@ def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
     return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
 
 
+def env_entries(deployment: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def env(deployment: dict) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    """The plain values (not those from secrets)."""
+    return {name: e["value"] for name, e in env_entries(deployment).items() if "value" in e}
 
 
 @pytest.fixture(scope="module", params=["base", "overlays/production"])
@@ -44,9 +49,10 @@ def test_components_match_the_settings_and_the_scale_profile(docs):
     s = Settings()
     components = by_kind(docs, "Component")
     local = scale_components()
-    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name, s.objectstore_name, s.secretstore_name):
+    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name, s.secretstore_name):
         assert name in components, name
-    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name, s.objectstore_name):
+    assert not [name for name, doc in components.items() if doc["spec"]["type"].startswith("bindings.")]
+    for name in (s.pubsub_name, s.credentials_pubsub_name, s.statestore_name):
         ours, theirs = components[name]["spec"], local[name]["spec"]
         assert (ours["type"], ours["version"]) == (theirs["type"], theirs["version"]), name
         plain = {i["name"]: i["value"] for i in ours["metadata"] if "value" in i}
@@ -57,16 +63,25 @@ def test_components_match_the_settings_and_the_scale_profile(docs):
                 assert plain[key] == value, (name, key)
         secret = [i for i in ours["metadata"] if "secretKeyRef" in i]
         assert all("value" not in i for i in secret)
-    for item in components[s.statestore_name]["spec"]["metadata"] + components[s.objectstore_name]["spec"]["metadata"]:
-        if item["name"] in ("connectionString", "accessKey", "secretKey"):
+    for item in components[s.statestore_name]["spec"]["metadata"]:
+        if item["name"] == "connectionString":
             assert "secretKeyRef" in item, item["name"]
+
+
+def test_the_subscriber_writes_snapshots_to_s3_configured_from_a_secret(docs):
+    """No object-store binding: the subscriber's settings (statestore.subscriber.objectstore)
+    and the AWS key pair come from the statestore-s3 secret, never as plain values."""
+    entries = env_entries(by_kind(docs, "Deployment")["statestore-subscriber"])
+    named = {f"STATESTORE_{field.upper()}" for field in Settings.model_fields if field.startswith("objectstore_")}
+    for name in [*named, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
+        assert entries[name]["valueFrom"]["secretKeyRef"]["name"] == "statestore-s3", name
+        assert "value" not in entries[name]
 
 
 def test_scopes_admit_the_subscriber_and_the_caller_only(docs):
     components = by_kind(docs, "Component")
     for name in ("pubsub", "statestore"):
         assert set(components[name]["scopes"]) == {SUBSCRIBER_APP_ID, CALLER_APP_ID}
-    assert components["objectstore"]["scopes"] == [SUBSCRIBER_APP_ID]
     assert components["secretstore"]["scopes"] == [CALLER_APP_ID]
     assert by_kind(docs, "Resiliency")["statestore-resiliency"]["scopes"] == [SUBSCRIBER_APP_ID]
 

@@ -122,3 +122,18 @@ async def test_a_confirmed_replace_and_own_writes_in_memory(memory_state_store):
     assert await StateStore.get_state("wf-args", W) == {"workflow_id": "wf-args", "status": "running"}
     await StateStore.delete_state("wf-args", W)
     assert await StateStore.get_state("wf-args", W) is None
+
+
+async def test_a_confirmed_replace_supersedes_a_stored_stamp_from_the_future(memory_state_store):
+    """A writer whose clock ran two minutes ahead stored a field; a replace written after
+    it (by a process that never read the state, so its clock has not seen that stamp) is
+    stamped again after it, and supersedes it."""
+    import time
+
+    from tests.strategies import field_updated
+
+    ahead = field_updated("status", "from the future", producer="fast-clock", seq=1,
+                          hlc=(int(time.time() * 1000) + 120_000, 0), state_id="wf-skew")  # fmt: skip
+    await memory_state_store.applier.apply([ahead])
+    await StateStore.save_state_object("wf-skew", {"status": "final"}, W)
+    assert await StateStore.get_state("wf-skew", W) == {"status": "final"}

@@ -10,7 +10,7 @@ import pytest
 from statestore.core.paths import object_key
 from statestore.subscriber.applier import EventApplier
 from statestore.subscriber.outbox import LEASE_KEY, REGISTRY_KEY, Lease, OutboxWriter, Registry, SnapshotFlusher, pending_keys
-from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository
+from statestore.subscriber.ports import InMemoryObjectStore, InMemoryStateRepository, put_each
 from tests.strategies import field_updated
 
 
@@ -33,20 +33,20 @@ class SlowObjects(InMemoryObjectStore):
         self.honour_deadlines = True
         self.cut = 0  # writes cancelled at their deadline
 
-    async def put(self, key, data, timeout=None):
-        # As daprd does with the call's deadline: a write not done by then is cancelled.
+    async def put(self, key, data, timeout=None, conditional=False):
+        # As an S3 call is cancelled at its deadline: a write not done by then never lands.
         try:
-            await asyncio.wait_for(self._slow_put(key, data), timeout if self.honour_deadlines else None)
+            await asyncio.wait_for(self._slow_put(key, data, conditional), timeout if self.honour_deadlines else None)
         except asyncio.TimeoutError:
             self.cut += 1
             raise
 
-    async def _slow_put(self, key, data):
+    async def _slow_put(self, key, data, conditional):
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
-        self.log.append((key, data))
-        await super().put(key, data)
+        await super().put(key, data, conditional=conditional)
+        self.log.append((key, data))  # landed
 
 
 async def snapshot(objects, state_id="s1"):
@@ -144,7 +144,7 @@ async def test_a_slow_object_store_does_not_lose_the_lease_while_working():
     repo, objects = InMemoryStateRepository(), SlowObjects(delay=0.05)
     applier = EventApplier(repo)
     await applier.apply([field_updated("f", n, state_id=f"s{n}") for n in range(40)])
-    holder = SnapshotFlusher(repo, objects, lease_s=0.4, parallel_writes=1)  # the round takes 2 s = 5 leases
+    holder = SnapshotFlusher(repo, objects, lease_s=0.4)  # one put at a time: the round takes 2 s = 5 leases
     watcher = SnapshotFlusher(repo, objects, lease_s=0.4)
     round_ = asyncio.create_task(holder.flush_once())
     await asyncio.sleep(0.01)  # the holder takes the lease first
@@ -185,6 +185,36 @@ async def test_a_deposed_holder_cannot_leave_a_snapshot_behind_for_good():
     assert repo.items[LEASE_KEY] and not old.holding()
 
 
+async def test_a_deposed_holders_late_put_never_replaces_a_newer_snapshot():
+    """The conditional put fences without any clock: the old holder's put of v2 is held up
+    past every deadline (none honoured here) and reaches the store after the successor
+    wrote v3 from a newer document. It is refused; the snapshot stays v3."""
+    repo, clock = InMemoryStateRepository(), Clock()
+    slow = SlowObjects()
+    slow.honour_deadlines = False
+    applier = EventApplier(repo)
+    old = SnapshotFlusher(repo, slow, lease_s=5.0, clock=clock)
+    new = SnapshotFlusher(repo, slow.writer(), lease_s=5.0, clock=clock)  # another replica
+    await applier.apply([field_updated("f", "v1")])
+    assert await old.flush_once() == 1
+    await applier.apply([field_updated("f", "v2", seq=2, hlc=(2, 0))])
+    slow.gate = asyncio.Event()
+    stalled = asyncio.create_task(old.flush_once())  # reads v2, its put is held
+    await asyncio.sleep(0.01)
+    await applier.apply([field_updated("f", "v3", seq=3, hlc=(3, 0))])
+    assert await new.flush_once() == 0  # starts watching the lease record
+    clock.now += 5.1  # the old holder stalled for more than a lease period
+    assert await new.flush_once() == 1  # takes over, writes v3 (reading it again after the store said "changed")
+    assert await snapshot(slow) == {"f": "v3"}
+    slow.gate.set()
+    assert await stalled == 0  # its put of v2 was refused, then it saw the lease was gone
+    assert await snapshot(slow) == {"f": "v3"}
+    assert [json.loads(data) for _, data in slow.log] == [{"f": "v1"}]  # v2 never landed
+    while await pending_keys(repo):  # the old holder marked its states again: rewritten, still v3
+        await new.flush_once()
+    assert await snapshot(slow) == {"f": "v3"}
+
+
 async def test_a_snapshot_write_is_cut_when_the_holders_window_closes_and_never_lands_later():
     """Issue 10.6: snapshots never go backwards. The old holder's put of v1 is held up
     past its write window: it is cancelled at its deadline (as daprd cancels the binding
@@ -214,7 +244,7 @@ async def test_a_flush_that_fails_the_same_way_backs_off_and_logs_once(caplog):
     class Broken(InMemoryObjectStore):
         puts = 0
 
-        async def put(self, key, data, timeout=None):
+        async def put(self, key, data, timeout=None, conditional=False):
             Broken.puts += 1
             raise OSError("binding down")
 
@@ -256,11 +286,14 @@ class OneFailingPut(SlowObjects):
         self.failed = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def put(self, key, data, timeout=None):
+    async def put(self, key, data, timeout=None, conditional=False):
         if key == self.failing and not self.failed.is_set():
             self.failed.set()
             raise RuntimeError("object store down for this write")
-        await super().put(key, data, timeout)
+        await super().put(key, data, timeout, conditional)
+
+    async def put_many(self, items, timeout=None):  # several in flight, as S3's adapter keeps them
+        return await put_each(self, items, timeout, lanes=8)
 
 
 async def test_a_failed_round_ends_only_after_its_other_writes_so_none_lands_after_the_retry():
@@ -354,25 +387,30 @@ class StoppedMidRound(InMemoryObjectStore):
         self.late, self.failing, self.meanwhile = late, failing, meanwhile
         self.log: list[tuple[str, bytes]] = []
 
-    async def put(self, key, data, timeout=None):
+    async def put(self, key, data, timeout=None, conditional=False):
         from statestore.core.errors import SidecarUnavailableError
 
         if key == self.failing:
-            raise SidecarUnavailableError("binding objectstore.create: the Dapr sidecar did not answer (DEADLINE_EXCEEDED)")
+            raise SidecarUnavailableError("the object store did not answer (DEADLINE_EXCEEDED)")
         if key == self.late:
             self.late = None  # once: the successor's own put of it goes through
             await self.meanwhile()
-        self.log.append((key, data))
-        await super().put(key, data)
+        await super().put(key, data, conditional=conditional)
+        self.log.append((key, data))  # landed
+
+    async def put_many(self, items, timeout=None):
+        from statestore.subscriber.ports import put_each
+
+        return await put_each(self, items, timeout, lanes=2)  # both puts in flight, as with S3's lanes
 
 
 @pytest.mark.parametrize("late, failing", [("s1", "s2"), ("s2", "s1")])
 async def test_a_holder_stopped_mid_round_cannot_leave_an_older_snapshot_after_it_resumes(late, failing):
     """Issue 27: the holder stops just before a put; a successor takes the lease and writes
-    v2; the holder resumes, its put of v1 lands after v2, and its round ends deposed (its
-    other write finds the window closed) or failed (its other put was cut at its deadline).
-    Either way it names the states it wrote again, so the successor's next round puts v2
-    back: the snapshot ends at the newest state."""
+    v2; the holder resumes and its put of v1 is refused (conditional: the object changed
+    since it last saw it, issue 29), and its round ends deposed (its other write finds the
+    window closed) or failed (its other put was cut at its deadline). The snapshot ends at
+    the newest state, and nothing stays named."""
     repo, clock = InMemoryStateRepository(), Clock()
     applier = EventApplier(repo)
     new = SnapshotFlusher(repo, InMemoryObjectStore(), lease_s=5.0, clock=clock)
@@ -387,12 +425,12 @@ async def test_a_holder_stopped_mid_round_cannot_leave_an_older_snapshot_after_i
         objects.failing = failing_key  # the holder's put in flight, cut at its deadline
 
     objects = StoppedMidRound(object_key(late, "workflows"), failing_key, stopped)
-    new._objects = objects  # one object store for both
+    new._objects = objects.writer()  # the same objects, its own memory of their versions (another replica)
     old = SnapshotFlusher(repo, objects, lease_s=5.0, clock=clock)
     await applier.apply([field_updated("f", "v1", state_id="s1"), field_updated("f", "v1", state_id="s2")])
     with contextlib.suppress(Exception):  # deposed (0 written) or failed: both happen
         assert await old.flush_once() == 0
-    assert objects.log[-1] == (object_key(late, "workflows"), json.dumps({"f": "v1"}, indent=2).encode())  # late
+    assert (object_key(late, "workflows"), json.dumps({"f": "v1"}, indent=2).encode()) not in objects.log  # refused
     objects.failing = None
     for _ in range(5):
         if not await pending_keys(repo):
@@ -421,3 +459,33 @@ async def test_a_holder_stopped_while_encoding_a_snapshot_does_not_start_its_put
     assert await flusher.flush_once() == 0  # lease lost: nothing written
     assert objects.log == []
     assert await pending_keys(repo)  # still named: the next holder writes it
+
+
+async def test_a_round_that_fails_reading_the_next_piece_ends_only_after_the_previous_pieces_writes():
+    """Pieces overlap (the next piece's documents are read while the previous piece is
+    written): a failure of the read must still wait for the writes in flight."""
+    repo = InMemoryStateRepository()
+    await EventApplier(repo).apply([field_updated("v", 1, state_id=f"s{n}") for n in range(2)])
+    objects = SlowObjects()
+    objects.gate = asyncio.Event()
+    flusher = SnapshotFlusher(repo, objects, keys_per_read=1)
+    loads = 0
+    real_load = repo.load
+
+    async def load(keys):
+        nonlocal loads
+        if any(key.startswith("workflows/") for key in keys):
+            loads += 1
+            if loads == 2:  # the second piece's documents
+                raise OSError("store busy")
+        return await real_load(keys)
+
+    repo.load = load
+    round_ = asyncio.create_task(flusher.flush_once())
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert loads == 2 and not round_.done(), "the round ended while the first piece's write was still in flight"
+    objects.gate.set()
+    with pytest.raises(OSError):
+        await round_
+    assert len(objects.log) == 1  # the first piece's write finished (and landed) before the round failed

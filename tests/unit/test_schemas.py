@@ -21,7 +21,7 @@ def validator(ce_type):
 def test_the_checked_in_files_are_what_the_models_generate():
     files = {path.name: path.read_text() for path in SCHEMA_DIR.glob("*.json")}
     assert files == {f"{ce_type}.json": render(schema) for ce_type, schema in SCHEMAS.items()}, (
-        "docs/schemas drifted from statestore/core/events.py: run `python -m statestore.schemas`"
+        "docs/schemas drifted from statestore/core/events.py: run `python -m statestore.core.schemas`"
     )
     assert main(["--check"]) == 0
 

@@ -60,6 +60,10 @@ class Server(ABC):
         """Component metadata values that point at this server."""
         return {}
 
+    def subscriber_env(self) -> dict[str, str]:
+        """Environment the subscriber needs to use this server directly (not through Dapr)."""
+        return {}
+
     def after_start(self) -> None:
         """Runs once the ports are open (create topics, buckets...)."""
 

@@ -102,3 +102,15 @@ class S3Server(Server):
 
     def component_metadata(self) -> dict[str, str]:
         return {"endpoint": self.endpoint, "bucket": BUCKET, "region": REGION, **self.credentials()}
+
+    def subscriber_env(self) -> dict[str, str]:
+        """The subscriber writes the snapshots to the bucket itself (statestore.subscriber.objectstore);
+        the key pair travels in its environment only, as a Kubernetes secret would."""
+        pair = self.credentials()
+        return {
+            "STATESTORE_OBJECTSTORE_URL": f"s3://{BUCKET}",
+            "STATESTORE_OBJECTSTORE_ENDPOINT": self.endpoint,
+            "STATESTORE_OBJECTSTORE_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": pair["accessKey"],
+            "AWS_SECRET_ACCESS_KEY": pair["secretKey"],
+        }
