@@ -10,7 +10,7 @@ PY := .venv/bin/python
 DAPR := .runtime/bin/dapr
 PROFILE ?= local
 
-.PHONY: setup run test test-unit chaos bench bench-full up down status clean
+.PHONY: setup run test test-compat test-unit chaos bench bench-full up down status clean
 
 setup:
 	@scripts/setup.sh all
@@ -19,12 +19,19 @@ run: setup
 	@if [ "$(ENGINE)" = temporal ]; then scripts/setup.sh temporal; fi
 	@$(PY) -m statestore.devstack run $(if $(ENGINE),--engine $(ENGINE))
 
-# The Temporal integration test needs the Temporal CLI (built once, then skipped).
+# The Temporal integration test needs the Temporal CLI (built once, then skipped), so
+# setup builds it too, beside the rest.
 # Every test on the local profile, then the integration suite on the scale profile.
-test: setup
-	@scripts/setup.sh temporal
+test:
+	@scripts/setup.sh all temporal
 	$(PY) -m pytest -ra $(PYTEST_ARGS)
 	$(PY) -m pytest -ra --profile scale tests/integration $(PYTEST_ARGS)
+
+# The built wheel in fresh venvs beside the lowest and the highest dapr of the tested range,
+# on Python 3.11 and the newest CPython found, each against a stack of its own
+# (docs/compatibility.md). Not part of `make test`: .ci/run runs it after.
+test-compat: setup
+	$(PY) -m tests.compat $(COMPAT_ARGS)
 
 # The fault matrix in full: 20 subscriber SIGKILLs, every other fault 3 times, the long
 # outages (caller sidecar 45 s, Redis 30 s), SIGTERM with a backlog and fork, and the
@@ -64,4 +71,4 @@ status:
 	@$(PY) -m statestore.devstack status
 
 clean: down
-	rm -rf local .runtime/build .runtime/build-engine
+	rm -rf local .runtime/build .runtime/logs

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 from statestore.devstack import Ports, Stack
@@ -34,6 +35,14 @@ SIZES = {
                  fleet=[(100_000, 2), (1_000_000, 1)], fleet_plain_max_ids=100_000),
 }  # fmt: skip
 
+
+
+def daprd_version() -> str:
+    """The dapr version runtime/build.sh builds daprd from (runtime/daprd/go.mod)."""
+    for line in (PROJECT_ROOT / "runtime" / "daprd" / "go.mod").read_text().splitlines():
+        if line.split()[:1] == ["github.com/dapr/dapr"]:
+            return line.split()[1]
+    return "unknown"
 
 def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -179,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "mode": mode, "parameters": size, "seconds": round(time.time() - started),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "daprd": "v1.18.2", "dapr_python_sdk": "1.18.3"},
+                    "daprd": daprd_version(), "dapr_python_sdk": version("dapr")},
         "results": results,
     }  # fmt: skip
     out_dir = PROJECT_ROOT / "bench" / "results"

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Builds daprd (with only our components), the Dapr CLI, and the workflow engine's
-# placement and scheduler services from Go modules into .runtime/, where the CLI looks for
+# Builds daprd (with only our components) and the workflow engine's placement and
+# scheduler services, the Dapr CLI, from Go modules into .runtime/, where the CLI looks for
 # them (runtimePath), kustomize (the deploy/kubernetes test) into .runtime/bin, and on
 # request the Temporal CLI (its dev server) into .runtime/temporal/. Skips what is already
-# built for the pinned versions. Nothing is downloaded except through the Go module proxy.
+# built for the pinned versions; builds the steps it is given at once. Nothing is
+# downloaded except through the Go module proxy.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SRC=$ROOT/runtime/daprd
 OUT=${STATESTORE_RUNTIME_DIR:-$ROOT/.runtime}
 CLI_SRC=$ROOT/runtime/cli
+# Shared by every checkout on the machine (the patched dapr module copy).
+CACHE=${STATESTORE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/statestore}
 
 die() { echo "runtime/build.sh: $*" >&2; exit 1; }
 # built BIN STAMPFILE STAMP: BIN exists and was built from the recipe STAMP names.
@@ -22,31 +25,55 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 dapr_version=$(awk '$1 == "github.com/dapr/dapr" {print $2; exit}' "$SRC/go.mod")
 [ -n "$dapr_version" ] || die "no github.com/dapr/dapr requirement in $SRC/go.mod"
 
-build_daprd() {
-  local bin=$OUT/.dapr/bin/daprd stampfile=$OUT/.dapr/bin/daprd.stamp stamp
+build_dapr() {
+  # daprd (with our component list) and the workflow engine's placement and scheduler, in
+  # one `go build` against one module graph: runtime/daprd's go.mod, whose versions are
+  # upstream's for every package placement and scheduler use (docs/runtime.md), so the
+  # packages the three share are compiled once.
+  local bin=$OUT/.dapr/bin stampfile=$OUT/.dapr/bin/dapr.stamp stamp name missing=0
   # The stamp covers this step's own recipe, not the whole script: adding another build
-  # step must not rebuild daprd.
-  stamp="$( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_daprd fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
-  if built "$bin" "$stampfile" "$stamp"; then
-    echo "daprd $dapr_version: up to date ($bin)"
+  # step must not rebuild these.
+  stamp="$dapr_version $( (cat "$SRC/go.mod" "$SRC/go.sum" "$SRC/main.go"; declare -f build_dapr prepare_dapr_copy fetch_dapr_module) | sha256sum | cut -c1-16) $(go env GOVERSION)"
+  for name in daprd placement scheduler; do [ -x "$bin/$name" ] || missing=1; done
+  if [ "$missing" = 0 ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+    echo "daprd, placement, scheduler $dapr_version: up to date ($bin)"
     return
   fi
-  echo "daprd $dapr_version: building from Go modules (a cold build takes several minutes)..."
-  local moddir work=$OUT/build
+  echo "daprd, placement, scheduler $dapr_version: building from Go modules (a cold build takes several minutes)..."
+  local moddir copy work=$OUT/build
   moddir=$(fetch_dapr_module)
-  # Upstream's daprd components package panics when built without its component tags;
-  # in a private copy of the module that file is emptied, so main.go picks components.
-  rm -rf "$work" && mkdir -p "$work" "$OUT/.dapr/bin"
-  cp -r "$moddir" "$work/dapr" && chmod -R u+w "$work/dapr"
-  echo "package components" > "$work/dapr/cmd/daprd/components/zz_notag.go"
+  # The private copy of the module sits in a cache shared by every checkout on the machine,
+  # named by its version and recipe: its path goes into the binaries' build info, so with
+  # one path for all checkouts Go's build cache serves a fresh clone's links too.
+  copy=$CACHE/dapr-$dapr_version-$(declare -f prepare_dapr_copy | sha256sum | cut -c1-12)
+  [ -d "$copy" ] || prepare_dapr_copy "$moddir" "$copy"
+  rm -rf "$work" && mkdir -p "$work/out" "$bin"
   cp "$SRC/go.mod" "$SRC/go.sum" "$work/"
-  echo "replace github.com/dapr/dapr => $work/dapr" >> "$work/go.mod"
-  (cd "$SRC" && go build -modfile="$work/go.mod" -trimpath -ldflags "-s -w" -o "$bin.tmp" .) \
-    || die "building daprd failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
-  mv "$bin.tmp" "$bin"
+  echo "replace github.com/dapr/dapr => $copy" >> "$work/go.mod"
+  (cd "$SRC" && go build -modfile="$work/go.mod" -trimpath -ldflags "-s -w" -o "$work/out/" \
+      . github.com/dapr/dapr/cmd/placement github.com/dapr/dapr/cmd/scheduler) \
+    || die "building daprd, placement and scheduler failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
+  for name in daprd placement scheduler; do mv "$work/out/$name" "$bin/$name"; done
   rm -rf "$work"
   echo "$stamp" > "$stampfile"
-  echo "daprd $dapr_version: built $bin ($(du -h "$bin" | cut -f1))"
+  echo "daprd, placement, scheduler $dapr_version: built in $bin ($(du -ch "$bin/daprd" "$bin/placement" "$bin/scheduler" | tail -1 | cut -f1))"
+}
+
+prepare_dapr_copy() {
+  # prepare_dapr_copy MODULE_DIR COPY: a patched copy of the (read-only) dapr module.
+  local tmp=$2.tmp.$$
+  rm -rf "$tmp" && mkdir -p "$(dirname "$2")"
+  cp -r "$1" "$tmp" && chmod -R u+w "$tmp"
+  # Upstream's daprd components package panics when built without its component tags;
+  # its no-tag file is emptied, so main.go picks components.
+  echo "package components" > "$tmp/cmd/daprd/components/zz_notag.go"
+  # Upstream's healthz server (placement's and scheduler's) binds every interface (both
+  # ignore --healthz-listen-address): here it binds 127.0.0.1.
+  local healthz=$tmp/pkg/healthz/server/server.go
+  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || { rm -rf "$tmp"; die "$healthz changed upstream: check how its listen address is set"; }
+  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
+  # Another checkout may have made the same copy meanwhile: keep the first.
+  mv -T "$tmp" "$2" 2>/dev/null || rm -rf "$tmp"
 }
 
 fetch_dapr_module() {
@@ -54,38 +81,6 @@ fetch_dapr_module() {
   (cd "$SRC" && go mod download -json "github.com/dapr/dapr@$dapr_version" \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))') \
     || die "could not fetch github.com/dapr/dapr@$dapr_version from the Go module proxy ($(go env GOPROXY)). Check the network and GOPROXY."
-}
-
-build_engine() {
-  # Dapr Workflows need placement (actor placement) and scheduler (durable timers and
-  # reminders). Both come from the very dapr module daprd is built from, with that
-  # module's own go.mod, so the three always speak the same protocol version.
-  local stampfile=$OUT/.dapr/bin/engine.stamp stamp name missing=0
-  stamp="$dapr_version $(declare -f build_engine fetch_dapr_module | sha256sum | cut -c1-16) $(go env GOVERSION)"
-  for name in placement scheduler; do [ -x "$OUT/.dapr/bin/$name" ] || missing=1; done
-  if [ "$missing" = 0 ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
-    echo "placement, scheduler $dapr_version: up to date ($OUT/.dapr/bin)"
-    return
-  fi
-  echo "placement, scheduler $dapr_version: building from Go modules (about a minute with a warm module cache)..."
-  local moddir work=$OUT/build-engine
-  moddir=$(fetch_dapr_module)
-  # The module cache is read-only and go may touch go.sum: build in a private copy.
-  rm -rf "$work" && mkdir -p "$work" "$OUT/.dapr/bin"
-  cp -r "$moddir" "$work/dapr" && chmod -R u+w "$work/dapr"
-  # Upstream's healthz server binds every interface (both services ignore
-  # --healthz-listen-address): in the private copy it binds 127.0.0.1.
-  local healthz=$work/dapr/pkg/healthz/server/server.go
-  grep -q 'fmt.Sprintf(":%d", s.port)' "$healthz" || die "$healthz changed upstream: check how its listen address is set"
-  sed -i 's|fmt.Sprintf(":%d", s.port)|fmt.Sprintf("127.0.0.1:%d", s.port)|' "$healthz"
-  for name in placement scheduler; do
-    (cd "$work/dapr" && go build -trimpath -ldflags "-s -w" -o "$OUT/.dapr/bin/$name.tmp" "./cmd/$name") \
-      || die "building $name failed (see the Go errors above). If a module could not be fetched, check the network and GOPROXY."
-    mv "$OUT/.dapr/bin/$name.tmp" "$OUT/.dapr/bin/$name"
-  done
-  rm -rf "$work"
-  echo "$stamp" > "$stampfile"
-  echo "placement, scheduler $dapr_version: built in $OUT/.dapr/bin ($(du -ch "$OUT/.dapr/bin/placement" "$OUT/.dapr/bin/scheduler" | tail -1 | cut -f1))"
 }
 
 build_cli() {
@@ -147,12 +142,40 @@ build_temporal() {
   echo "temporal CLI $version: built $bin ($(du -h "$bin" | cut -f1))"
 }
 
-case "${1:-all}" in
-  daprd) build_daprd ;;
-  cli) build_cli ;;
-  engine) build_engine ;;
-  kustomize) build_kustomize ;;
-  temporal) build_temporal ;;
-  all) build_daprd; build_cli; build_engine; build_kustomize ;;
-  *) die "usage: runtime/build.sh [daprd|cli|engine|kustomize|temporal|all]" ;;
-esac
+# in_parallel STEP...: runs the build steps at once (Go compiles on every core, but module
+# downloads and each binary's link overlap another step's compiling), each step's output
+# shown whole when it ends; fails when any step failed.
+in_parallel() {
+  local logs=$OUT/logs names=("$@") pids=() i status=0
+  mkdir -p "$logs"
+  for step in "$@"; do
+    ( "$step" ) > "$logs/$step.log" 2>&1 &
+    pids+=($!)
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" || status=1
+    cat "$logs/${names[$i]}.log"
+  done
+  return $status
+}
+
+# Usage: runtime/build.sh [dapr|cli|kustomize|temporal|all]... (daprd and engine: dapr).
+# `all` is dapr, cli and kustomize; the Temporal CLI only when named.
+steps=()
+for arg in "${@:-all}"; do
+  case "$arg" in
+    dapr|daprd|engine) steps+=(build_dapr) ;;
+    cli) steps+=(build_cli) ;;
+    kustomize) steps+=(build_kustomize) ;;
+    temporal) steps+=(build_temporal) ;;
+    all) steps+=(build_dapr build_cli build_kustomize) ;;
+    *) die "usage: runtime/build.sh [dapr|cli|kustomize|temporal|all]..." ;;
+  esac
+done
+# A step named twice runs once.
+mapfile -t steps < <(printf '%s\n' "${steps[@]}" | awk '!seen[$0]++')
+if [ ${#steps[@]} = 1 ]; then
+  "${steps[0]}"
+else
+  in_parallel "${steps[@]}"
+fi

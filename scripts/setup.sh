@@ -4,7 +4,7 @@
 # Go modules (and kustomize, for the deploy/kubernetes test), and the scale profile's
 # servers (Java, Maven and PostgreSQL from Debian; Kafka and S3Proxy jars from Maven
 # Central into .runtime/). Each step is skipped when already done.
-# Usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]
+# Usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]... (default all)
 # `temporal` (the Temporal CLI, for the Temporal example and its test) is not part of `all`.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ setup_python() {
   echo "setup: creating $VENV and installing the Python dependencies..."
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV" \
     || die "python3 -m venv failed. On Debian: apt-get install python3-venv."
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" \
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,workflows,temporal]" \
     || die "pip could not install the dependencies (see above). Is PyPI reachable (pip config, proxy)?"
   touch "$stamp"
 }
@@ -66,16 +66,42 @@ setup_scale() {
   "$VENV/bin/python" -m statestore.devstack install --profile scale || die "installing the scale profile's servers failed (see above)."
 }
 
-setup_runtime() {
-  "$ROOT/runtime/build.sh" all
+# setup STEP...: the steps, with the Go builds (runtime, temporal) in the background
+# while the venv, Redis and the scale profile's jars are installed: the two share nothing
+# and mostly wait on different things (compiling; downloads, the disk, apt).
+setup() {
+  local python=0 redis=0 scale=0 go_steps=() log=$ROOT/.runtime/logs/setup-go.log pid=""
+  for step in "$@"; do
+    case "$step" in
+      python) python=1 ;;
+      redis) redis=1 ;;
+      runtime) go_steps+=(all) ;;
+      scale) python=1; scale=1 ;;
+      temporal) go_steps+=(temporal) ;;
+      all) python=1; redis=1; scale=1; go_steps+=(all) ;;
+      *) die "usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]..." ;;
+    esac
+  done
+  if [ ${#go_steps[@]} -gt 0 ]; then
+    if [ $((python + redis + scale)) = 0 ]; then
+      "$ROOT/runtime/build.sh" "${go_steps[@]}"
+      return
+    fi
+    mkdir -p "$(dirname "$log")"
+    echo "setup: building the Go parts (runtime/build.sh ${go_steps[*]}) in the background; log: $log"
+    "$ROOT/runtime/build.sh" "${go_steps[@]}" > "$log" 2>&1 &
+    pid=$!
+  fi
+  [ "$python" = 0 ] || setup_python
+  [ "$redis" = 0 ] || setup_redis
+  [ "$scale" = 0 ] || setup_scale
+  if [ -n "$pid" ]; then
+    if ! wait "$pid"; then
+      cat "$log" >&2
+      die "runtime/build.sh ${go_steps[*]} failed (see above)."
+    fi
+    cat "$log"
+  fi
 }
 
-case "${1:-all}" in
-  python) setup_python ;;
-  redis) setup_redis ;;
-  runtime) setup_runtime ;;
-  scale) setup_python; setup_scale ;;
-  temporal) "$ROOT/runtime/build.sh" temporal ;;
-  all) setup_python; setup_redis; setup_runtime; setup_scale ;;
-  *) die "usage: scripts/setup.sh [python|redis|runtime|scale|temporal|all]" ;;
-esac
+setup "${@:-all}"

@@ -10,6 +10,7 @@ import signal
 import grpc
 from dapr.proto.runtime.v1 import appcallback_pb2_grpc as pb_grpc
 
+from statestore.core.dapr_sdk import add_app_callback
 from statestore.core.settings import get_settings, get_sidecar_settings
 from statestore.core.sidecar import SidecarClient
 from statestore.subscriber.applier import EventApplier
@@ -141,8 +142,7 @@ async def serve(stop: asyncio.Event) -> None:
             ("grpc.max_send_message_length", 64 << 20),
         ],
     )
-    pb_grpc.add_AppCallbackServicer_to_server(servicer, server)
-    pb_grpc.add_AppCallbackAlphaServicer_to_server(servicer, server)
+    add_app_callback(servicer, server)
     pb_grpc.add_AppCallbackHealthCheckServicer_to_server(HealthServicer(health), server)
     address = f"127.0.0.1:{settings.subscriber_port}"
     try:

@@ -1,7 +1,8 @@
 """A thin async adapter over one Dapr sidecar's gRPC API.
 
 The only module that speaks to Dapr for publishing and reading state. It uses the
-generated stubs from the Dapr SDK over ``grpc.aio`` directly: no health wait at
+generated stubs from the Dapr SDK (through statestore.core.dapr_sdk, which evens out
+the SDK releases) over ``grpc.aio`` directly: no health wait at
 construction (the SDK's DaprClient blocks up to 60 s), a deadline on every call, and
 gRPC failures turned into statestore errors that say what to do.
 """
@@ -13,10 +14,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from dapr.proto.common.v1 import common_pb2
-from dapr.proto.runtime.v1 import dapr_pb2_grpc
-from dapr.proto.runtime.v1 import binding_pb2, pubsub_pb2, secret_pb2, state_pb2
 
+from statestore.core.dapr_sdk import binding_pb2, bulk_publish, common_pb2, dapr_pb2_grpc, pubsub_pb2
+from statestore.core.dapr_sdk import secret_pb2, state_pb2
 from statestore.core.envelope import CONTENT_TYPE
 from statestore.core.errors import SidecarUnavailableError
 from statestore.core.settings import SidecarSettings, get_sidecar_settings
@@ -214,7 +214,7 @@ class SidecarClient:
                 for entry in cloudevents
             ],
         )
-        response = await self._call(self._stub.BulkPublishEvent, request, "bulk publish", timeout)
+        response = await self._call(bulk_publish(self._stub), request, "bulk publish", timeout)
         return {entry.entry_id: entry.error for entry in response.failedEntries}
 
     async def publish(self, pubsub: str, topic: str, data: bytes, content_type: str) -> None:

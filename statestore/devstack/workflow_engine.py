@@ -107,7 +107,7 @@ class WorkflowEngine:
         """Start both and return once both answer /healthz; raise StackError otherwise."""
         for binary in (PLACEMENT, SCHEDULER):
             if not binary.exists():
-                raise StackError(f"{binary} is missing: run `make setup` (runtime/build.sh engine builds it).")
+                raise StackError(f"{binary} is missing: run `make setup` (runtime/build.sh dapr builds it).")
         for what, port in self.ports.named().items():
             ensure_port_free(port, what)
         try:

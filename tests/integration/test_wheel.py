@@ -1,14 +1,14 @@
 """Issue 13.5: the built wheel, installed into a fresh venv, works against the stack.
 
-The wheel is built with pip (build isolation: setuptools from PyPI) and installed with ``--no-deps`` and the project venv's site-packages is put
-behind it for the dependencies (no PyPI round trip in the test); the script runs from
-a directory outside the repository, so only the installed copy can be imported.
+The wheel is built with pip (tests/wheel.py) and installed with ``--no-deps``, and the
+project venv's site-packages is put behind it for the dependencies (no PyPI round trip in
+the test; make test-compat installs them from PyPI); the script runs from a directory
+outside the repository, so only the installed copy can be imported.
 """
 
 from __future__ import annotations
 
 import email
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,7 +17,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from statestore.devstack.stack import PROJECT_ROOT
+from tests.wheel import build_wheel
 
 CALLER_SCRIPT = textwrap.dedent(
     """
@@ -43,12 +43,7 @@ def run(argv, **kwargs):
 
 
 def test_the_installed_wheel_saves_and_reads_against_the_stack(stack, tmp_path):
-    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
-    source = tmp_path / "source"
-    shutil.copytree(PROJECT_ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", ".venv", ".runtime", "local", "build", "*.egg-info", "__pycache__", ".hypothesis", "tests"))  # fmt: skip
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(source)])
-    (wheel,) = (tmp_path / "dist").glob("statestore-*.whl")
+    wheel = build_wheel(tmp_path)
 
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,9 @@ from statestore.devstack.processes import ManagedProcess, ensure_port_free, port
 __all__ = ["Server", "Spawn", "HEALTH_TIMEOUT_S"]
 
 # The repository's root: the stack runs from a checkout (components/, runtime/, .runtime/).
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+# STATESTORE_PROJECT_ROOT names it when statestore runs installed from its wheel (make
+# test-compat), where this file's own place says nothing of the checkout.
+PROJECT_ROOT = Path(os.environ.get("STATESTORE_PROJECT_ROOT") or Path(__file__).resolve().parents[3])
 
 HEALTH_TIMEOUT_S = 60.0
 
