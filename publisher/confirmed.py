@@ -16,10 +16,10 @@
    state this process has not written or read before is first tried as new: one
    first-write insert, no read (a workflow's arguments, saved under a new id); if it
    exists after all, the insert fails and the read-merge-write follows.
-3. **Then queued for the subscriber**, on the credentials pipeline and without its batch
-   window (``hand_over``): the event is published a moment later, never behind the
-   process's progress queue nor the progress backlog in the broker, and the subscriber's
-   apply of it writes the snapshot and indexes the id. The call does not wait for it.
+3. **Then queued for the subscriber**, on the credentials pipeline (``hand_over``): the
+   event is published a few milliseconds later, never behind the process's progress queue
+   nor the progress backlog in the broker, and the subscriber's apply of it writes the
+   snapshot and indexes the id. The call does not wait for it.
 
 So the stored state is what applying every event in stamp order gives, as for any other
 write: a replace never overwrites a field written after it, nor loses one written before

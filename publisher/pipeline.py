@@ -225,9 +225,8 @@ class PublishPipeline:
             [queued.event for queued in failed],
         )
 
-    async def submit(self, queued: QueuedEvent, hurry: bool = False) -> None:
+    async def submit(self, queued: QueuedEvent) -> None:
         """Queue one event; wait only while ``max_pending`` events are already queued.
-        ``hurry``: publish it at once, without waiting out the batch window.
 
         Raises PublishError for earlier events that failed, after queuing this one (so
         the error never costs the caller the write it was making).
@@ -248,8 +247,6 @@ class PublishPipeline:
         self._pending.append(queued)
         self._idle.clear()
         self._ensure_task()
-        if hurry:
-            self._hurry.set()
         self._wakeup.set()
         self.raise_failures()
 

@@ -217,9 +217,10 @@ class StateStore:
     @classmethod
     async def _queue_stored(cls, *events: AnyEvent) -> None:
         """Queue the events of states written ahead (a confirmed replace, new credentials)
-        on the credentials pipeline, at once (no batch window): the subscriber's apply of
-        them writes the snapshots. None is dropped: earlier ones a PublishError hands back
-        are queued again (their states are stored; only their snapshots wait)."""
+        on the credentials pipeline (confirmed replaces in a burst share a publish: nobody
+        waits for them): the subscriber's apply of them writes the snapshots. None is
+        dropped: earlier ones a PublishError hands back are queued again (their states are
+        stored; only their snapshots wait)."""
         pipeline = cls._pipeline_of(StateType.CREDENTIALS)
         for event in events:
             try:
