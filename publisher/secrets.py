@@ -33,7 +33,8 @@ from typing import Any
 
 from statestore.publisher.crypto import CredentialError, Keyring, UnknownCredentialError, encode_config, open_sealed, seal, seal_json
 from statestore.publisher.objectlist import list_state_ids
-from statestore.publisher.store import StateStore, _check_size
+from statestore.publisher.store import StateStore
+from statestore.publisher.values import check_size
 from statestore.core.errors import InvalidValueError, PublishError, SidecarUnavailableError, SyncTimeoutError
 from statestore.core.paths import StateType, validate_id
 from statestore.core.settings import get_settings
@@ -246,7 +247,7 @@ def _seal_checked(keyring: Keyring, guid: str, config: object, position: int) ->
         raise InvalidValueError(f"{what} is not JSON-serialisable ({exc}); nothing was saved") from None
     sealed = seal_json(keyring, guid, plaintext)
     try:  # strings and an integer: JSON as it is, only its size to check
-        _check_size(len(json.dumps(sealed)), what, guid)
+        check_size(len(json.dumps(sealed)), what, guid)
     except InvalidValueError as exc:
         raise InvalidValueError(f"{exc} Nothing was saved.") from None
     return sealed

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from statestore.publisher.confirmed import ConfirmedLane, write_confirmed
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
+from statestore.publisher.values import check_field_name, check_target, confirmed_timeout, json_roundtrip, ttl_of
 from statestore.core.cutting import cut
 from statestore.core.document import StateDocument, apply_events, encode_document, provisional_document
 from statestore.core.errors import (
@@ -30,7 +31,6 @@ from statestore.core.errors import (
 )
 from statestore.core.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
 from statestore.core.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
-from statestore.core.settings import get_settings
 from statestore.core.sidecar import Upsert
 from statestore.core.tracing import current_traceparent
 
@@ -60,10 +60,6 @@ def _decode_token(token: object) -> str:
 
 log = logging.getLogger("statestore.publisher")
 
-MAX_FIELD_LENGTH = 1024
-# The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
-# than JSON's), so the API refuses them first.
-MAX_NESTING = 64
 # sync_many polls at most this many of the states it waits for (the newest) until they are applied.
 SYNC_PROBE_STATES = 50
 # One bulk read per poll of sync_many holds at most this many keys (sqlite takes at most
@@ -131,10 +127,10 @@ class StateStore:
         event) when earlier events of this process could not be published. While the
         queue is full (an outage), waits until there is room.
         """
-        state_type = _check_target(id, type)
-        _check_field_name(key)
-        ttl = _ttl(ttl_seconds, state_type)
-        normalised = _json_roundtrip(value, f"value of field {key!r}", id)
+        state_type = check_target(id, type)
+        check_field_name(key)
+        ttl = ttl_of(ttl_seconds, state_type)
+        normalised = json_roundtrip(value, f"value of field {key!r}", id)
         event = FieldUpdated.model_construct(
             field=key, value=normalised, ttl_seconds=ttl, kind="field_updated", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
@@ -182,7 +178,7 @@ class StateStore:
         app: str | None = None,
     ) -> dict[str, Any]:
         """``save_state_object``'s confirmed replace, for ``app`` (None: this process's)."""
-        timeout = _timeout(timeout)
+        timeout = confirmed_timeout(timeout)
         known = get_runtime().wrote(state_key(id, coerce_state_type(type), app))
         event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True, app=app)
         await cls._write_confirmed(event, timeout, known)
@@ -192,8 +188,8 @@ class StateStore:
     async def _delete_confirmed(cls, id: str, type: StateType, timeout: float | None = None, app: str | None = None) -> bool:
         """Delete state ``id`` of ``app`` (None: this process's) and return once that is
         stored (publisher.confirmed): True when the state existed."""
-        state_type = _check_target(id, type)
-        timeout = _timeout(timeout)
+        state_type = check_target(id, type)
+        timeout = confirmed_timeout(timeout)
         event = StateDeleted.model_construct(
             kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type, True, app)
         )  # fmt: skip
@@ -244,11 +240,11 @@ class StateStore:
         ``checked``: ``value`` is known to be JSON of an allowed size (a sealed credential):
         not checked or copied again. ``confirmed``: stamped for a confirmed replace; ``app``:
         for that app (None: this process's)."""
-        state_type = _check_target(id, type)
+        state_type = check_target(id, type)
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise InvalidValueError("state object must be a dict with string keys")
-        ttl = _ttl(ttl_seconds, state_type)
-        normalised = value if checked else _json_roundtrip(value, "state object", id)
+        ttl = ttl_of(ttl_seconds, state_type)
+        normalised = value if checked else json_roundtrip(value, "state object", id)
         return ObjectReplaced.model_construct(
             value=normalised, ttl_seconds=ttl, kind="object_replaced", schema_version=SCHEMA_VERSION,
             **cls._stamp_fields(id, state_type, confirmed, app),
@@ -283,7 +279,7 @@ class StateStore:
         An event like a write, ordered by its stamp: a write stamped after it starts a
         new state. Fire-and-forget like ``save_state``, with the same errors.
         """
-        state_type = _check_target(id, type)
+        state_type = check_target(id, type)
         event = StateDeleted.model_construct(
             kind="state_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
@@ -296,8 +292,8 @@ class StateStore:
         The state itself stays, even with no field left. Fire-and-forget like
         ``save_state``, with the same errors.
         """
-        state_type = _check_target(id, type)
-        _check_field_name(key)
+        state_type = check_target(id, type)
+        check_field_name(key)
         event = FieldDeleted.model_construct(
             field=key, kind="field_deleted", schema_version=SCHEMA_VERSION, **cls._stamp_fields(id, state_type)
         )
@@ -516,7 +512,7 @@ class StateStore:
         than STATESTORE_OWN_WRITES_MAX_EVENTS writes that were not read back (the state
         lost some to that bound) and they are still not applied after 10 s.
         """
-        return await cls._get(id, _check_target(id, type))
+        return await cls._get(id, check_target(id, type))
 
     @classmethod
     async def _get(cls, id: str, state_type: StateType, app: str | None = None) -> dict[str, Any] | None:
@@ -579,75 +575,3 @@ def _restamp(event: AnyEvent, after: tuple[int, int]) -> AnyEvent:
     clock.observe(after)
     fields = {name: getattr(event, name) for name in type(event).model_fields}
     return type(event).model_construct(**{**fields, "hlc": clock.now()})
-
-
-def _timeout(timeout: object) -> float:
-    """A confirmed write's timeout: ``timeout``, else STATESTORE_OUTAGE_BUDGET_S."""
-    if timeout is None:
-        return get_settings().outage_budget_s
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise InvalidValueError(f"timeout must be a number of seconds > 0 (or None), not {timeout!r}")
-    return float(timeout)
-
-
-def _check_target(id: object, type: object) -> StateType:
-    validate_id(id)
-    return coerce_state_type(type)
-
-
-def _ttl(ttl_seconds: object, state_type: StateType) -> int | None:
-    """The write's expiry: ``ttl_seconds``, else the type's default retention."""
-    if ttl_seconds is None:
-        return get_settings().ttl_workflows_s if state_type is StateType.WORKFLOWS else None
-    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
-        raise InvalidValueError(f"ttl_seconds must be a whole number of seconds >= 1 (or None), not {ttl_seconds!r}")
-    return ttl_seconds
-
-
-def _check_field_name(key: object) -> None:
-    if not isinstance(key, str) or not key or len(key) > MAX_FIELD_LENGTH:
-        raise InvalidValueError(f"field name must be a non-empty string of at most {MAX_FIELD_LENGTH} characters")
-
-
-def _json_roundtrip(value: Any, what: str, state_id: str) -> Any:
-    """``value`` as it will read back from JSON; InvalidValueError if it is not JSON,
-    nests too deeply or is too large. Checked before the event takes a sequence number,
-    so a refused write leaves no gap that ``sync`` would wait for."""
-    try:
-        encoded = json.dumps(value, allow_nan=False)
-        normalised = json.loads(encoded)
-    except (TypeError, ValueError) as exc:
-        raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None
-    except RecursionError:
-        normalised = None
-    if normalised is None and value is not None or _depth(normalised) > MAX_NESTING:
-        raise InvalidValueError(f"{what} is nested too deeply: the limit is {MAX_NESTING} levels")
-    _check_size(len(encoded), what, state_id)
-    return normalised
-
-
-def _check_size(encoded_bytes: int, what: str, state_id: str) -> None:
-    """InvalidValueError if a value of ``encoded_bytes`` as JSON is over STATESTORE_MAX_VALUE_BYTES."""
-    limit = get_settings().max_value_bytes
-    if encoded_bytes > limit:
-        raise InvalidValueError(
-            f"{what} of state {state_id!r} is {encoded_bytes} bytes as JSON; the limit is {limit} "
-            "(STATESTORE_MAX_VALUE_BYTES). Store large data elsewhere and keep a reference."
-        )
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and dicts nest in ``value`` (iterative: no recursion limit)."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            item = item.values()
-        elif not isinstance(item, list):
-            deepest = max(deepest, depth)
-            continue
-        deepest = max(deepest, depth + 1)
-        if depth + 1 > MAX_NESTING:
-            return depth + 1
-        stack.extend((child, depth + 1) for child in item)
-    return deepest

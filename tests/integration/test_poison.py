@@ -139,7 +139,7 @@ async def test_the_api_refuses_bad_input_before_publishing(call, error, message)
 
 
 async def test_values_at_the_nesting_limit_round_trip():
-    from statestore.publisher.store import MAX_NESTING
+    from statestore.publisher.values import MAX_NESTING
 
     state_id = f"deep-ok-{uuid.uuid4().hex[:6]}"
     value = nested(MAX_NESTING - 1)  # dicts: MAX_NESTING levels with the outer one

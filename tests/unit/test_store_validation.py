@@ -57,14 +57,14 @@ async def test_field_names(key):
 
 
 async def test_sixty_four_levels_are_fine_sixty_five_are_not():
-    from statestore.publisher.store import MAX_NESTING, _json_roundtrip
+    from statestore.publisher.values import MAX_NESTING, json_roundtrip
 
     value = 1
     for _ in range(MAX_NESTING):
         value = [value]
-    assert _json_roundtrip(value, "v", "wf") == value
+    assert json_roundtrip(value, "v", "wf") == value
     with pytest.raises(InvalidValueError, match="limit is 64 levels"):
-        _json_roundtrip({"a": value}, "v", "wf")
+        json_roundtrip({"a": value}, "v", "wf")
 
 
 async def test_a_refused_write_takes_no_sequence_number():
