@@ -154,10 +154,13 @@ class PublishPipeline:
         clock: Callable[[], float] = time.monotonic,
         batch_max_events: int | None = None,
         handed_back: Callable[[list[AnyEvent]], None] | None = None,
+        published: Callable[[list[AnyEvent]], None] | None = None,
     ) -> None:
         self._transport = transport
-        # Told of the events a PublishError hands back (they are not applied unless republished).
+        # Told of the events a PublishError hands back (they are not applied unless republished),
+        # and of those the broker took (read-your-writes keeps them until seen applied).
         self._handed_back = handed_back
+        self._published = published
         self._settings = settings
         self._batch_max_events = batch_max_events or settings.batch_max_events
         self._max_pending = max_pending or settings.max_pending_events
@@ -371,7 +374,10 @@ class PublishPipeline:
                 self.stats.publish_errors += len(request_failed)
             if failed and not reason:
                 reason = next(iter(failed.values()))
-            self.stats.published += sum(len(events) for mid, (_, events) in remaining.items() if mid not in failed)
+            taken = [events for mid, (_, events) in remaining.items() if mid not in failed]
+            self.stats.published += sum(map(len, taken))
+            if self._published is not None and taken:
+                self._published([queued.event for events in taken for queued in events])
             if len(failed) < len(remaining):
                 self._outage_ended()
             remaining = {mid: remaining[mid] for mid in failed if mid in remaining}

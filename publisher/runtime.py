@@ -123,7 +123,7 @@ class LoopRuntime:
             transport = SidecarTransport(self.sidecar, pubsub, topic)
             found = self.pipelines[(pubsub, topic)] = PublishPipeline(
                 transport, self._runtime.settings, batch_max_events=batch_max_events,
-                handed_back=self._runtime.own_writes.discard,
+                handed_back=self._runtime.own_writes.discard, published=self._runtime.own_writes.published,
             )  # fmt: skip
         return found
 

@@ -385,9 +385,8 @@ class StateStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         loop_runtime = runtime.loop_runtime()
-        mine = set(keys.values())
         try:
-            await cls._flush_states(state_type, mine, timeout)
+            await cls._flush_states(state_type, set(keys.values()), timeout)
         except asyncio.TimeoutError:
             outage = any(p.in_outage for p in loop_runtime.pipelines.values())
             raise SyncTimeoutError(
@@ -401,9 +400,30 @@ class StateStore:
         for id in [id for id, w in waiting.items() if not w]:
             runtime.own_writes.settle(keys[id], None, all_applied=True)  # nothing of ours to wait for
         waiting = {id: w for id, w in waiting.items() if w}
+        await cls._await_applied(state_type, waiting, keys, deadline, timeout, all_applied=True)
+
+    @classmethod
+    async def _await_applied(
+        cls,
+        state_type: StateType,
+        waiting: dict[str, dict[str, int]],
+        keys: dict[str, str],
+        deadline: float,
+        timeout: float,
+        all_applied: bool = False,
+        app: str | None = None,
+    ) -> dict[str, StateDocument | None]:
+        """Poll the store until each state id of ``waiting`` shows its (producer id -> seq)
+        applied; returns the documents that showed it. SyncTimeoutError at ``deadline``
+        (loop time; ``timeout`` is what the error reports). ``all_applied``: the seqs are all
+        this process wrote to the states (a sync), so their own writes are settled for good."""
+        runtime = get_runtime()
+        loop = asyncio.get_running_loop()
         floors = {id: runtime.confirmed(keys[id]) for id in waiting}
         wanted = {id: dict(w) for id, w in waiting.items()}
-        query = loop_runtime.query
+        waiting = dict(wanted)
+        seen: dict[str, StateDocument | None] = {}
+        query = runtime.loop_runtime().query_for(app)
         delay = 0.002
         probing = True
         while waiting:
@@ -431,10 +451,11 @@ class StateStore:
                     waiting[id] = behind
                 else:
                     del waiting[id]
+                    seen[id] = document
                     runtime.confirm(keys[id], wanted[id])
-                    runtime.own_writes.settle(keys[id], document, all_applied=True)
+                    runtime.own_writes.settle(keys[id], document, all_applied=all_applied)
             if not waiting:
-                return
+                return seen
             if probing and not any(id in waiting for id in batch):
                 probing = False
                 continue
@@ -453,6 +474,7 @@ class StateStore:
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
+        return seen
 
     # -- reads -----------------------------------------------------------------------
 
@@ -508,9 +530,10 @@ class StateStore:
 
         Raises StateDecodeError when the stored value cannot be decoded and
         SidecarUnavailableError when the sidecar cannot be reached: neither is ever
-        reported as empty state. SyncTimeoutError only when this process wrote more
-        than STATESTORE_OWN_WRITES_MAX_EVENTS writes that were not read back (the state
-        lost some to that bound) and they are still not applied after 10 s.
+        reported as empty state. SyncTimeoutError only when more than
+        STATESTORE_OWN_WRITES_MAX_EVENTS of this process's writes were published and not
+        yet read back (the state lost some to that bound) and those are still not applied
+        after STATESTORE_OUTAGE_BUDGET_S: the subscriber is that far behind.
         """
         return await cls._get(id, check_target(id, type))
 
@@ -521,14 +544,15 @@ class StateStore:
         query = runtime.loop_runtime().query_for(app)
         document = await query.get_document(id, state_type)
         key = state_key(id, state_type, app)
-        own, lost_some = runtime.own_writes.pending(key)
-        if lost_some:
-            # Some of this process's writes of the state are no longer kept: wait until
-            # they are applied (at once when they are, the usual case), then read again.
-            # (Only the process's own app queues events: it is the one that can lose some.)
-            await cls.sync(id, state_type)
-            document = await query.get_document(id, state_type)
-        if own or lost_some:
+        own, dropped = runtime.own_writes.pending(key)
+        if dropped and not all(_applied(document, p, 0, s) for p, s in dropped.items()):
+            # Writes of the state that the bound no longer keeps: published (never behind
+            # this process's own queue), so wait until the subscriber applies them.
+            budget = runtime.settings.outage_budget_s
+            deadline = asyncio.get_running_loop().time() + budget
+            seen = await cls._await_applied(state_type, {id: dropped}, {id: key}, deadline, budget, app=app)
+            document = seen[id]
+        if own or dropped:
             own = runtime.own_writes.settle(key, document)
             if own:
                 document = apply_events(document, own)

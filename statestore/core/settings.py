@@ -70,10 +70,11 @@ class Settings(BaseSettings):
     publish_backoff_max_ms: float = Field(1000.0, ge=0, description="Longest retry delay.")
     max_pending_events: int = Field(100_000, ge=1, description="Queue bound: save_state waits beyond it.")
     # Read-your-writes (publisher.own_writes): the newest own event per field of each state
-    # is kept until a read shows it applied, at most this many in all; a read of a state
-    # that lost one to the bound waits until this process's writes of it are applied.
+    # is kept until a read shows it applied. Those still queued are always kept (the queue
+    # bound covers them); of those published, at most this many: a read of a state that
+    # lost one to the bound waits until the subscriber has applied it.
     own_writes_max_events: int = Field(
-        20_000, ge=0, description="Own writes get_state overlays on what it reads, at most."
+        20_000, ge=0, description="Published own writes get_state overlays until seen applied, at most."
     )
     # daprd takes 4 MiB per gRPC message by default: a bulk publish request stays well under.
     bulk_publish_max_bytes: int = Field(3 << 20, ge=1024, description="Bytes per bulk publish request.")

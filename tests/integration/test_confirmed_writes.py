@@ -20,7 +20,7 @@ import pytest
 from statestore import StateNotStoredError, StateStore, StateType
 from statestore.core.document import replay_in_order
 from statestore.core.events import cloudevent_type, decode_event
-from statestore.core.paths import object_key
+from statestore.core.paths import object_key, state_key
 from statestore.devstack.stack import PROJECT_ROOT
 from statestore.publisher.store import StateStore as Store
 from tests.integration.conftest import eventually, python_env
@@ -144,6 +144,36 @@ async def test_a_process_reads_its_own_writes_at_once_even_with_no_subscriber(st
     await reader.ready()
     assert (await reader.read(ids[:3])) == {ids[0]: {"base": 1, "status": "running"},
                                             ids[1]: {"replaced": True, "after": 2}, ids[2]: None}  # fmt: skip
+
+
+async def test_past_the_own_writes_bound_a_read_waits_for_the_subscriber_not_the_queue(stack):
+    """More published own writes than STATESTORE_OWN_WRITES_MAX_EVENTS: the newest are
+    still read at once with no subscriber; a read of a state whose write the bound
+    dropped waits until the subscriber applied it (never returns it missing), and
+    queued writes are never dropped, however long the queue."""
+    from statestore.publisher.runtime import get_runtime
+
+    own_writes = get_runtime().own_writes
+    bound, own_writes.max_events = own_writes.max_events, 10
+    ids = new_ids("bound", 200)
+    apps = await stop_subscribers(stack)
+    try:
+        for n, i in enumerate(ids):
+            await StateStore.save_state("n", n, i, W)
+        await StateStore.flush()  # all published: the bound drops 190 of them
+        held = {i: own_writes.pending(state_key(i, W)) for i in ids}
+        kept = [n for n, i in enumerate(ids) if held[i][0]]
+        assert len(kept) == 10 and sum(1 for events, marks in held.values() if marks) == 190
+        assert [await StateStore.get_state(ids[n], W) for n in kept] == [{"n": n} for n in kept]  # at once
+        first_dropped = next(n for n, i in enumerate(ids) if held[i][1])
+        dropped = asyncio.create_task(StateStore.get_state(ids[first_dropped], W))
+        with pytest.raises(asyncio.TimeoutError):  # not applied, so the read waits: never {} or None
+            await asyncio.wait_for(asyncio.shield(dropped), 2)
+    finally:
+        await start_subscribers(apps)
+        own_writes.max_events = bound
+    assert await dropped == {"n": first_dropped}
+    assert [await StateStore.get_state(i, W) for i in ids] == [{"n": n} for n in range(200)]
 
 
 async def test_confirmed_replaces_expire_with_their_ttl_and_deletes_apply(stack):

@@ -53,15 +53,47 @@ def test_deletes_are_own_writes_too():
     assert not apply_events(stored, own.settle("workflows/s1", stored)).exists()
 
 
-def test_past_the_bound_the_oldest_go_and_their_state_is_marked():
+def test_queued_writes_are_never_dropped_by_the_bound():
     own = OwnWrites(max_events=2)
-    own.add(field_updated("a", 1, **stamp(1), state_id="s1"))
-    own.add(field_updated("a", 1, **stamp(2), state_id="s2"))
-    own.add(field_updated("a", 1, **stamp(3), state_id="s3"))
-    assert own.pending("workflows/s1") == ([], True)
-    assert own.pending("workflows/s2")[1] is False and len(own) == 2
-    own.settle("workflows/s1", None, all_applied=True)  # a sync saw them applied
-    assert own.pending("workflows/s1") == ([], False)
+    events = [field_updated("a", n, **stamp(n), state_id=f"s{n}") for n in range(1, 6)]
+    for event in events:
+        own.add(event)
+    assert len(own) == 5  # none published yet: the publish queue bounds them
+    assert own.pending("workflows/s1") == ([events[0]], {})
+
+
+def test_past_the_bound_the_oldest_published_go_and_their_state_waits_for_their_seqs():
+    own = OwnWrites(max_events=2)
+    events = [field_updated("a", n, **stamp(n), state_id=f"s{n}") for n in range(1, 5)]
+    for event in events:
+        own.add(event)
+    own.published(events[:3])
+    assert own.pending("workflows/s1") == ([], {"me": 1})  # dropped: a read waits for seq 1
+    assert own.pending("workflows/s2")[1] == {} and len(own) == 3  # s4 is queued: kept
+    behind = apply_events(None, [field_updated("a", 0, producer="me", seq=1, hlc=(NOW, 0), state_id="s9")])
+    own.settle("workflows/s1", None)
+    assert own.pending("workflows/s1")[1] == {"me": 1}  # not applied yet: still waits
+    own.settle("workflows/s1", behind)  # the document shows seq 1 of "me" processed
+    assert own.pending("workflows/s1") == ([], {})
+
+
+def test_a_sync_that_saw_every_write_applied_ends_the_wait():
+    own = OwnWrites(max_events=0)
+    event = field_updated("a", 1, **stamp(1))
+    own.add(event)
+    own.published([event])
+    assert own.pending("workflows/s1") == ([], {"me": 1})
+    own.settle("workflows/s1", None, all_applied=True)
+    assert own.pending("workflows/s1") == ([], {})
+
+
+def test_a_superseded_write_is_not_counted_as_published():
+    own = OwnWrites(max_events=1)
+    first, second = field_updated("a", 1, **stamp(1)), field_updated("a", 2, **stamp(2))
+    own.add(first)
+    own.add(second)  # supersedes first before it was published
+    own.published([first])
+    assert own.pending("workflows/s1") == ([second], {}) and len(own) == 1
 
 
 def test_events_handed_back_by_a_publish_error_are_forgotten():
@@ -69,7 +101,7 @@ def test_events_handed_back_by_a_publish_error_are_forgotten():
     event = field_updated("a", 1, **stamp(1))
     own.add(event)
     own.discard([event])
-    assert own.pending("workflows/s1") == ([], False) and len(own) == 0
+    assert own.pending("workflows/s1") == ([], {}) and len(own) == 0
 
 
 def test_an_expired_write_is_not_brought_back():
