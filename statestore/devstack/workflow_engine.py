@@ -49,6 +49,15 @@ class EnginePorts:
         return {f"{name.replace('_', ' ')}": port for name, port in self.__dict__.items()}
 
 
+def _listen_flags(port: int, healthz: int, metrics: int) -> list[str]:
+    """The flags placement and scheduler share: their API, health and metrics ports, on 127.0.0.1 only."""
+    return [
+        "--port", str(port), "--listen-address", "127.0.0.1",
+        "--healthz-port", str(healthz), "--healthz-listen-address", "127.0.0.1",
+        "--metrics-port", str(metrics), "--metrics-listen-address", "127.0.0.1",
+    ]  # fmt: skip
+
+
 class WorkflowEngine:
     """placement and scheduler as managed processes of the stack folder ``local``: logs in
     ``local/logs``, pid files in ``local/run``, the scheduler's embedded etcd in
@@ -64,9 +73,7 @@ class WorkflowEngine:
             "placement",
             [
                 str(PLACEMENT),
-                "--port", str(p.placement), "--listen-address", "127.0.0.1",
-                "--healthz-port", str(p.placement_healthz), "--healthz-listen-address", "127.0.0.1",
-                "--metrics-port", str(p.placement_metrics), "--metrics-listen-address", "127.0.0.1",
+                *_listen_flags(p.placement, p.placement_healthz, p.placement_metrics),
                 # raft binds its own port: the default (8201) would clash with a second engine
                 "--initial-cluster", f"dapr-placement-0=127.0.0.1:{p.placement_raft}",
                 "--log-level", "warn",
@@ -79,9 +86,7 @@ class WorkflowEngine:
             "scheduler",
             [
                 str(SCHEDULER),
-                "--port", str(p.scheduler), "--listen-address", "127.0.0.1",
-                "--healthz-port", str(p.scheduler_healthz), "--healthz-listen-address", "127.0.0.1",
-                "--metrics-port", str(p.scheduler_metrics), "--metrics-listen-address", "127.0.0.1",
+                *_listen_flags(p.scheduler, p.scheduler_healthz, p.scheduler_metrics),
                 "--etcd-data-dir", str(etcd),
                 "--etcd-client-port", str(p.scheduler_etcd_client),
                 "--etcd-client-listen-address", "127.0.0.1",
