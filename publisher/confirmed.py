@@ -17,7 +17,8 @@
    first-write insert, no read (a workflow's arguments, saved under a new id); if it
    exists after all, the insert fails and the read-merge-write follows.
 3. **Then queued for the subscriber**, on the credentials pipeline (``hand_over``): the
-   event is published a few milliseconds later, never behind the process's progress queue
+   event is published within STATESTORE_HANDOVER_WINDOW_MS, with the other replaces of that
+   window (one publish and one subscriber write per burst), never behind the process's progress queue
    nor the progress backlog in the broker, and the subscriber's apply of it writes the
    snapshot and indexes the id. The call does not wait for it.
 

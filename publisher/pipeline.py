@@ -153,6 +153,7 @@ class PublishPipeline:
         max_pending: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         batch_max_events: int | None = None,
+        batch_window_ms: float | None = None,
         handed_back: Callable[[list[AnyEvent]], None] | None = None,
         published: Callable[[list[AnyEvent]], None] | None = None,
     ) -> None:
@@ -163,6 +164,7 @@ class PublishPipeline:
         self._published = published
         self._settings = settings
         self._batch_max_events = batch_max_events or settings.batch_max_events
+        self._batch_window_s = (settings.batch_window_ms if batch_window_ms is None else batch_window_ms) / 1000
         self._max_pending = max_pending or settings.max_pending_events
         self._clock = clock
         self._pending: list[QueuedEvent] = []
@@ -301,7 +303,7 @@ class PublishPipeline:
                 if len(self._pending) < self._batch_max_events and not self._hurry.is_set():
                     # Wait for company, unless a flush wants the events now (a credential save, sync).
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._hurry.wait(), self._settings.batch_window_ms / 1000)
+                        await asyncio.wait_for(self._hurry.wait(), self._batch_window_s)
                 self._hurry.clear()
                 while self._pending:
                     self._current = self._pending[: self._batch_max_events]

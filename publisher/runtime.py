@@ -117,12 +117,14 @@ class LoopRuntime:
             return self.query
         return StateQueryClient(self.sidecar, self._runtime.settings.statestore_name, app)
 
-    def pipeline(self, pubsub: str, topic: str, batch_max_events: int | None = None) -> PublishPipeline:
+    def pipeline(
+        self, pubsub: str, topic: str, batch_max_events: int | None = None, batch_window_ms: float | None = None
+    ) -> PublishPipeline:
         found = self.pipelines.get((pubsub, topic))
         if found is None:
             transport = SidecarTransport(self.sidecar, pubsub, topic)
             found = self.pipelines[(pubsub, topic)] = PublishPipeline(
-                transport, self._runtime.settings, batch_max_events=batch_max_events,
+                transport, self._runtime.settings, batch_max_events=batch_max_events, batch_window_ms=batch_window_ms,
                 handed_back=self._runtime.own_writes.discard, published=self._runtime.own_writes.published,
             )  # fmt: skip
         return found
@@ -293,12 +295,17 @@ class Runtime:
         return found
 
     def pipeline(
-        self, topic: str | None = None, pubsub: str | None = None, batch_max_events: int | None = None
+        self,
+        topic: str | None = None,
+        pubsub: str | None = None,
+        batch_max_events: int | None = None,
+        batch_window_ms: float | None = None,
     ) -> PublishPipeline:
         """The running loop's pipeline for ``topic`` on ``pubsub`` (default: the state topic),
-        publishing up to ``batch_max_events`` at once (default: the setting)."""
+        publishing up to ``batch_max_events`` at once, after ``batch_window_ms`` unless
+        flushed (defaults: the settings)."""
         return self.loop_runtime().pipeline(
-            pubsub or self.settings.pubsub_name, topic or self.settings.topic, batch_max_events
+            pubsub or self.settings.pubsub_name, topic or self.settings.topic, batch_max_events, batch_window_ms
         )
 
     def pipelines(self) -> list[PublishPipeline]:

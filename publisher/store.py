@@ -315,7 +315,8 @@ class StateStore:
         runtime = get_runtime()
         if state_type is StateType.CREDENTIALS:
             settings = runtime.settings
-            return runtime.pipeline(settings.credentials_topic, settings.credentials_pubsub_name, settings.credentials_batch_max_events)
+            return runtime.pipeline(settings.credentials_topic, settings.credentials_pubsub_name,
+                                    settings.credentials_batch_max_events, settings.handover_window_ms)  # fmt: skip
         return runtime.pipeline()
 
     @classmethod

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     # A credential save waits until its events are published: a batch of credentials goes
     # out in one bulk publish of up to this many, not in several of batch_max_events.
     credentials_batch_max_events: int = Field(1000, ge=1, le=10_000)
+    # That topic also carries the events of confirmed replaces, stored before they are
+    # queued: nobody waits for their publish (only the snapshot and the id listing follow
+    # it), so they wait this long for company. One publish, and one subscriber write, per
+    # burst of replaces instead of per replace keeps that work off the next replace's path.
+    # (A credential save flushes: it never waits this out.)
+    handover_window_ms: float = Field(
+        100.0, ge=0, description="How long a confirmed replace's event waits to share a publish."
+    )
     # Events per pub/sub message: up to pack_events events (and pack_max_bytes) travel as
     # one io.statestore.event_batch.v1 CloudEvent; 1 sends one CloudEvent per event.
     pack_events: int = Field(100, ge=1, le=1000)

@@ -114,6 +114,20 @@ async def test_the_subscriber_applying_a_stored_replace_writes_its_snapshot_and_
     assert page.ids == [state_id]
 
 
+async def test_a_burst_of_confirmed_replaces_shares_its_publishes(stack):
+    """Their events wait STATESTORE_HANDOVER_WINDOW_MS for company (the states are stored
+    already): far fewer publishes than replaces, and each still reaches the subscriber."""
+    ids = new_ids("burst", 100)
+    handover = Store._pipeline_of(StateType.CREDENTIALS)
+    before = handover.stats.batches
+    for i in ids:
+        await StateStore.save_state_object(i, workflow_args(i), W)
+    await StateStore.flush()
+    assert handover.stats.batches - before <= 30
+    for i in ids[::20]:
+        await assert_snapshot_matches(i)
+
+
 async def test_a_process_reads_its_own_writes_at_once_even_with_no_subscriber(stack):
     """save_state, a fire-and-forget replace and deletes, then get_state in the same
     process: with every subscriber stopped nothing is applied, yet the writer reads

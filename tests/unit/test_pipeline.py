@@ -66,6 +66,16 @@ async def test_a_flush_does_not_wait_out_the_batch_window():
     assert len(transport.batches) == 1
 
 
+async def test_a_pipeline_can_wait_a_window_of_its_own():
+    transport = FakeTransport()  # the credentials pipeline's way: confirmed replaces' events wait longer
+    pipeline = PublishPipeline(transport, settings(batch_window_ms=1), batch_window_ms=60_000)
+    await pipeline.submit(queued(1)[0])
+    await asyncio.sleep(0.05)  # fifty of the setting's windows
+    assert transport.batches == []
+    await asyncio.wait_for(pipeline.flush(), 5)  # a credential save flushes: it never waits it out
+    assert len(transport.batches) == 1
+
+
 async def test_a_pipeline_can_publish_larger_batches_than_the_setting():
     transport = FakeTransport()
     pipeline = PublishPipeline(transport, settings(), batch_max_events=30)  # the credentials pipeline's way
