@@ -100,10 +100,13 @@ def _targets(record: dict) -> list[str]:
                                  f"{aside}", "<= 110", aside <= 110))  # fmt: skip
     all_fleet = r.get("fleet", [])
     if all_fleet:
-        after = [(row["statestore"], row["statestore"]["snapshots_after_s"]) for row in all_fleet]
-        shown = "; ".join(f"{a} s at {f['ids']:,} x {f['fields']}" if a is not None else f"not all at {f['ids']:,}" for f, a in after)
-        rows.append(("every snapshot written, after the last update (each fleet row)", shown, "<= 10 s",
-                     all(a is not None and a <= 10 for _, a in after)))  # fmt: skip
+        for row in all_fleet:
+            f, after = row["statestore"], row["statestore"]["snapshots_after_s"]
+            # Issue 29's bound is for 100,000 x 2; issue 9's 30 s holds for every fleet row.
+            bound = 10 if (f["ids"], f["fields"]) == (100_000, 2) else 30
+            rows.append((f"every snapshot written, after the last update, fleet {f['ids']:,} x {f['fields']}",
+                         f"{after} s" if after is not None else "not all", f"<= {bound} s",
+                         after is not None and after <= bound))  # fmt: skip
         rss = [(row["statestore"]["ids"], row["statestore"]["peak_rss_mb"].get("subscriber", 0)) for row in all_fleet]
         peak = max(mb for _, mb in rss)
         shown = ", ".join(f"{mb} MiB at {ids:,}" for ids, mb in rss)
