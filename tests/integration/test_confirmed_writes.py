@@ -307,6 +307,26 @@ async def test_a_confirmed_write_in_a_sidecar_outage_raises_and_leaves_the_state
     assert failing_producer in document.producers and document.processed_upto(failing_producer) == 1
 
 
+@pytest.mark.profile("local")  # the sqlite store
+async def test_a_confirmed_write_waits_out_a_locked_store_then_returns_stored(stack):
+    """Another writer holds the store locked past daprd's busy timeout: the replace does
+    not return while it cannot be stored, and once the lock ends it is."""
+    import sqlite3
+
+    (state_id,) = new_ids("locked", 1)
+    lock = sqlite3.connect(stack.local / "dapr" / "statestore.db", timeout=30, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        write = asyncio.create_task(StateStore.save_state_object(state_id, {"a": 1}, W))
+        with pytest.raises(asyncio.TimeoutError):  # locked: not stored, so not returned
+            await asyncio.wait_for(asyncio.shield(write), 2)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert await write == {"a": 1}
+    assert (await Store._runtime().query.get_document(state_id, W)).to_state() == {"a": 1}
+
+
 async def test_a_confirmed_write_in_a_broker_outage_is_stored_and_its_snapshot_follows(stack):
     """The broker is down, the state store is not: the object is stored at once (the call
     does not wait for its event), and its event goes out when the broker is back."""

@@ -68,7 +68,10 @@ async def test_subscriber_sidecar_killed_and_restarted(stack):
 
 
 async def test_caller_sidecar_killed_while_producers_keep_calling(stack):
-    await crash_sidecar(stack, "caller sidecar SIGKILL", stack.caller_sidecar, stack.ports.caller, hold_s=0.5)
+    # Fire-and-forget replaces: the producers keep calling through the outage (a confirmed
+    # replace waits it out, and test_confirmed_writes.py covers that).
+    await crash_sidecar(stack, "caller sidecar SIGKILL", stack.caller_sidecar, stack.ports.caller, hold_s=0.5,
+                        load=Load(confirmed=False))  # fmt: skip
 
 
 @pytest.mark.profile("local")  # scale: test_faults_scale.py
@@ -100,7 +103,10 @@ async def test_sqlite_locked_longer_than_the_busy_timeout(stack):
             holder["conn"].execute("ROLLBACK")
             holder["conn"].close()
 
-        result = await run_across_fault("sqlite locked 7 s (busy timeout 5 s)", inject, recover, hold_s=7.0)
+        # Fire-and-forget replaces keep the events coming while the subscriber waits out the
+        # lock (a confirmed replace would wait for the lock too, stalling the load).
+        result = await run_across_fault("sqlite locked 7 s (busy timeout 5 s)", inject, recover, hold_s=7.0,
+                                        load=Load(confirmed=False))  # fmt: skip
     assert_clean(result)
 
 
