@@ -42,6 +42,15 @@ def ensure_port_free(port: int, what: str) -> None:
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
+            if not port_open(port):
+                # Nothing listens: a closed connection that used the port as its own
+                # ephemeral client port (Dapr's ports lie in Linux's ephemeral range) is
+                # still in TIME_WAIT, and blocks a listener for up to 60 s.
+                raise StackError(
+                    f"port {port} ({what}) cannot be listened on yet: nothing listens there, but a "
+                    f"recent connection still holds it (`ss -tan 'sport = :{port}'` shows it in "
+                    "TIME_WAIT). It frees within 60 s: run the command again then."
+                ) from None
             raise StackError(
                 f"port {port} ({what}) is already in use on 127.0.0.1. Stop whatever listens "
                 f"there (`ss -ltnp 'sport = :{port}'` shows it; `make down` stops our stack)."
