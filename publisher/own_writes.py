@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from statestore.core.document import StateDocument, is_applied
+from statestore.core.document import StateDocument, is_applied, seqs_applied
 from statestore.core.events import AnyEvent, ObjectReplaced, StateDeleted
 
 __all__ = ["OwnWrites", "DEFAULT_MAX_EVENTS"]
@@ -115,7 +115,7 @@ class OwnWrites:
         with self._lock:
             marks = self._marked.get(key)
             if marks is not None:
-                for producer in [p for p, (seq, _) in marks.items() if all_applied or _shows(document, p, seq)]:
+                for producer in [p for p, (seq, _) in marks.items() if all_applied or seqs_applied(document, p, seq)]:
                     del marks[producer]
                 if not marks:
                     del self._marked[key]
@@ -160,7 +160,3 @@ class OwnWrites:
         ttl = getattr(event, "ttl_seconds", None)
         return now_ms - wall > self._retention_ms or (ttl is not None and now_ms - wall > ttl * 1000)
 
-
-def _shows(document: StateDocument | None, producer: str, seq: int) -> bool:
-    """Whether ``document`` records every sequence number of ``producer`` up to ``seq`` processed."""
-    return document is not None and document.processed_upto(producer) >= seq

@@ -20,7 +20,7 @@ from statestore.publisher.pipeline import PublishPipeline, QueuedEvent
 from statestore.publisher.runtime import LoopRuntime, Runtime, get_runtime
 from statestore.publisher.values import check_field_name, check_target, confirmed_timeout, json_roundtrip, ttl_of
 from statestore.core.cutting import cut
-from statestore.core.document import StateDocument, apply_events, encode_document, provisional_document
+from statestore.core.document import StateDocument, apply_events, encode_document, provisional_document, seqs_applied
 from statestore.core.errors import (
     InvalidValueError,
     PublishError,
@@ -447,7 +447,7 @@ class StateStore:
                 continue
             for id in batch:
                 document = documents.get(id)
-                behind = {p: s for p, s in waiting[id].items() if not _applied(document, p, floors[id].get(p, 0), s)}
+                behind = {p: s for p, s in waiting[id].items() if not seqs_applied(document, p, s, floors[id].get(p, 0))}
                 if behind:
                     waiting[id] = behind
                 else:
@@ -546,7 +546,7 @@ class StateStore:
         document = await query.get_document(id, state_type)
         key = state_key(id, state_type, app)
         own, dropped = runtime.own_writes.pending(key)
-        if dropped and not all(_applied(document, p, 0, s) for p, s in dropped.items()):
+        if dropped and not all(seqs_applied(document, p, s) for p, s in dropped.items()):
             # Writes of the state that the bound no longer keeps: published (never behind
             # this process's own queue), so wait until the subscriber applies them.
             budget = runtime.settings.outage_budget_s
@@ -563,20 +563,6 @@ class StateStore:
         if latest is not None:
             runtime.clock.observe((latest[0], latest[1]))
         return document.to_state() if document.exists() else None
-
-
-def _applied(document: StateDocument | None, producer: str, floor: int, seq: int) -> bool:
-    """Whether ``producer``'s seqs up to ``seq`` are applied: all of them, or, when the
-    state expired since a sync saw ``floor`` applied (its records went with it), every
-    seq after ``floor``."""
-    if document is None:
-        return False
-    if document.processed_upto(producer) >= seq:
-        return True
-    progress = document.producers.get(producer)
-    if progress is None or floor <= 0:
-        return False
-    return all(progress.processed(n) for n in range(floor + 1, seq + 1))
 
 
 def _chunks(ids: list[str], keys: dict[str, str]) -> list[list[str]]:

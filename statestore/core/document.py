@@ -76,6 +76,7 @@ __all__ = [
     "provisional_document",
     "written_ahead",
     "is_applied",
+    "seqs_applied",
     "replay_in_order",
     "encode_document",
     "decode_document",
@@ -271,6 +272,20 @@ def is_applied(document: StateDocument | None, event: AnyEvent) -> bool:
         return False
     progress = document.producers.get(event.producer)
     return progress is not None and progress.processed(event.seq)
+
+
+def seqs_applied(document: StateDocument | None, producer: str, seq: int, floor: int = 0) -> bool:
+    """Whether ``document`` shows ``producer``'s seqs up to ``seq`` processed: all of them,
+    or, when the state expired since a sync saw ``floor`` applied (its records went with
+    it), every seq after ``floor``."""
+    if document is None:
+        return False
+    if document.processed_upto(producer) >= seq:
+        return True
+    progress = document.producers.get(producer)
+    if progress is None or floor <= 0:
+        return False
+    return all(progress.processed(n) for n in range(floor + 1, seq + 1))
 
 
 def replay_in_order(events: Iterable[AnyEvent]) -> dict[str, Any] | None:
