@@ -166,23 +166,24 @@ class StateStore:
         Raises InvalidStateIdError / InvalidStateTypeError / InvalidValueError (all
         ValueError) before anything is written; ``ttl_seconds`` as for ``save_state``.
         """
-        if not wait:
+        if wait:
+            event = await cls._replace_confirmed(id, value, type, ttl_seconds, timeout)
+        else:
             event = cls._replace_event(id, value, type, ttl_seconds)
             await cls._submit(event)
-            return json.loads(json.dumps(event.value))
-        return await cls._replace_confirmed(id, value, type, ttl_seconds, timeout)
+        return json.loads(json.dumps(event.value))  # the caller's copy, as it reads back
 
     @classmethod
     async def _replace_confirmed(
         cls, id: str, value: dict[str, Any], type: StateType, ttl_seconds: int | None, timeout: float | None,
         app: str | None = None,
-    ) -> dict[str, Any]:
-        """``save_state_object``'s confirmed replace, for ``app`` (None: this process's)."""
+    ) -> ObjectReplaced:
+        """``save_state_object``'s confirmed replace, for ``app`` (None: this process's); its event."""
         timeout = confirmed_timeout(timeout)
         known = get_runtime().wrote(state_key(id, coerce_state_type(type), app))
         event = cls._replace_event(id, value, type, ttl_seconds, confirmed=True, app=app)
         await cls._write_confirmed(event, timeout, known)
-        return json.loads(json.dumps(event.value))
+        return event
 
     @classmethod
     async def _delete_confirmed(cls, id: str, type: StateType, timeout: float | None = None, app: str | None = None) -> bool:
