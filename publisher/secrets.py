@@ -132,7 +132,7 @@ class SecretStore:
         except SidecarUnavailableError as exc:
             # Some may be written: the subscriber's merge completes those and applies the rest.
             log.warning("writing %d credentials through the sidecar failed (%s); waiting for the subscriber instead", len(events), exc)
-            await cls._queue(events)
+            await StateStore._queue_all(events)
             await cls._await_applied(list(sealed), deadline, timeout, f"the direct write failed: {exc}")
             return
         await StateStore._queue_stored(*events)
@@ -149,21 +149,12 @@ class SecretStore:
             )
 
     @classmethod
-    async def _queue(cls, events: list[Any]) -> None:
-        """Hand ``events`` (not stored yet) to the credential pipeline; none is dropped."""
-        for event in events:
-            try:
-                await StateStore._submit(event)
-            except PublishError as exc:  # earlier credentials failed to publish: queue them again
-                await StateStore.republish(exc.events)
-
-    @classmethod
     async def _store(cls, sealed: dict[str, dict[str, Any]], timeout: float | None) -> None:
         """Queue new seals of existing credentials, then wait once until all are applied."""
         if not sealed:
             return
         timeout, deadline = _budget(timeout)
-        await cls._queue([StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()])
+        await StateStore._queue_all([StateStore._replace_event(guid, value, C, None) for guid, value in sealed.items()])
         await cls._await_applied(list(sealed), deadline, timeout, "")
 
     @classmethod

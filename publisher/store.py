@@ -215,13 +215,20 @@ class StateStore:
     async def _queue_stored(cls, *events: AnyEvent) -> None:
         """Queue the events of states written ahead (a confirmed replace, new credentials)
         on the credentials pipeline (confirmed replaces in a burst share a publish: nobody
-        waits for them): the subscriber's apply of them writes the snapshots. None is
-        dropped: earlier ones a PublishError hands back are queued again (their states are
-        stored; only their snapshots wait)."""
-        pipeline = cls._pipeline_of(StateType.CREDENTIALS)
+        waits for them): the subscriber's apply of them writes the snapshots."""
+        await cls._queue_all(list(events), stored=True)
+
+    @classmethod
+    async def _queue_all(cls, events: list[AnyEvent], stored: bool = False) -> None:
+        """Queue ``events``, none dropped: earlier ones a PublishError hands back are queued
+        again. ``stored``: written ahead already (``_queue_stored``); else each as ``_submit``."""
+        handover = cls._pipeline_of(StateType.CREDENTIALS) if stored else None
         for event in events:
             try:
-                await pipeline.submit(QueuedEvent.of(event))
+                if handover is not None:
+                    await handover.submit(QueuedEvent.of(event))
+                else:
+                    await cls._submit(event)
             except PublishError as exc:
                 await cls.republish(exc.events)
 
