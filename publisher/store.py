@@ -30,7 +30,15 @@ from statestore.core.errors import (
     SyncTimeoutError,
 )
 from statestore.core.events import SCHEMA_VERSION, AnyEvent, FieldDeleted, FieldUpdated, ObjectReplaced, StateDeleted
-from statestore.core.paths import StateType, caller_app_name, coerce_state_type, state_key, validate_id
+from statestore.core.paths import (
+    StateType,
+    caller_app_name,
+    coerce_state_type,
+    format_state_key,
+    state_key,
+    validate_app_name,
+    validate_id,
+)
 from statestore.core.sidecar import Upsert
 from statestore.core.tracing import current_traceparent
 
@@ -95,8 +103,9 @@ class StateStore:
 
     @classmethod
     def _stamp_fields(cls, id: str, state_type: StateType, confirmed: bool = False, app: str | None = None) -> dict[str, Any]:
-        app = caller_app_name() if app is None else app
-        stamp = get_runtime().stamp(state_key(id, state_type, app), confirmed)
+        """The stamp and target fields of an event; ``id`` and ``state_type`` are checked already."""
+        app = caller_app_name() if app is None else validate_app_name(app)
+        stamp = get_runtime().stamp(format_state_key(id, state_type, app), confirmed)
         return {
             "app": app,
             "state_id": id,

@@ -30,6 +30,9 @@ MAX_FIELD_LENGTH = 1024
 # The subscriber's decoder refuses deeper values (pydantic's recursion limit is lower
 # than JSON's), so the API refuses them first.
 MAX_NESTING = 64
+# Values JSON gives back unchanged (a float is not: 1e400 is refused, -0.0 and the like
+# would need the round trip to be sure).
+_READ_BACK_AS_IS = frozenset({str, int, bool, type(None)})
 
 
 def confirmed_timeout(timeout: object) -> float:
@@ -66,6 +69,9 @@ def json_roundtrip(value: Any, what: str, state_id: str) -> Any:
     so a refused write leaves no gap that ``sync`` would wait for."""
     try:
         encoded = json.dumps(value, allow_nan=False)
+        if type(value) in _READ_BACK_AS_IS:  # the usual progress value: no parse needed
+            check_size(len(encoded), what, state_id)
+            return value
         normalised = json.loads(encoded)
     except (TypeError, ValueError) as exc:
         raise InvalidValueError(f"{what} is not JSON-serialisable: {exc}") from None

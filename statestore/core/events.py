@@ -174,7 +174,8 @@ class _EventBase(FastConstructModel):
     @computed_once
     def key(self) -> str:
         """The state-store key of the state this event changes (fields already validated)."""
-        return format_state_key(self.state_id, StateType(self.state_type), self.app)
+        state_type = self.state_type
+        return format_state_key(self.state_id, state_type if type(state_type) is StateType else StateType(state_type), self.app)
 
 
 _TTL = Field(

@@ -74,8 +74,18 @@ def validate_app_name(name: object) -> str:
 
 def caller_app_name() -> str:
     """This process's application name: STATESTORE_APP_NAME, else the Dapr app id that
-    ``dapr run`` gives the app (APP_ID), else ``default``. Validated like an id."""
-    return validate_app_name(get_settings().app_name)
+    ``dapr run`` gives the app (APP_ID), else ``default``. Validated like an id (once per
+    settings object: it is on every write's path)."""
+    global _checked_app
+    settings = get_settings()
+    checked_for, name = _checked_app
+    if checked_for is not settings:
+        name = validate_app_name(settings.app_name)
+        _checked_app = (settings, name)  # one tuple, replaced whole: safe from any thread
+    return name
+
+
+_checked_app: tuple[object, str] = (None, "")
 
 
 def coerce_state_type(state_type: object) -> StateType:
@@ -108,9 +118,10 @@ def format_state_key(id: str, state_type: StateType, app: str = DEFAULT_APP) -> 
     other app. Neither an id nor an app name holds a ``/``, so the number of segments
     tells the two forms apart.
     """
+    name = state_type._value_  # ``.value`` goes through enum's descriptor: slow on the hot path
     if app == DEFAULT_APP:
-        return f"{state_type.value}/{id}"
-    return f"{app}/{state_type.value}/{id}"
+        return f"{name}/{id}"
+    return f"{app}/{name}/{id}"
 
 
 def parse_state_key(key: str) -> tuple[str, StateType, str]:

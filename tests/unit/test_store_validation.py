@@ -106,3 +106,27 @@ async def test_bad_ttl_is_refused_before_queuing(ttl):
         await StateStore.save_state("k", 1, "wf", StateType.WORKFLOWS, ttl_seconds=ttl)
     with pytest.raises(InvalidValueError, match="ttl_seconds must be a whole number"):
         await StateStore.save_state_object("wf", {}, StateType.WORKFLOWS, ttl_seconds=ttl)
+
+
+@pytest.mark.parametrize("value", ["x" * 1100, 10**1100], ids=["str", "int"])
+async def test_a_plain_value_over_the_size_limit_is_refused_like_any_other(monkeypatch, value):
+    # Strings and integers skip the JSON round trip (they read back as they are): not the size check.
+    from statestore.core import settings
+
+    monkeypatch.setenv("STATESTORE_MAX_VALUE_BYTES", "1024")
+    settings.get_settings.cache_clear()
+    try:
+        with pytest.raises(InvalidValueError, match="the limit is 1024"):
+            await StateStore.save_state("k", value, "wf", StateType.WORKFLOWS)
+    finally:
+        settings.get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["text", 7, True, None, 1.5, -0.0, [1, (2, 3)], {"a": (1,)}])
+def test_a_value_is_kept_as_json_reads_it_back(value):
+    import json
+
+    from statestore.publisher.values import json_roundtrip
+
+    normalised = json_roundtrip(value, "value", "wf")
+    assert normalised == json.loads(json.dumps(value)) and type(normalised) is type(json.loads(json.dumps(value)))
