@@ -34,7 +34,7 @@ from statestore.core.events import (
     encode_cloudevent,
     encode_event,
 )
-from statestore.core.partitioning import partition_for
+from statestore.core.partitioning import partition_for, topic_partitions
 from statestore.core.settings import Settings
 from statestore.core.tracing import mark_error, publisher_span
 
@@ -53,6 +53,9 @@ class Transport(Protocol):
     async def wait_ready(self, timeout: float) -> bool:
         """True once the sidecar accepts calls, False after ``timeout`` seconds."""
         ...
+
+    # Optional: ``async def component_type(self) -> str | None``, the type of the pub/sub
+    # component it publishes to. Without it, messages are packed by the configured partitions.
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class PublishPipeline:
         self._batch_window_s = (settings.batch_window_ms if batch_window_ms is None else batch_window_ms) / 1000
         self._max_pending = max_pending or settings.max_pending_events
         self._clock = clock
+        self._partitions: int | None = None  # by the pub/sub component's type, once known
         self._pending: list[QueuedEvent] = []
         self._current: list[QueuedEvent] = []  # the batch being published
         self._failed: list[QueuedEvent] = []
@@ -354,7 +358,7 @@ class PublishPipeline:
     async def _publish_batch(self, batch: list[QueuedEvent], budget_s: float | None) -> None:
         s = self._settings
         budget = s.outage_budget_s if budget_s is None else budget_s
-        remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids, s.partitions)
+        remaining = pack(batch, s.pack_events, s.pack_max_bytes, self._message_ids, await self._topic_partitions())
         delay = s.publish_backoff_ms / 1000
         started = self._clock()
         reason = ""
@@ -405,6 +409,19 @@ class PublishPipeline:
                 # The sidecar answers but refused the batch (its broker is down): back off
                 # the full delay. One that came back during the wait is retried at once.
                 await asyncio.sleep(wait)
+
+    async def _topic_partitions(self) -> int:
+        """Partitions to pack by: asked of the sidecar once (statestore.core.partitioning.topic_partitions)."""
+        if self._partitions is None:
+            lookup = getattr(self._transport, "component_type", None)
+            if lookup is None:
+                self._partitions = self._settings.partitions
+            else:
+                try:
+                    self._partitions = topic_partitions(await lookup(), self._settings.partitions)
+                except Exception:  # the sidecar is not answering: pack as configured, ask again next batch
+                    return self._settings.partitions
+        return self._partitions
 
     def _outage_started(self, reason: str, events: int) -> None:
         if self.stats.in_outage_since is None:

@@ -78,6 +78,9 @@ class SidecarTransport:
     async def wait_ready(self, timeout: float) -> bool:
         return await self._sidecar.is_ready(timeout)
 
+    async def component_type(self) -> str | None:
+        return await self._sidecar.component_type(self._pubsub)
+
 
 @dataclass(frozen=True)
 class ProducerStamp:

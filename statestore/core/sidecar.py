@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from statestore.core.dapr_sdk import binding_pb2, bulk_publish, common_pb2, dapr_pb2_grpc, pubsub_pb2
-from statestore.core.dapr_sdk import secret_pb2, state_pb2
+from statestore.core.dapr_sdk import metadata_pb2, secret_pb2, state_pb2
 from statestore.core.envelope import CONTENT_TYPE
 from statestore.core.errors import SidecarUnavailableError
 from statestore.core.settings import SidecarSettings, get_sidecar_settings
@@ -147,6 +147,12 @@ class SidecarClient:
             return await method(request, **options)
         except grpc.RpcError as exc:
             raise self._error(exc, what) from None
+
+    async def component_type(self, name: str) -> str | None:
+        """The type of the sidecar's component ``name`` (``pubsub.redis``, ``pubsub.kafka``, ...),
+        from its metadata; None when it has no component of that name."""
+        response = await self._call(self._stub.GetMetadata, metadata_pb2.GetMetadataRequest(), "metadata")
+        return next((component.type for component in response.registered_components if component.name == name), None)
 
     async def is_ready(self, timeout: float) -> bool:
         """True once the sidecar's gRPC port accepts connections, False after ``timeout`` s."""

@@ -116,6 +116,21 @@ async def test_sync_many_waits_for_every_state_in_one_poll_loop():
     assert {i: documents[i].to_state() for i in ids} == {i: {"n": n} for n, i in enumerate(ids)}
 
 
+async def test_the_caller_packs_by_partitions_only_where_the_pubsub_has_them(profile, caller_sidecar):
+    # Redis Streams (local) has no partitions: a batch travels in full messages. Kafka
+    # (scale) has 12: each message holds one partition's events.
+    expected_type, expected_partitions = {"local": ("pubsub.redis", 1), "scale": ("pubsub.kafka", 12)}[profile]
+    assert await caller_sidecar.component_type("pubsub") == expected_type
+    assert await caller_sidecar.component_type("no-such-component") is None
+    state_id = new_id("packed")
+    await StateStore.save_state("n", 1, state_id, W)
+    await StateStore.sync(state_id, W)
+    from statestore.publisher.store import StateStore as Store
+
+    pipeline = Store._runtime().pipelines[("pubsub", "statestore-events")]
+    assert await pipeline._topic_partitions() == expected_partitions
+
+
 async def test_missing_state_is_none():
     assert await StateStore.get_state(new_id(), W) is None
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from statestore.publisher.pipeline import PublishPipeline, QueuedEvent, pack
-from statestore.core.partitioning import partition_for
+from statestore.core.errors import SidecarUnavailableError
+from statestore.core.partitioning import partition_for, topic_partitions
 from statestore.core.settings import Settings
 from tests.strategies import field_updated
 from tests.unit.test_pipeline import FakeTransport
@@ -67,3 +68,64 @@ async def test_every_message_is_keyed_by_a_state_key_of_its_partition():
         keys = {f"{e['state_type']}/{e['state_id']}" for e in events}
         assert key in keys  # keyed by one of its own states
         assert {partition_for(k, 12) for k in keys} == {partition_for(key, 12)}
+
+
+@pytest.mark.parametrize(
+    ("component_type", "packed_by"),
+    [("pubsub.redis", 1), ("pubsub.in-memory", 1), ("pubsub.kafka", 12), ("pubsub.pulsar", 12), (None, 12)],
+)
+def test_only_a_pubsub_known_to_have_no_partitions_packs_regardless(component_type, packed_by):
+    assert topic_partitions(component_type, 12) == packed_by
+
+
+class TypedTransport(FakeTransport):
+    """A transport that says which pub/sub component it publishes to (or fails to say)."""
+
+    def __init__(self, component_type, lookup_failures=0):
+        super().__init__()
+        self.component_type_value = component_type
+        self.lookup_failures = lookup_failures
+        self.lookups = 0
+
+    async def component_type(self):
+        self.lookups += 1
+        if self.lookup_failures:
+            self.lookup_failures -= 1
+            raise SidecarUnavailableError("sidecar down")
+        return self.component_type_value
+
+
+async def publish(transport, states=30):
+    pipeline = PublishPipeline(transport, Settings(batch_max_events=200, batch_window_ms=1, pack_events=100))
+    for q in events_for(states=states, per_state=3):
+        await pipeline.submit(q)
+    await pipeline.flush()
+    return pipeline
+
+
+async def test_on_redis_a_batch_travels_in_full_messages_not_one_per_partition():
+    transport = TypedTransport("pubsub.redis")
+    await publish(transport)
+    assert len(transport.bodies) == 1  # 90 events, one message (12 partitions would make up to 12)
+    assert len(json.loads(transport.bodies[0])["data"]["events"]) == 90
+    assert transport.lookups == 1
+
+
+async def test_on_kafka_messages_still_hold_one_partition_each():
+    transport = TypedTransport("pubsub.kafka")
+    await publish(transport)
+    assert len(transport.bodies) > 1
+    for key, body in zip(transport.keys, transport.bodies):
+        keys = {f"{e['state_type']}/{e['state_id']}" for e in json.loads(body)["data"]["events"]}
+        assert {partition_for(k, 12) for k in keys} == {partition_for(key, 12)}
+
+
+async def test_a_sidecar_that_cannot_say_its_pubsub_type_gets_partitioned_messages_and_is_asked_again():
+    transport = TypedTransport("pubsub.redis", lookup_failures=1)
+    pipeline = await publish(transport)
+    assert len(transport.bodies) > 1  # packed by the configured 12 partitions meanwhile
+    sent = len(transport.bodies)
+    for q in events_for(states=30, per_state=1):
+        await pipeline.submit(QueuedEvent.of(q.event.model_copy(update={"seq": q.event.seq + 10})))
+    await pipeline.flush()
+    assert transport.lookups == 2 and len(transport.bodies) == sent + 1
