@@ -79,7 +79,15 @@ class SidecarTransport:
         return await self._sidecar.is_ready(timeout)
 
     async def component_type(self) -> str | None:
-        return await self._sidecar.component_type(self._pubsub)
+        # Once per process and sidecar: a new event loop's pipelines do not ask again.
+        key = (self._sidecar.target, self._pubsub)
+        if key not in _COMPONENT_TYPES:
+            _COMPONENT_TYPES[key] = await self._sidecar.component_type(self._pubsub)
+        return _COMPONENT_TYPES[key]
+
+
+# (sidecar gRPC target, pub/sub component name) -> the component's type, as the sidecar said
+_COMPONENT_TYPES: dict[tuple[str, str], str | None] = {}
 
 
 @dataclass(frozen=True)
