@@ -47,6 +47,13 @@ __all__ = ["StateStore", "StatePage", "MAX_PAGE_SIZE"]
 MAX_PAGE_SIZE = 10_000
 
 
+def _next_poll_delay(delay: float, waited_s: float) -> float:
+    """The pause before the next poll of a wait for applied events: doubling from 2 ms to
+    20 ms, then at most a twentieth of the time waited so far (up to 100 ms), so a long
+    wait behind a backlog polls the store less often and returns at most 5% later."""
+    return min(delay * 2, max(0.02, min(0.1, waited_s / 20)))
+
+
 class StatePage(NamedTuple):
     """One page of ``list_states``: ids, and the token of the next page (None: last page)."""
 
@@ -396,10 +403,9 @@ class StateStore:
     async def sync_many(cls, ids: list[str], type: StateType, timeout: float = 10.0) -> None:
         """``sync`` for many states at once (bulk reads of at most 500 states per poll)."""
         state_type = coerce_state_type(type)
-        for id in ids:
-            validate_id(id)
+        app = caller_app_name()
+        keys = {id: format_state_key(validate_id(id), state_type, app) for id in ids}
         runtime = get_runtime()
-        keys = {id: state_key(id, state_type) for id in ids}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         loop_runtime = runtime.loop_runtime()
@@ -443,6 +449,7 @@ class StateStore:
         seen: dict[str, StateDocument | None] = {}
         query = runtime.loop_runtime().query_for(app)
         delay = 0.002
+        started = loop.time()
         probing = True
         while waiting:
             # While the newest states are behind, poll only them: re-reading every waiting
@@ -491,7 +498,7 @@ class StateStore:
                     list(waiting),
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = _next_poll_delay(delay, loop.time() - started)
         return seen
 
     # -- reads -----------------------------------------------------------------------

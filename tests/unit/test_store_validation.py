@@ -130,3 +130,16 @@ def test_a_value_is_kept_as_json_reads_it_back(value):
 
     normalised = json_roundtrip(value, "value", "wf")
     assert normalised == json.loads(json.dumps(value)) and type(normalised) is type(json.loads(json.dumps(value)))
+
+
+def test_a_long_wait_for_applied_events_polls_less_often_but_returns_at_most_5_percent_later():
+    from statestore.publisher.store import _next_poll_delay
+
+    delay, waited, polls = 0.002, 0.0, 0
+    while waited < 10.0:
+        waited += delay
+        delay = _next_poll_delay(delay, waited)
+        polls += 1
+        assert delay <= max(0.02, waited / 20) and delay <= 0.1
+    assert polls < 150  # at a steady 20 ms it was 500 polls for 10 s
+    assert _next_poll_delay(0.002, 0.01) == 0.004 and _next_poll_delay(0.016, 0.1) == 0.02  # short waits as before
