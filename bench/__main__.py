@@ -23,6 +23,7 @@ from pathlib import Path
 
 from statestore.devstack import Ports, Stack
 from statestore.devstack.stack import PROJECT_ROOT
+from bench.cleanup import stop
 
 SIZES = {
     "quick": dict(latency_calls=2000, tp_repeats=1, tp_ids=1000, tp_fields=10, tp_producers=16, rates=[500, 2000, 8000],
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"workflows section failed, the rest is reported: {type(exc).__name__}: {exc}")
             results["workflows_error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        stack.down()
+        stop(stack)
     from bench.report import write_report
 
     record = {

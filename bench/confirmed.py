@@ -21,6 +21,7 @@ import time
 import uuid
 
 from bench.backlog import SCENARIOS, backlog, drain
+from bench.cleanup import stop
 
 __all__ = ["CALLS", "SCALE_PLAN", "measure", "report_section", "targets"]
 
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(measure(stack, plan=SCALE_PLAN if args.profile == "scale" else PLAN))
     finally:
-        stack.down()
+        stop(stack)
     print("\n".join(report_section(result, "" if args.profile == "local" else " on Kafka, PostgreSQL and S3")))
     for figure, got, want, ok in targets(result):
         print(f"{'met ' if ok else 'MISS'} {figure}: {got} (target {want})")

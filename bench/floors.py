@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.measures import ProcessMeter
+from bench.cleanup import stop
 
 ROWS = 5000  # items per operation
 PER_CALL = 250  # rows per transaction / bulk read: the subscriber's max_states_per_commit
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = asyncio.run(measure(stack, rows=args.rows))
     finally:
-        stack.down()
+        stop(stack)
     record = {"time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
     out_dir = PROJECT_ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ from statestore.devstack.workflow_engine import WORKFLOW_APP_IDS, EnginePorts, W
 from examples.workflow_args import CredentialBatcher, save_workflow_args
 from examples.workflows.app import StateStoreWriter, WorkflowApp
 from examples.workflows.starter import schedule_all
+from bench.cleanup import stop
 
 __all__ = ["SIZES", "measure_workflows", "report_section"]
 
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = asyncio.run(measure_workflows(stack, mode))
     finally:
-        stack.down()
+        stop(stack)
     out = PROJECT_ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{time.strftime('%Y%m%d-%H%M%S')}-workflows-{mode}.json").write_text(json.dumps(results, indent=2))
