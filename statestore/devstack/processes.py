@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -57,9 +58,38 @@ def ensure_port_free(port: int, what: str) -> None:
             ) from None
 
 
+_ISSUED: set[int] = set()  # ports free_port handed out in this process
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections take those)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port that is free on 127.0.0.1 right now, below the kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) lies in that range, so any outgoing connection may
+    take it between this call and the server binding it (a daprd of the test suite failed
+    so: "bind: address already in use"). Below the range only a server that binds it can.
+    Never the same port twice in one process."""
+    low = _ephemeral_low()
+    floor = 10_000 if low > 12_000 else 1024
+    for _ in range(500):
+        port = random.randint(floor, low - 1)
+        if port in _ISSUED:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use, or held in TIME_WAIT
+                continue
+        _ISSUED.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the range is crowded: the kernel's pick
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -32,3 +32,16 @@ def test_a_port_a_closed_connection_still_holds_says_to_retry():
         accepted.close()
         with pytest.raises(StackError, match=f"port {port} \\(worker sidecar\\) cannot be listened on yet.*TIME_WAIT"):
             ensure_port_free(port, "worker sidecar")
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_never_repeat():
+    # A port of the ephemeral range can be taken by an outgoing connection before the
+    # server it was picked for binds it.
+    from statestore.devstack.processes import _ephemeral_low, free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < _ephemeral_low() for port in ports)
+    for port in ports[:20]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # still free
