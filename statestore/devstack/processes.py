@@ -37,25 +37,33 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def ensure_port_free(port: int, what: str) -> None:
     """Raise StackError naming the port when it is already taken."""
+    # As servers do: a port with connections in TIME_WAIT is still free to listen on.
+    if not _can_bind(port, reuse_address=True):
+        if not port_open(port):
+            # Nothing listens: a closed connection that used the port as its own
+            # ephemeral client port (Dapr's ports lie in Linux's ephemeral range) is
+            # still in TIME_WAIT, and blocks a listener for up to 60 s.
+            raise StackError(
+                f"port {port} ({what}) cannot be listened on yet: nothing listens there, but a "
+                f"recent connection still holds it (`ss -tan 'sport = :{port}'` shows it in "
+                "TIME_WAIT). It frees within 60 s: run the command again then."
+            )
+        raise StackError(
+            f"port {port} ({what}) is already in use on 127.0.0.1. Stop whatever listens "
+            f"there (`ss -ltnp 'sport = :{port}'` shows it; `make down` stops our stack)."
+        )
+
+
+def _can_bind(port: int, reuse_address: bool) -> bool:
+    """Whether a socket can bind ``port`` on 127.0.0.1 now (``reuse_address``: past TIME_WAIT)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As servers do: a port with connections in TIME_WAIT is still free to listen on.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
-            if not port_open(port):
-                # Nothing listens: a closed connection that used the port as its own
-                # ephemeral client port (Dapr's ports lie in Linux's ephemeral range) is
-                # still in TIME_WAIT, and blocks a listener for up to 60 s.
-                raise StackError(
-                    f"port {port} ({what}) cannot be listened on yet: nothing listens there, but a "
-                    f"recent connection still holds it (`ss -tan 'sport = :{port}'` shows it in "
-                    "TIME_WAIT). It frees within 60 s: run the command again then."
-                ) from None
-            raise StackError(
-                f"port {port} ({what}) is already in use on 127.0.0.1. Stop whatever listens "
-                f"there (`ss -ltnp 'sport = :{port}'` shows it; `make down` stops our stack)."
-            ) from None
+            return False
+    return True
 
 
 _ISSUED: set[int] = set()  # ports free_port handed out in this process
@@ -82,11 +90,8 @@ def free_port() -> int:
         port = random.randint(floor, low - 1)
         if port in _ISSUED:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:  # in use, or held in TIME_WAIT
-                continue
+        if not _can_bind(port, reuse_address=False):  # in use, or held in TIME_WAIT
+            continue
         _ISSUED.add(port)
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the range is crowded: the kernel's pick
